@@ -1,0 +1,28 @@
+"""Alembic environment: runs on the engine handed over in config.attributes, or DATABASE_URL."""
+
+from alembic import context
+
+from training_tasks.db.tables import metadata
+
+config = context.config
+
+
+def run() -> None:
+    engine = config.attributes.get("engine")
+    if engine is None:
+        from training_tasks.db.engine import make_engine
+        from training_tasks.settings import Settings
+
+        engine = make_engine(Settings.from_env().database_url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+run()
