@@ -69,7 +69,10 @@ def redis_server() -> Iterator[str]:
         yield f"redis://{REDIS_HOST}:{REDIS_PORT}"
         return
     if IN_CI:
-        _missing("Redis", 'start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ""')
+        _missing(
+            "Redis",
+            'start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ""',
+        )
     from training_tasks.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis() as server:

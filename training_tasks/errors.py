@@ -29,7 +29,11 @@ class ConfigError(PermanentError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         self.problem = problem
-        super().__init__(f"{field}: {problem}")
+        # Keep both parts in args so the error survives Celery's JSON round trip.
+        super().__init__(field, problem)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
 
 
 class SettingsError(ConfigError):
@@ -60,8 +64,12 @@ class ValidationRejected(PermanentError):
     """The trained model failed one or more validation checks; nothing was deployed."""
 
     def __init__(self, message: str, failures: list[str]) -> None:
+        self.message = message
         self.failures = failures
-        super().__init__(message)
+        super().__init__(message, failures)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DeployError(PermanentError):

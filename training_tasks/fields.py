@@ -21,9 +21,7 @@ def reject_unknown(value: Mapping[str, Any], allowed: Iterable[str], field: str)
     unknown = sorted(set(value) - allowed_set)
     if unknown:
         where = f"{field}.{unknown[0]}" if field else unknown[0]
-        raise ConfigError(
-            where, f"unknown key; allowed keys are {', '.join(sorted(allowed_set))}"
-        )
+        raise ConfigError(where, f"unknown key; allowed keys are {', '.join(sorted(allowed_set))}")
 
 
 def integer(value: object, field: str, low: int, high: int) -> int:
@@ -37,9 +35,7 @@ def integer(value: object, field: str, low: int, high: int) -> int:
     return value
 
 
-def number(
-    value: object, field: str, low: float, high: float, *, low_open: bool = False
-) -> float:
+def number(value: object, field: str, low: float, high: float, *, low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(field, f"must be a number, got {value!r}")
     bound = f"{'greater than' if low_open else 'at least'} {low} and at most {high}"
@@ -84,7 +80,9 @@ def string_list(value: object, field: str, *, max_items: int = 500) -> tuple[str
 def timestamp(value: object, field: str) -> datetime:
     """Parse an ISO 8601 date or date-time; a value without a zone is taken as UTC."""
     if not isinstance(value, str):
-        raise ConfigError(field, f"must be an ISO 8601 date such as 2024-01-15T00:00:00Z, got {value!r}")
+        raise ConfigError(
+            field, f"must be an ISO 8601 date such as 2024-01-15T00:00:00Z, got {value!r}"
+        )
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

@@ -151,7 +151,9 @@ def parse_model_config(raw: object) -> dict[str, Any]:
     cfg = dict(f.require_mapping(raw, name))
     f.reject_unknown(cfg, MODEL_KEYS, name)
     if "hyperparameters" in cfg:
-        cfg["hyperparameters"] = check_hyperparameters(cfg["hyperparameters"], f"{name}.hyperparameters")
+        cfg["hyperparameters"] = check_hyperparameters(
+            cfg["hyperparameters"], f"{name}.hyperparameters"
+        )
     if "validationSplit" in cfg:
         f.number(cfg["validationSplit"], f"{name}.validationSplit", 0.05, 0.5)
     if "targetColumn" in cfg:
@@ -224,7 +226,8 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
     f.reject_unknown(cfg, SCADA_KEYS, name)
     if ("url" in cfg) == ("urlEnv" in cfg):
         raise ConfigError(
-            name, "give exactly one of url (a SQLAlchemy URL) or urlEnv (an environment variable name)"
+            name,
+            "give exactly one of url (a SQLAlchemy URL) or urlEnv (an environment variable name)",
         )
     if "urlEnv" in cfg:
         env = f.string(cfg["urlEnv"], f"{name}.urlEnv", max_len=128)
@@ -238,9 +241,13 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
     try:
         backend = make_url(url).get_backend_name()
     except ArgumentError:
-        raise ConfigError(f"{name}.url", "is not a SQLAlchemy URL (postgresql://..., sqlite:///...)") from None
+        raise ConfigError(
+            f"{name}.url", "is not a SQLAlchemy URL (postgresql://..., sqlite:///...)"
+        ) from None
     if backend not in ("postgresql", "sqlite"):
-        raise ConfigError(f"{name}.url", f"backend {backend!r} is not supported; use postgresql or sqlite")
+        raise ConfigError(
+            f"{name}.url", f"backend {backend!r} is not supported; use postgresql or sqlite"
+        )
     return url, None
 
 
@@ -259,7 +266,9 @@ def _schema(raw: object) -> SchemaConfig:
     schema = cfg.get("schema")
     return SchemaConfig(
         table=f.string(cfg.get("table"), f"{name}.table", max_len=128),
-        timestamp_column=f.string(cfg.get("timestampColumn"), f"{name}.timestampColumn", max_len=128),
+        timestamp_column=f.string(
+            cfg.get("timestampColumn"), f"{name}.timestampColumn", max_len=128
+        ),
         asset_column=None if asset is None else f.string(asset, f"{name}.assetColumn", max_len=128),
         schema=None if schema is None else f.string(schema, f"{name}.schema", max_len=128),
         column_mappings=checked,

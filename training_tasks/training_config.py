@@ -146,7 +146,9 @@ def resolve(
     feature_tuple = f.string_list(features, "featureColumns")
     if target in feature_tuple:
         raise ConfigError("featureColumns", f"must not contain the target column {target!r}")
-    split = req.get("validationSplit", model_defaults.get("validationSplit", DEFAULT_VALIDATION_SPLIT))
+    split = req.get(
+        "validationSplit", model_defaults.get("validationSplit", DEFAULT_VALIDATION_SPLIT)
+    )
     return TrainingConfig(
         organization_id=org_id,
         start=start,

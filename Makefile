@@ -1,0 +1,60 @@
+# Two commands get a newcomer going: `make run` and `make test`. Everything else is for operators.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CELERY := $(BIN)/celery -A training_tasks
+
+.PHONY: run test unit integration lint bench bench-quick worker beat flower migrate clean help
+
+help:
+	@echo "make run      - install into .venv and run the whole job on the embedded default"
+	@echo "make test     - install and run the whole test suite"
+	@echo "make worker   - a Celery worker for REDIS_URL / DATABASE_URL (all organizations)"
+	@echo "make flower   - the Flower dashboard on 127.0.0.1:5555"
+	@echo "make migrate  - apply database migrations to DATABASE_URL"
+	@echo "make lint     - ruff and mypy"
+	@echo "make bench    - benchmarks; results in tests/bench/results/"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -c "import training_tasks, celery, lightgbm, onnxruntime" 
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/trainctl demo
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy training_tasks workers beat_schedules celeryconfig.py
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m tests.bench --quick
+
+worker: $(STAMP)
+	$(CELERY) worker --loglevel INFO --concurrency 2
+
+flower: $(STAMP)
+	$(CELERY) flower --address=127.0.0.1 --port=5555
+
+migrate: $(STAMP)
+	$(BIN)/trainctl db upgrade
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""Deploying a version: files, database, pointer and hot-swap key move together, on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import Engine
+
+from tests.registry_fixtures import NOW, migrated_engine, register
+from training_tasks import hotswap
+from training_tasks.errors import DeployError
+from training_tasks.files import sha256_file
+from training_tasks.ids import new_run_id, new_version_id
+from training_tasks.paths import ModelStore
+from training_tasks.registry import orgs, runs, versions
+from training_tasks.stages.deploy import deploy, reconcile
+
+
+@pytest.fixture
+def engine(sqlite_url: str) -> Iterator[Engine]:
+    engine = migrated_engine(sqlite_url)
+    register(engine, "acme")
+    register(engine, "globex")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "ml")
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def trained(
+    engine: Engine, store: ModelStore, org: str, *, passed: bool = True, offset_s: int = 0
+) -> str:
+    now = NOW + timedelta(seconds=offset_s)
+    run_id, version = new_run_id(), new_version_id(now)
+    runs.create_run(
+        engine,
+        run_id=run_id,
+        org_id=org,
+        version=version,
+        config={},
+        trigger="t",
+        auto_deploy=True,
+        actor="t",
+        now=now,
+    )
+    runs.finish_failed(
+        engine, run_id, status="failed", stage=None, error="-", trace=None, actor="t", now=now
+    )
+    path = store.version_model(org, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"model {version}".encode())
+    versions.record_trained(
+        engine,
+        version=version,
+        org_id=org,
+        run_id=run_id,
+        model_path=str(path),
+        sha256=sha256_file(path),
+        size_bytes=path.stat().st_size,
+        metrics={},
+        now=now,
+    )
+    versions.record_validation(
+        engine, version, report={"passed": passed}, passed=passed, actor="t", now=now
+    )
+    return version
+
+
+def test_a_deploy_writes_the_copy_moves_the_pointer_and_sets_the_key(engine, store, redis) -> None:
+    version = trained(engine, store, "acme")
+    deployment = deploy(engine, redis, store, "acme", version, now=NOW, actor="test")
+    deployed = store.deployed_model("acme", version)
+    assert deployed.read_bytes() == store.version_model("acme", version).read_bytes()
+    assert os.readlink(store.current_link("acme")) == f"deployed_{version}"
+    assert orgs.get_org_row(engine, "acme")["current_version"] == version
+    assert versions.get_version(engine, version)["status"] == "deployed"
+    stored = json.loads(redis.get("ml:model:acme:current"))
+    assert stored == {
+        "organizationId": "acme",
+        "version": version,
+        "modelPath": str(deployed),
+        "sha256": sha256_file(deployed),
+        "deployedAt": "2026-06-01T12:00:00Z",
+        "sequence": 1,
+    }
+    assert deployment.sequence == 1
+
+
+def test_the_next_deploy_supersedes_the_previous_and_bumps_the_sequence(
+    engine, store, redis
+) -> None:
+    first = trained(engine, store, "acme")
+    second = trained(engine, store, "acme", offset_s=60)
+    deploy(engine, redis, store, "acme", first, now=NOW, actor="t")
+    pubsub = redis.pubsub()
+    pubsub.subscribe("ml:models:acme")
+    pubsub.get_message(timeout=1)
+    deploy(engine, redis, store, "acme", second, now=NOW, actor="t")
+    message = pubsub.get_message(timeout=1)
+    event, announced = hotswap.parse(message["data"])
+    assert (event, announced.version, announced.sequence) == ("deployed", second, 2)
+    assert versions.get_version(engine, first)["status"] == "superseded"
+    assert orgs.get_org_row(engine, "acme")["previous_version"] == first
+    assert store.deployed_model("acme", first).exists(), "the previous version is kept for rollback"
+
+
+def test_a_rejected_version_is_not_deployed_and_nothing_changes(engine, store, redis) -> None:
+    good = trained(engine, store, "acme")
+    deploy(engine, redis, store, "acme", good, now=NOW, actor="t")
+    bad = trained(engine, store, "acme", passed=False, offset_s=60)
+    with pytest.raises(DeployError, match="rejected"):
+        deploy(engine, redis, store, "acme", bad, now=NOW, actor="t")
+    assert orgs.get_org_row(engine, "acme")["current_version"] == good
+    assert os.readlink(store.current_link("acme")) == f"deployed_{good}"
+    assert hotswap.read_current(redis, "acme").version == good
+
+
+def test_another_organizations_version_is_refused(engine, store, redis) -> None:
+    theirs = trained(engine, store, "globex")
+    with pytest.raises(DeployError, match="belongs to organization globex"):
+        deploy(engine, redis, store, "acme", theirs, now=NOW, actor="t")
+    assert orgs.get_org_row(engine, "acme")["current_version"] is None
+
+
+def test_a_model_file_changed_on_disk_is_refused(engine, store, redis) -> None:
+    version = trained(engine, store, "acme")
+    store.version_model("acme", version).write_bytes(b"tampered")
+    with pytest.raises(DeployError, match="does not match the sha256"):
+        deploy(engine, redis, store, "acme", version, now=NOW, actor="t")
+
+
+def test_a_stale_publish_cannot_move_readers_backwards(redis) -> None:
+    newer = hotswap.Deployment("acme", "v2", "/m2", "b" * 64, "t", 5)
+    older = hotswap.Deployment("acme", "v1", "/m1", "a" * 64, "t", 4)
+    assert hotswap.publish(redis, newer, "deployed")
+    assert not hotswap.publish(redis, older, "deployed")
+    assert hotswap.read_current(redis, "acme").version == "v2"
+
+
+def test_reconcile_repairs_the_pointer_and_key_after_a_crash(engine, store, redis) -> None:
+    version = trained(engine, store, "acme")
+    deploy(engine, redis, store, "acme", version, now=NOW, actor="t")
+    store.current_link("acme").unlink()
+    redis.delete("ml:model:acme:current")
+    fixes = reconcile(engine, redis, store)
+    assert len(fixes) == 2
+    assert os.readlink(store.current_link("acme")) == f"deployed_{version}"
+    assert hotswap.read_current(redis, "acme").sequence == 1
+    assert reconcile(engine, redis, store) == []

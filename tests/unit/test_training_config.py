@@ -1,0 +1,98 @@
+"""Training requests are checked field by field and merged with the organization's defaults."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from training_tasks.errors import ConfigError
+from training_tasks.training_config import (
+    DEFAULT_HYPERPARAMETERS,
+    check_request,
+    from_wire,
+    resolve,
+)
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+ORG_DEFAULTS = {
+    "featureColumns": ["temperature", "pressure"],
+    "targetColumn": "failure",
+    "hyperparameters": {"numLeaves": 15},
+    "dataWindowDays": 30,
+}
+GOOD = {
+    "organizationId": "acme-corp",
+    "dataRange": {"startDate": "2026-01-01T00:00:00Z", "endDate": "2026-03-01"},
+    "hyperparameters": {"learningRate": 0.1, "numIterations": 50},
+    "validationSplit": 0.25,
+}
+
+
+def test_a_request_is_merged_over_org_defaults_over_built_in_defaults() -> None:
+    config = resolve(GOOD, "acme-corp", ORG_DEFAULTS, NOW)
+    assert config.hyperparameters["numLeaves"] == 15
+    assert config.hyperparameters["learningRate"] == 0.1
+    assert config.hyperparameters["maxDepth"] == DEFAULT_HYPERPARAMETERS["maxDepth"]
+    assert config.feature_columns == ("temperature", "pressure")
+    assert config.start == datetime(2026, 1, 1, tzinfo=UTC)
+    assert config.end == datetime(2026, 3, 1, tzinfo=UTC)
+    assert config.lightgbm_params()["learning_rate"] == 0.1
+
+
+def test_without_a_data_range_the_org_window_ending_now_is_used() -> None:
+    config = resolve({}, "acme-corp", ORG_DEFAULTS, NOW)
+    assert config.end == NOW
+    assert (config.end - config.start).days == 30
+
+
+def test_the_wire_form_round_trips() -> None:
+    config = resolve(GOOD, "acme-corp", ORG_DEFAULTS, NOW)
+    assert from_wire(config.to_wire()) == config
+    assert config.to_wire()["dataRange"]["startDate"] == "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"hyperparameters": {"numLeavs": 3}}, "hyperparameters.numLeavs"),
+        ({"hyperparameters": {"learningRate": -1}}, "hyperparameters.learningRate"),
+        ({"hyperparameters": {"numIterations": True}}, "hyperparameters.numIterations"),
+        ({"hyperparameters": {"objective": "regression"}}, "hyperparameters.objective"),
+        (
+            {"dataRange": {"startDate": "2026-05-01", "endDate": "2026-01-01"}},
+            "dataRange.startDate",
+        ),
+        ({"dataRange": {"startDate": "yesterday", "endDate": "2026-01-01"}}, "dataRange.startDate"),
+        ({"dataRange": {"startDate": "2026-01-01"}}, "dataRange.endDate"),
+        ({"validationSplit": 0.9}, "validationSplit"),
+        ({"featureColumns": []}, "featureColumns"),
+        ({"featureColumns": ["a", "a"]}, "featureColumns"),
+        ({"organizationId": "../x"}, "organizationId"),
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
+def test_a_bad_field_is_refused_with_its_name(patch: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_request({**GOOD, **patch})
+    assert err.value.field == field
+    assert field in str(err.value)
+
+
+def test_a_request_for_another_organization_is_refused() -> None:
+    with pytest.raises(ConfigError, match="organizationId"):
+        resolve({**GOOD, "organizationId": "globex"}, "acme-corp", ORG_DEFAULTS, NOW)
+
+
+def test_the_target_may_not_also_be_a_feature() -> None:
+    with pytest.raises(ConfigError, match="featureColumns"):
+        resolve({"featureColumns": ["failure", "pressure"]}, "acme-corp", ORG_DEFAULTS, NOW)
+
+
+def test_missing_features_without_org_defaults_are_reported() -> None:
+    with pytest.raises(ConfigError, match="featureColumns"):
+        resolve({"targetColumn": "failure"}, "acme-corp", {}, NOW)
+
+
+def test_a_config_error_survives_pickling_free_serialization_by_its_args() -> None:
+    err = ConfigError("validationSplit", "must be at most 0.5")
+    rebuilt = ConfigError(*err.args)
+    assert str(rebuilt) == "validationSplit: must be at most 0.5"

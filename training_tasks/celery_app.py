@@ -1,0 +1,11 @@
+"""The Celery app: settings from `celeryconfig`, the pipeline tasks and the worker hooks."""
+
+from celery import Celery
+
+app = Celery("training_tasks")
+app.config_from_object("celeryconfig")
+app.conf.include = ["training_tasks.tasks"]
+
+from workers.worker_hooks import install  # noqa: E402 - the hooks need the app object
+
+install(app)

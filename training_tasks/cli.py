@@ -1,0 +1,257 @@
+"""`trainctl`: register organizations, train, watch progress, inspect runs and versions, deploy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from training_tasks.errors import SettingsError, TrainingServiceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _service() -> Any:
+    from training_tasks.service import TrainingService
+
+    return TrainingService()
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"{path} is not valid JSON ({what}): {exc}") from None
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log what the service does (debug level).")
+def cli(verbose: bool) -> None:
+    """Train, validate and deploy predictive-maintenance models per organization.
+
+    Settings come from the environment: DATABASE_URL (SQLAlchemy URL; default SQLite under
+    ML_BASE_PATH), REDIS_URL (broker and hot-swap channel; default redis://127.0.0.1:6379/0),
+    ML_BASE_PATH (models and artifacts; default ./ml), PYTHON_ENV (interpreter of training
+    scripts), NODE_ENV=development (debug logging).
+    """
+    import os
+
+    debug = verbose or os.environ.get("NODE_ENV") == "development"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.group()
+def org() -> None:
+    """Register and inspect organizations."""
+
+
+@org.command("create")
+@click.argument("org_id")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file with mlModelConfig, trainingSchedule, scadaDbConfig, schemaConfig.",
+)
+def org_create(org_id: str, config_path: Path) -> None:
+    """Register ORG_ID; running workers start serving its queue within seconds."""
+    svc = _service()
+    svc.register_organization(org_id, _read_json(config_path, "organization config"), actor="cli")
+    click.echo(f"registered organization {org_id} (queue org.{org_id})")
+
+
+@org.command("update")
+@click.argument("org_id")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file with the complete new organization config.",
+)
+def org_update(org_id: str, config_path: Path) -> None:
+    """Replace the config of ORG_ID."""
+    _service().update_organization(
+        org_id, _read_json(config_path, "organization config"), actor="cli"
+    )
+    click.echo(f"updated organization {org_id}")
+
+
+@org.command("show")
+@click.argument("org_id")
+def org_show(org_id: str) -> None:
+    """Print the config of ORG_ID as JSON (the SCADA secret is masked)."""
+    _echo_json(_service().get_organization(org_id))
+
+
+@org.command("list")
+def org_list() -> None:
+    """List registered organizations."""
+    for org_id in _service().list_organizations():
+        click.echo(org_id)
+
+
+@cli.command()
+@click.argument("org_id")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON training config (camelCase); missing fields come from the org's mlModelConfig.",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show live progress; exit non-zero if the run fails or is rejected.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=None,
+    help="With --wait: give up after this many seconds.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def train(
+    org_id: str, config_path: Path | None, wait: bool, timeout_s: float | None, as_json: bool
+) -> None:
+    """Start training ORG_ID now."""
+    from training_tasks.cli_views import follow_runs, print_result
+
+    svc = _service()
+    request = _read_json(config_path, "training config") if config_path else None
+    handle = svc.train_model(org_id, request, wait=False, trigger="cli", actor="cli")
+    if not wait:
+        queued = {"runId": handle.run_id, "version": handle.version, "queue": handle.queue}
+        _echo_json(queued) if as_json else click.echo(
+            f"queued run {handle.run_id} of {org_id}: version {handle.version} on {handle.queue}\n"
+            f"follow it with: trainctl status {org_id}"
+        )
+        return
+    [result] = follow_runs([handle], timeout_s=timeout_s)
+    _echo_json(result) if as_json else print_result(result)
+    sys.exit(0 if result["success"] else 1)
+
+
+@cli.command()
+@click.argument("org_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(org_id: str, as_json: bool) -> None:
+    """Show the deployed version and the latest run of ORG_ID."""
+    from training_tasks.cli_views import print_status
+
+    doc = _service().get_training_status(org_id)
+    _echo_json(doc) if as_json else print_status(doc)
+
+
+@cli.command()
+@click.argument("org_id")
+@click.option("--limit", default=20, show_default=True, help="How many runs to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def history(org_id: str, limit: int, as_json: bool) -> None:
+    """Show the training log of ORG_ID: start, end, status, stage, metrics, error."""
+    from training_tasks.cli_views import print_history
+
+    runs = _service().get_training_history(org_id, limit)
+    _echo_json(runs) if as_json else print_history(org_id, runs)
+
+
+@cli.command()
+@click.argument("org_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def versions(org_id: str, as_json: bool) -> None:
+    """List model versions of ORG_ID with their validation result and which one is deployed."""
+    from training_tasks.cli_views import print_versions
+
+    rows = _service().list_versions(org_id)
+    _echo_json(rows) if as_json else print_versions(org_id, rows)
+
+
+@cli.command()
+@click.argument("org_id")
+@click.argument("version")
+def deploy(org_id: str, version: str) -> None:
+    """Deploy VERSION (validated) of ORG_ID now and notify prediction services."""
+    result = _service().deploy_model(org_id, version, actor="cli")
+    click.echo(
+        f"deployed {org_id} {version} (sequence {result['sequence']}) at {result['modelPath']}"
+    )
+
+
+@cli.command()
+@click.argument("org_id")
+@click.option("--limit", default=50, show_default=True)
+def audit(org_id: str, limit: int) -> None:
+    """Show the audit trail of ORG_ID as JSON lines, newest first."""
+    for event in _service().get_audit_trail(org_id, limit):
+        click.echo(json.dumps(event, sort_keys=True, default=str))
+
+
+@cli.command()
+def reconcile() -> None:
+    """Repair `current` pointers and Redis keys of every organization from the database."""
+    fixes = _service().reconcile()
+    click.echo("\n".join(fixes) if fixes else "everything already matches the database")
+
+
+@cli.group()
+def db() -> None:
+    """Manage the service database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the Alembic migrations to DATABASE_URL (safe to run again)."""
+    from training_tasks.db.engine import make_engine, migrate
+    from training_tasks.settings import Settings
+
+    settings = Settings.from_env()
+    migrate(make_engine(settings.database_url))
+    click.echo("database schema is up to date")
+
+
+@cli.command()
+@click.option("--keep-running", is_flag=True, help="Leave the worker running until Ctrl-C.")
+def demo(keep_running: bool) -> None:
+    """Run the whole job on the embedded default (what `make run` does).
+
+    Starts an embedded Redis (unless REDIS_URL is set), uses SQLite under ML_BASE_PATH (unless
+    DATABASE_URL is set), generates demo SCADA data for two organizations, starts a worker,
+    trains both at once with progress, prints what was deployed and stops what it started.
+    """
+    from training_tasks.demo.run import run_demo
+
+    sys.exit(run_demo(keep_running=keep_running))
+
+
+def main() -> None:
+    """Entry point of the `trainctl` console script."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SettingsError as exc:
+        click.echo(f"error: environment variable {exc}", err=True)
+        sys.exit(2)
+    except TrainingServiceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,215 @@
+"""How `trainctl` shows things: live progress of runs, and tables of runs and versions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from training_tasks.service import FINISHED, TrainingHandle
+
+console = Console()
+STAGE_ORDER = ("queued", "extract", "train", "validate", "deploy", "done")
+
+
+def follow_runs(
+    handles: Sequence[TrainingHandle],
+    *,
+    timeout_s: float | None = None,
+    poll_interval_s: float = 0.25,
+) -> list[dict[str, Any]]:
+    """Show a live progress line per run until all finish; returns their final summaries."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    results: dict[str, dict[str, Any]] = {}
+    columns = (
+        TextColumn("[bold]{task.fields[org]}[/]", justify="left"),
+        TextColumn("{task.fields[stage]:<9}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        ids: dict[str, TaskID] = {
+            h.run_id: bar.add_task("", total=100, org=h.run_id[:8], stage="queued", detail="")
+            for h in handles
+        }
+        while len(results) < len(handles):
+            for handle in handles:
+                if handle.run_id in results:
+                    continue
+                summary = handle.status()
+                _update(bar, ids[handle.run_id], summary)
+                if summary["status"] in FINISHED:
+                    results[handle.run_id] = summary
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"runs still going after {timeout_s} s; see `trainctl status <org>`"
+                )
+            time.sleep(poll_interval_s)
+    return [results[h.run_id] for h in handles]
+
+
+def _update(bar: Progress, task: TaskID, summary: dict[str, Any]) -> None:
+    progress = summary.get("progress") or {}
+    status, stage = summary["status"], progress.get("stage") or summary.get("stage") or "queued"
+    base = {"extract": 0, "train": 10, "validate": 90, "deploy": 95, "done": 100}.get(stage, 0)
+    detail, completed = "", float(base)
+    if stage == "extract" and progress.get("rows"):
+        detail = f"{progress['rows']:,} rows"
+    if stage == "train" and progress.get("total"):
+        it, total = int(progress.get("iteration") or 0), int(progress["total"])
+        detail, completed = f"iteration {it}/{total}", 10 + 80 * it / max(total, 1)
+    if status in FINISHED:
+        completed, stage = 100.0, status
+        detail = summary.get("version") or ""
+        if not summary["success"]:
+            detail = (summary.get("error") or "")[:80]
+    bar.update(task, completed=completed, stage=stage, detail=detail, org=summary["organizationId"])
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """One run's outcome, in words."""
+    style = "green" if result["success"] else "red"
+    console.print(
+        f"[{style}]{result['organizationId']} run {result['runId']}: {result['status']}[/]"
+    )
+    console.print(f"  version {result['version']}")
+    if result.get("modelPath"):
+        console.print(f"  model   {result['modelPath']}")
+    metrics = result.get("metrics") or {}
+    if metrics:
+        keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+        console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
+    if result.get("error"):
+        console.print(f"  [red]{result['error']}[/]")
+
+
+def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
+    """What was deployed: version, accuracy, precision, recall, AUC, size, latency."""
+    table = Table(title=f"Deployed models (files under {store_base})")
+    for name in (
+        "organization",
+        "status",
+        "version",
+        "accuracy",
+        "precision",
+        "recall",
+        "AUC",
+        "size",
+        "p50 latency",
+    ):
+        table.add_column(name)
+    for r in results:
+        m = r.get("metrics") or {}
+        latency = (m.get("latency") or {}).get("single_row_p50_ms")
+        size = (r.get("data") or {}).get("modelSizeBytes") or m.get("model_size_bytes")
+        table.add_row(
+            r["organizationId"],
+            r["status"],
+            r["version"],
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("precision")),
+            _fmt(m.get("recall")),
+            _fmt(m.get("roc_auc")),
+            f"{size / 1024:.0f} KiB" if size else "-",
+            f"{latency:.2f} ms" if latency else "-",
+        )
+    return table
+
+
+def print_status(doc: dict[str, Any]) -> None:
+    """The deployed version and the latest run."""
+    console.print(f"[bold]{doc['organizationId']}[/]")
+    console.print(
+        f"  deployed version  {doc['deployedVersion'] or '(none)'} (sequence {doc['deploySequence']})"
+    )
+    console.print(f"  previous version  {doc['previousVersion'] or '(none)'}")
+    run = doc.get("latestRun")
+    if run is None:
+        console.print("  no training run yet")
+        return
+    stage = (run.get("progress") or {}).get("stage") or run.get("stage")
+    console.print(
+        f"  latest run        {run['runId']} {run['status']} (stage {stage}), version {run['version']}"
+    )
+    console.print(f"  queued at         {run['queuedAt']}  finished at {run['finishedAt'] or '-'}")
+    if run.get("error"):
+        console.print(f"  [red]error: {run['error']}[/]")
+
+
+def print_history(org_id: str, runs: Sequence[dict[str, Any]]) -> None:
+    """The training log as a table."""
+    table = Table(title=f"Training log of {org_id}")
+    for name in (
+        "started",
+        "finished",
+        "status",
+        "stage",
+        "version",
+        "accuracy",
+        "recall",
+        "AUC",
+        "error",
+    ):
+        table.add_column(name, overflow="fold")
+    for run in runs:
+        m = run.get("metrics") or {}
+        table.add_row(
+            run["startedAt"] or run["queuedAt"],
+            run["finishedAt"] or "-",
+            run["status"],
+            run["stage"] or "-",
+            run["version"],
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("recall")),
+            _fmt(m.get("roc_auc")),
+            (run.get("error") or "")[:120],
+        )
+    console.print(table)
+
+
+def print_versions(org_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Model versions with their validation verdict; the deployed one is marked."""
+    table = Table(title=f"Model versions of {org_id}")
+    for name in (
+        "",
+        "version",
+        "status",
+        "validation",
+        "accuracy",
+        "precision",
+        "recall",
+        "AUC",
+        "size",
+    ):
+        table.add_column(name, overflow="fold")
+    for v in rows:
+        m = v["metrics"]
+        verdict = {True: "passed", False: "rejected", None: "-"}[v["validationPassed"]]
+        if v["validationFailures"]:
+            verdict += ": " + "; ".join(v["validationFailures"])[:100]
+        table.add_row(
+            "*" if v["deployed"] else "",
+            v["version"],
+            v["status"],
+            verdict,
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("precision")),
+            _fmt(m.get("recall")),
+            _fmt(m.get("roc_auc")),
+            f"{v['sizeBytes'] / 1024:.0f} KiB",
+        )
+    console.print(table)
+    console.print("* = deployed")

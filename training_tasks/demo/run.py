@@ -1,0 +1,200 @@
+"""`make run`: the whole job on the embedded default, started and stopped in one command.
+
+An embedded Redis (unless REDIS_URL is set), SQLite under ML_BASE_PATH (unless DATABASE_URL
+is set), demo SCADA databases for two organizations, a real Celery worker process, two
+trainings at once with live progress, and a table of what was deployed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from training_tasks.settings import Settings
+
+DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
+DEMO_DAYS = 120
+WORKER_READY_TIMEOUT_S = 60.0
+WORKER_STOP_TIMEOUT_S = 20.0
+
+
+def run_demo(*, keep_running: bool = False) -> int:
+    """Run the demo end to end; returns the process exit code (0 if both orgs deployed)."""
+    from training_tasks.cli_views import console
+
+    base = Path(os.environ.get("ML_BASE_PATH") or "./ml").resolve()
+    with _embedded_redis_unless_set(base) as redis_url:
+        os.environ["REDIS_URL"] = redis_url
+        os.environ.setdefault("ML_BASE_PATH", str(base))
+        settings = Settings.from_env()
+        console.print(
+            f"[bold]Redis[/] {redis_url}   [bold]database[/] {_masked(settings.database_url)}"
+        )
+        from training_tasks.service import TrainingService
+
+        svc = TrainingService()
+        orgs = _prepare_demo_orgs(svc, base / "demo")
+        with _worker(settings, base / "demo" / "worker.log") as worker:
+            _wait_for_worker(worker, settings.redis_url)
+            return _train_all(svc, orgs, settings, keep_running)
+
+
+def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool) -> int:
+    from training_tasks.cli_views import console, deployed_table, follow_runs
+
+    data_range = {
+        "startDate": DEMO_START.isoformat().replace("+00:00", "Z"),
+        "endDate": (DEMO_START + timedelta(days=DEMO_DAYS)).isoformat().replace("+00:00", "Z"),
+    }
+    handles = [
+        svc.train_model(org, {"dataRange": data_range}, wait=False, trigger="demo", actor="demo")
+        for org in orgs
+    ]
+    console.print(
+        f"submitted {len(handles)} trainings: "
+        + ", ".join(f"{h.version} ({h.queue})" for h in handles)
+    )
+    results = follow_runs(handles, timeout_s=1800)
+    console.print(deployed_table(results, str(settings.ml_base_path)))
+    for result in results:
+        if result["success"]:
+            model = svc.rt.store.deployed_model(result["organizationId"], result["version"])
+            console.print(
+                f"  {result['organizationId']}: {model}  (artifacts: "
+                f"{svc.rt.store.artifacts(result['organizationId'], result['version'])})"
+            )
+        else:
+            console.print(
+                f"  [red]{result['organizationId']}: {result['status']}: {result['error']}[/]"
+            )
+    for org in orgs:
+        kept = [
+            v["version"]
+            for v in svc.list_versions(org)
+            if v["status"] in ("deployed", "superseded")
+        ]
+        console.print(f"  {org}: {len(kept)} deployable version(s) kept for rollback")
+    if keep_running:
+        console.print("worker keeps running; press Ctrl-C to stop")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(1)
+    return 0 if all(r["success"] for r in results) else 1
+
+
+def _prepare_demo_orgs(svc: Any, demo_dir: Path) -> list[str]:
+    from training_tasks.cli_views import console
+    from training_tasks.demo import scada
+    from training_tasks.errors import NotFoundError
+
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    layouts = {"acme-corp": scada.ACME_LAYOUT, "globex": scada.GLOBEX_LAYOUT}
+    for seed, (org_id, layout) in enumerate(layouts.items(), start=1):
+        db_path = demo_dir / f"scada_{org_id}.db"
+        if not db_path.exists():
+            with console.status(f"generating demo SCADA data for {org_id}"):
+                frame = scada.generate_sensor_frame(
+                    assets=24, days=DEMO_DAYS, interval_min=10, seed=seed, start=DEMO_START
+                )
+                scada.write_scada_sqlite(db_path, frame, layout)
+            console.print(f"generated {len(frame):,} sensor rows for {org_id} in {db_path}")
+        try:
+            svc.get_organization(org_id)
+        except NotFoundError:
+            config = scada.demo_org_config(org_id, f"sqlite:///{db_path}", layout)
+            svc.register_organization(org_id, config, actor="demo")
+            console.print(f"registered organization {org_id}")
+    return list(layouts)
+
+
+@contextlib.contextmanager
+def _embedded_redis_unless_set(base: Path) -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    from training_tasks.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process with two slots; stopped (by its PID) on the way out."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "training_tasks",
+        "worker",
+        "--concurrency",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        worker_name(),
+    ]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def worker_name() -> str:
+    """This demo's worker node name, so readiness is asked of our worker and no other."""
+    import socket
+
+    return f"demo-{os.getpid()}@{socket.gethostname()}"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
+    from celery import Celery
+
+    from training_tasks.cli_views import console
+
+    probe = Celery(broker=redis_url)
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    with console.status("starting a Celery worker"):
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the worker exited with code {proc.returncode}; see ml/demo/worker.log"
+                    )
+                if probe.control.ping(destination=[worker_name()], timeout=0.5):
+                    console.print(f"worker {proc.pid} is up")
+                    return
+            raise RuntimeError(
+                f"the worker did not answer within {WORKER_READY_TIMEOUT_S} s; see ml/demo/worker.log"
+            )
+        finally:
+            probe.close()
+
+
+def _masked(url: str) -> str:
+    from training_tasks.org_config import mask_url
+
+    return mask_url(url)

@@ -1,0 +1,278 @@
+"""The training log: one row per run, with a lease so a duplicate delivery does nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from training_tasks.db.tables import ACTIVE_STATUSES, FINISHED_STATUSES, training_runs
+from training_tasks.errors import ConflictError, LeaseHeld, NotFoundError, RunFinished
+from training_tasks.fields import iso
+from training_tasks.registry import audit
+
+STAGES = ("extract", "train", "validate", "deploy")
+
+
+def create_run(
+    engine: Engine,
+    *,
+    run_id: str,
+    org_id: str,
+    version: str,
+    config: dict[str, Any],
+    trigger: str,
+    auto_deploy: bool,
+    actor: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Insert a queued run; refuse it if the organization already has a queued or running one."""
+    values = dict(
+        id=run_id,
+        organization_id=org_id,
+        version=version,
+        status="queued",
+        config=config,
+        trigger=trigger,
+        auto_deploy=auto_deploy,
+        queued_at=now,
+        stages_done=0,
+        attempt=1,
+        progress={"stage": "queued"},
+        stage_timings={},
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(training_runs).values(**values))
+            audit.record(
+                conn,
+                org_id,
+                "training.requested",
+                actor=actor,
+                now=now,
+                details={"runId": run_id, "version": version, "trigger": trigger},
+            )
+    except IntegrityError:
+        active = active_run(engine, org_id)
+        if active is None:
+            raise
+        raise ConflictError(
+            f"organization {org_id} already has run {active['id']} {active['status']} "
+            f"(version {active['version']}, queued at {iso(active['queued_at'])}); "
+            "wait for it to finish or cancel it before starting another"
+        ) from None
+    return get_run(engine, run_id)
+
+
+def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
+    """One run by id."""
+    with engine.connect() as conn:
+        row = conn.execute(select(training_runs).where(training_runs.c.id == run_id)).first()
+    if row is None:
+        raise NotFoundError(
+            f"training run {run_id} does not exist; list runs with `trainctl history <org>`"
+        )
+    return dict(row._mapping)
+
+
+def active_run(engine: Engine, org_id: str) -> dict[str, Any] | None:
+    """The organization's queued or running run, if any."""
+    query = select(training_runs).where(
+        training_runs.c.organization_id == org_id, training_runs.c.status.in_(ACTIVE_STATUSES)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else dict(row._mapping)
+
+
+def list_runs(engine: Engine, org_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The organization's newest runs, newest first."""
+    query = (
+        select(training_runs)
+        .where(training_runs.c.organization_id == org_id)
+        .order_by(training_runs.c.queued_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def claim_stage(
+    engine: Engine, run_id: str, stage: str, *, owner: str, worker: str, now: datetime, ttl_s: float
+) -> dict[str, Any]:
+    """Take the run's lease for `stage`, or raise RunFinished / LeaseHeld if this message is stale.
+
+    One conditional UPDATE does it, so two deliveries of one message cannot both win.
+    """
+    index = STAGES.index(stage)
+    c = training_runs.c
+    claimed = (
+        update(training_runs)
+        .where(
+            c.id == run_id,
+            c.status.in_(ACTIVE_STATUSES),
+            c.stages_done == index,
+            or_(c.lease_owner.is_(None), c.lease_expires_at < now, c.lease_owner == owner),
+        )
+        .values(
+            status="running",
+            stage=stage,
+            lease_owner=owner,
+            worker=worker,
+            lease_expires_at=now + timedelta(seconds=ttl_s),
+            progress={"stage": stage},
+        )
+    )
+    with engine.begin() as conn:
+        if conn.execute(claimed).rowcount == 1:
+            conn.execute(
+                update(training_runs)
+                .where(c.id == run_id, c.started_at.is_(None))
+                .values(started_at=now)
+            )
+            return get_run_in(conn, run_id)
+    run = get_run(engine, run_id)
+    if run["status"] in FINISHED_STATUSES or run["stages_done"] > index:
+        raise RunFinished(f"run {run_id} is {run['status']} past {stage}; nothing to do")
+    if run["stages_done"] < index:
+        raise RunFinished(f"run {run_id} has not finished the stage before {stage}; nothing to do")
+    raise LeaseHeld(
+        f"run {run_id} stage {stage} is held by {run['lease_owner']} until "
+        f"{iso(run['lease_expires_at'])}"
+    )
+
+
+def get_run_in(conn: Any, run_id: str) -> dict[str, Any]:
+    row = conn.execute(select(training_runs).where(training_runs.c.id == run_id)).one()
+    return dict(row._mapping)
+
+
+def renew_lease(engine: Engine, run_id: str, *, owner: str, now: datetime, ttl_s: float) -> bool:
+    """Extend the lease this owner holds; False if it was lost."""
+    query = (
+        update(training_runs)
+        .where(training_runs.c.id == run_id, training_runs.c.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=ttl_s))
+    )
+    with engine.begin() as conn:
+        return bool(conn.execute(query).rowcount)
+
+
+def set_progress(engine: Engine, run_id: str, progress: dict[str, Any]) -> None:
+    """Store the latest progress of a running run (stage, iteration, rows...)."""
+    query = (
+        update(training_runs)
+        .where(training_runs.c.id == run_id, training_runs.c.status == "running")
+        .values(progress=progress)
+    )
+    with engine.begin() as conn:
+        conn.execute(query)
+
+
+def complete_stage(
+    engine: Engine,
+    run_id: str,
+    stage: str,
+    *,
+    owner: str,
+    started_at: datetime,
+    now: datetime,
+    updates: dict[str, Any] | None = None,
+    final_status: str | None = None,
+) -> None:
+    """Mark `stage` done and release the lease; with `final_status`, finish the run too."""
+    index = STAGES.index(stage)
+    c = training_runs.c
+    with engine.begin() as conn:
+        run = get_run_in(conn, run_id)
+        timings = dict(run["stage_timings"] or {})
+        timings[stage] = {
+            "startedAt": iso(started_at),
+            "seconds": round((now - started_at).total_seconds(), 3),
+        }
+        values: dict[str, Any] = dict(
+            stages_done=index + 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            stage_timings=timings,
+            **(updates or {}),
+        )
+        if final_status:
+            values.update(status=final_status, finished_at=now, progress={"stage": "done"})
+        result = conn.execute(
+            update(training_runs)
+            .where(and_(c.id == run_id, c.lease_owner == owner, c.stages_done == index))
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise LeaseHeld(f"run {run_id} lost its lease during {stage}; another delivery owns it")
+        if final_status:
+            audit.record(
+                conn,
+                run["organization_id"],
+                f"training.{final_status}",
+                actor=owner,
+                now=now,
+                details={"runId": run_id, "version": run["version"]},
+            )
+
+
+def finish_failed(
+    engine: Engine,
+    run_id: str,
+    *,
+    status: str,
+    stage: str | None,
+    error: str,
+    trace: str | None,
+    actor: str,
+    now: datetime,
+    updates: dict[str, Any] | None = None,
+) -> bool:
+    """Finish a run as failed, rejected or cancelled, unless it already finished; True if it did."""
+    c = training_runs.c
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(training_runs)
+            .where(c.id == run_id, c.status.in_(ACTIVE_STATUSES))
+            .values(
+                status=status,
+                error=error,
+                error_trace=trace,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                progress={"stage": stage or "queued", "failed": True},
+                **(updates or {}),
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        run = get_run_in(conn, run_id)
+        audit.record(
+            conn,
+            run["organization_id"],
+            f"training.{status}",
+            actor=actor,
+            now=now,
+            details={"runId": run_id, "version": run["version"], "stage": stage, "error": error},
+        )
+    return True
+
+
+def set_task_id(engine: Engine, run_id: str, task_id: str) -> None:
+    """Remember the Celery id of the chain's first task (for Flower and cancel)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(training_runs).where(training_runs.c.id == run_id).values(task_id=task_id)
+        )
+
+
+def set_metrics(engine: Engine, run_id: str, metrics: dict[str, Any]) -> None:
+    """Store the run's metrics (also for a run that is about to be rejected)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(training_runs).where(training_runs.c.id == run_id).values(metrics=metrics)
+        )

@@ -1,0 +1,230 @@
+"""The Python API of the training service: register organizations, train, inspect, deploy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from training_tasks import org_config
+from training_tasks.errors import TrainingServiceError
+from training_tasks.fields import iso
+from training_tasks.ids import check_org_id, check_version_id
+from training_tasks.registry import audit, orgs, runs, versions
+from training_tasks.runtime import Runtime, build_runtime
+
+FINISHED = ("succeeded", "validated", "rejected", "failed", "cancelled")
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainingHandle:
+    """A submitted run: poll its status or wait for its result."""
+
+    service: TrainingService
+    run_id: str
+    version: str
+    queue: str
+
+    def status(self) -> dict[str, Any]:
+        """The run as it stands now (status, stage, progress, metrics, error)."""
+        return run_summary(runs.get_run(self.service.rt.engine, self.run_id), self.service.rt)
+
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        poll_interval_s: float = 0.25,
+    ) -> dict[str, Any]:
+        """Block until the run finishes (or `timeout_s` passes) and return its result."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            summary = self.status()
+            if on_progress is not None:
+                on_progress(summary)
+            if summary["status"] in FINISHED:
+                return summary
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {self.run_id} is still {summary['status']} after {timeout_s} s; "
+                    f"follow it with `trainctl status {summary['organizationId']}`"
+                )
+            time.sleep(poll_interval_s)
+
+
+class TrainingService:
+    """Everything `trainctl` does, as Python calls. Handles come from the environment by default."""
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.rt = runtime or build_runtime()
+
+    def close(self) -> None:
+        self.rt.close()
+
+    def register_organization(
+        self, org_id: str, config: Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Register an organization; its queue is served by running workers within seconds."""
+        org = org_config.parse_org_config(config, check_org_id(org_id))
+        orgs.create_org(self.rt.engine, org, actor=actor, now=self.rt.now())
+        return org.public_dict()
+
+    def update_organization(
+        self, org_id: str, config: Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Replace an organization's config."""
+        org = org_config.parse_org_config(config, check_org_id(org_id))
+        orgs.update_org(self.rt.engine, org, actor=actor, now=self.rt.now())
+        return org.public_dict()
+
+    def get_organization(self, org_id: str) -> dict[str, Any]:
+        """The organization's config (SCADA secret masked) and deployment state."""
+        org = orgs.get_org(self.rt.engine, org_id)
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        return {
+            **org.public_dict(),
+            "currentVersion": row["current_version"],
+            "previousVersion": row["previous_version"],
+            "deploySequence": row["deploy_sequence"],
+        }
+
+    def list_organizations(self) -> list[str]:
+        return orgs.list_org_ids(self.rt.engine)
+
+    def train_model(
+        self,
+        org_id: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        trigger: str = "api",
+        actor: str = "api",
+    ) -> dict[str, Any] | TrainingHandle:
+        """Start training; with `wait` return the result, else a handle that can wait for it."""
+        from training_tasks.submit import submit_training
+        from training_tasks.tasks import enqueue_chain
+
+        queued = submit_training(
+            self.rt, config, org_id=org_id, trigger=trigger, actor=actor, enqueue=enqueue_chain
+        )
+        handle = TrainingHandle(self, queued["runId"], queued["version"], queued["queue"])
+        return handle.wait(timeout_s, on_progress) if wait else handle
+
+    def get_training_status(self, org_id: str) -> dict[str, Any]:
+        """The organization's latest run and its deployed version."""
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        latest = runs.list_runs(self.rt.engine, org_id, limit=1)
+        return {
+            "organizationId": org_id,
+            "deployedVersion": row["current_version"],
+            "previousVersion": row["previous_version"],
+            "deploySequence": row["deploy_sequence"],
+            "latestRun": run_summary(latest[0], self.rt) if latest else None,
+        }
+
+    def get_training_history(self, org_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The training log of an organization, newest first."""
+        orgs.get_org_row(self.rt.engine, org_id)
+        return [run_summary(run, self.rt) for run in runs.list_runs(self.rt.engine, org_id, limit)]
+
+    def list_versions(self, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The organization's model versions with their validation verdicts, newest first."""
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        return [
+            version_summary(v, row["current_version"])
+            for v in versions.list_versions(self.rt.engine, org_id, limit)
+        ]
+
+    def deploy_model(self, org_id: str, version: str, *, actor: str = "api") -> dict[str, Any]:
+        """Deploy a validated version of the organization now (the explicit deploy)."""
+        from training_tasks.stages.deploy import deploy
+
+        check_org_id(org_id)
+        check_version_id(version)
+        deployment = deploy(
+            self.rt.engine,
+            self.rt.redis,
+            self.rt.store,
+            org_id,
+            version,
+            now=self.rt.now(),
+            actor=actor,
+        )
+        return {
+            "organizationId": org_id,
+            "version": version,
+            "modelPath": deployment.modelPath,
+            "sha256": deployment.sha256,
+            "sequence": deployment.sequence,
+        }
+
+    def reconcile(self) -> list[str]:
+        """Repair every org's `current` pointer and Redis key from the database."""
+        from training_tasks.stages.deploy import reconcile
+
+        return reconcile(self.rt.engine, self.rt.redis, self.rt.store)
+
+    def get_audit_trail(self, org_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The organization's audit events, newest first."""
+        return [
+            {**event, "at": iso(event["at"])}
+            for event in audit.list_events(self.rt.engine, check_org_id(org_id), limit)
+        ]
+
+
+def run_summary(run: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
+    """A run as the API returns it (camelCase, ISO times), like the original service's result."""
+    status = run["status"]
+    model_path = None
+    if status in ("succeeded", "validated"):
+        model_path = str(rt.store.version_model(run["organization_id"], run["version"]))
+    return {
+        "runId": run["id"],
+        "organizationId": run["organization_id"],
+        "version": run["version"],
+        "status": status,
+        "success": status in ("succeeded", "validated"),
+        "stage": run["stage"],
+        "progress": run["progress"],
+        "modelPath": model_path,
+        "metrics": run["metrics"],
+        "error": run["error"],
+        "trigger": run["trigger"],
+        "queuedAt": _iso(run["queued_at"]),
+        "startedAt": _iso(run["started_at"]),
+        "finishedAt": _iso(run["finished_at"]),
+        "stageTimings": run["stage_timings"],
+        "data": run["data_stats"],
+        "worker": run["worker"],
+        "attempt": run["attempt"],
+    }
+
+
+def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]:
+    """A model version as the API returns it."""
+    validation = v["validation"] or {}
+    return {
+        "version": v["version"],
+        "organizationId": v["organization_id"],
+        "runId": v["run_id"],
+        "status": v["status"],
+        "deployed": v["version"] == current,
+        "modelPath": v["model_path"],
+        "sha256": v["sha256"],
+        "sizeBytes": v["size_bytes"],
+        "metrics": validation.get("metrics") or {},
+        "validationPassed": validation.get("passed"),
+        "validationFailures": validation.get("failures") or [],
+        "createdAt": _iso(v["created_at"]),
+        "deployedAt": _iso(v["deployed_at"]),
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else iso(value)
+
+
+__all__ = ["TrainingHandle", "TrainingService", "TrainingServiceError"]

@@ -1,0 +1,180 @@
+"""What every pipeline task does around its stage: claim the run, heartbeat, record, map errors.
+
+A Celery message only wakes up a run that already exists in the database. The task first claims
+the run's lease for its stage; a duplicate or late delivery finds the stage done or the lease
+held by a live worker and stops without doing anything (and without continuing the chain).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from training_tasks.errors import (
+    LeaseHeld,
+    RunFinished,
+    TrainingServiceError,
+    TransientError,
+    ValidationRejected,
+)
+from training_tasks.ids import check_run_id
+from training_tasks.registry import runs
+from training_tasks.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+MAX_RETRIES = 2
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass
+class StageOutcome:
+    """What a stage hands back: columns to store on the run, and whether the run is finished."""
+
+    updates: dict[str, Any] = field(default_factory=dict)
+    final_status: str | None = None
+
+
+@dataclass
+class StageContext:
+    """A claimed run and the handles its stage may use."""
+
+    rt: Runtime
+    run: dict[str, Any]
+    progress: Callable[[dict[str, Any]], None]
+    cancel: threading.Event
+
+
+def run_stage(
+    task: Task, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
+) -> str:
+    """Run `body` for `stage` of `run_id` under the run's lease; returns run_id for the next task."""
+    rt = get_runtime()
+    check_run_id(run_id)
+    owner = f"{task.request.hostname}/{os.getpid()}/{task.request.id}"
+    started = rt.now()
+    try:
+        run = runs.claim_stage(
+            rt.engine,
+            run_id,
+            stage,
+            owner=owner,
+            worker=str(task.request.hostname),
+            now=started,
+            ttl_s=rt.settings.lease_ttl_s,
+        )
+    except (RunFinished, LeaseHeld) as exc:
+        log.info("run %s: %s delivered again, nothing to do (%s)", run_id, stage, exc)
+        raise Ignore() from exc
+    log.info("run %s of %s: %s started", run_id, run["organization_id"], stage)
+    cancel = threading.Event()
+    ctx = StageContext(rt, run, _progress_sink(task, rt, run_id), cancel)
+    with _Heartbeat(rt, run_id, owner):
+        try:
+            outcome = body(ctx)
+        except Exception as exc:
+            _on_error(task, rt, run, stage, owner, exc)
+            raise
+    runs.complete_stage(
+        rt.engine,
+        run_id,
+        stage,
+        owner=owner,
+        started_at=started,
+        now=rt.now(),
+        updates=outcome.updates,
+        final_status=outcome.final_status,
+    )
+    log.info("run %s of %s: %s done", run_id, run["organization_id"], stage)
+    return run_id
+
+
+def _on_error(
+    task: Task, rt: Runtime, run: dict[str, Any], stage: str, owner: str, exc: Exception
+) -> None:
+    run_id, org = run["id"], run["organization_id"]
+    if isinstance(exc, TransientError) and task.request.retries < MAX_RETRIES:
+        countdown_s = 5 * 4**task.request.retries
+        log.warning(
+            "run %s of %s: %s failed transiently (%s); retry in %ss",
+            run_id,
+            org,
+            stage,
+            exc,
+            countdown_s,
+        )
+        runs.renew_lease(rt.engine, run_id, owner=owner, now=rt.now(), ttl_s=0)
+        raise task.retry(exc=exc, countdown=countdown_s, max_retries=MAX_RETRIES)
+    status = "rejected" if isinstance(exc, ValidationRejected) else "failed"
+    message = str(exc) if isinstance(exc, TrainingServiceError) else f"{type(exc).__name__}: {exc}"
+    trace = None if isinstance(exc, TrainingServiceError) else traceback.format_exc()
+    runs.finish_failed(
+        rt.engine,
+        run_id,
+        status=status,
+        stage=stage,
+        error=message,
+        trace=trace,
+        actor=owner,
+        now=rt.now(),
+    )
+    log.error("run %s of %s %s at %s: %s", run_id, org, status, stage, message)
+
+
+def _progress_sink(task: Task, rt: Runtime, run_id: str) -> Callable[[dict[str, Any]], None]:
+    """Store progress on the run (and in the task state for Flower), at most twice a second."""
+    last = [0.0]
+
+    def report(progress: dict[str, Any]) -> None:
+        now = time.monotonic()
+        final = progress.get("iteration") is not None and progress.get("iteration") == progress.get(
+            "total"
+        )
+        if now - last[0] < PROGRESS_INTERVAL_S and not final:
+            return
+        last[0] = now
+        runs.set_progress(rt.engine, run_id, progress)
+        if task.request.id:
+            task.update_state(state="PROGRESS", meta={"runId": run_id, **progress})
+
+    return report
+
+
+class _Heartbeat:
+    """Renews the run's lease from a background thread while the stage runs."""
+
+    def __init__(self, rt: Runtime, run_id: str, owner: str) -> None:
+        self.rt, self.run_id, self.owner = rt, run_id, owner
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        ttl_s = self.rt.settings.lease_ttl_s
+        while not self.stop.wait(ttl_s / 3):
+            try:
+                runs.renew_lease(
+                    self.rt.engine, self.run_id, owner=self.owner, now=self.rt.now(), ttl_s=ttl_s
+                )
+            except Exception:  # a missed beat is retried on the next tick; the lease has slack
+                log.warning("run %s: lease renewal failed", self.run_id, exc_info=True)
+
+
+def elapsed_s(started: datetime, now: datetime) -> float:
+    return round((now - started).total_seconds(), 3)

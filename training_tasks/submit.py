@@ -1,0 +1,103 @@
+"""Starting a training run: check the request, create the run row, hand the chain to Celery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from training_tasks import training_config
+from training_tasks.errors import ConfigError, SourceUnavailableError, TransientError
+from training_tasks.ids import check_org_id, new_run_id, new_version_id, org_queue
+from training_tasks.org_config import OrgConfig
+from training_tasks.registry import orgs, runs
+from training_tasks.runtime import Runtime
+from training_tasks.source_schema import check_source_schema
+
+log = logging.getLogger(__name__)
+
+# enqueue(run_id, org_id, auto_deploy) sends the chain and returns the first task's id.
+Enqueue = Callable[[str, str, bool], str]
+
+
+def submit_training(
+    rt: Runtime,
+    request: Mapping[str, Any] | None,
+    *,
+    org_id: str | None = None,
+    trigger: str,
+    actor: str,
+    enqueue: Enqueue,
+) -> dict[str, Any]:
+    """Validate a training request, record a queued run and enqueue its chain.
+
+    Returns `{runId, version, queue}`. A refused request (bad config, unknown organization,
+    a run already active) raises before anything is written.
+    """
+    org_id = _org_of(request, org_id)
+    org = orgs.get_org(rt.engine, org_id)
+    now = rt.now()
+    config = training_config.resolve(request, org_id, org.ml_model_config, now)
+    _check_source(org, config)
+    run_id, version = new_run_id(), new_version_id(now)
+    runs.create_run(
+        rt.engine,
+        run_id=run_id,
+        org_id=org_id,
+        version=version,
+        config=config.to_wire(),
+        trigger=trigger,
+        auto_deploy=org.auto_deploy,
+        actor=actor,
+        now=now,
+    )
+    try:
+        task_id = enqueue(run_id, org_id, org.auto_deploy)
+    except Exception as exc:
+        runs.finish_failed(
+            rt.engine,
+            run_id,
+            status="failed",
+            stage=None,
+            actor=actor,
+            now=rt.now(),
+            trace=None,
+            error=f"could not send the run to the broker ({exc}); check REDIS_URL and try again",
+        )
+        raise TransientError(
+            f"organization {org_id}: the broker did not take run {run_id} ({exc}); "
+            "check that Redis answers at REDIS_URL and submit again"
+        ) from exc
+    runs.set_task_id(rt.engine, run_id, task_id)
+    log.info("queued run %s of %s as version %s (%s)", run_id, org_id, version, trigger)
+    return {"runId": run_id, "version": version, "queue": org_queue(org_id)}
+
+
+def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> None:
+    """Refuse names missing from the SCADA table now, before a run exists, when we can look."""
+    try:
+        url = org.resolve_scada_url()
+    except ConfigError:
+        log.info(
+            "SCADA URL of %s is not set here; the worker checks the schema", org.organization_id
+        )
+        return
+    try:
+        check_source_schema(url, org.schema_config, config)
+    except SourceUnavailableError as exc:
+        log.warning(
+            "could not check the SCADA schema of %s now (%s); extract will",
+            org.organization_id,
+            exc,
+        )
+
+
+def _org_of(request: Mapping[str, Any] | None, org_id: str | None) -> str:
+    from_request = (request or {}).get("organizationId")
+    if org_id is None and from_request is None:
+        raise ConfigError("organizationId", "is required")
+    if org_id is not None and from_request is not None and from_request != org_id:
+        raise ConfigError(
+            "organizationId", f"{from_request!r} does not match the organization {org_id!r}"
+        )
+    return check_org_id(org_id if org_id is not None else from_request)

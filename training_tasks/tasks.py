@@ -1,0 +1,97 @@
+"""The Celery tasks: thin wrappers that look up ids, call a stage and record what happened."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, chain
+
+from training_tasks import pipeline
+from training_tasks.celery_app import app
+from training_tasks.ids import org_queue
+from training_tasks.registry import runs
+from training_tasks.runtime import get_runtime
+from training_tasks.stage_runner import run_stage
+from training_tasks.submit import submit_training
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="training.submit", bind=True)
+def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[str, Any]:
+    """Public entry: check a camelCase training config, record the run, enqueue its chain."""
+    return submit_training(
+        get_runtime(),
+        config,
+        trigger=trigger,
+        actor=f"celery:{self.request.id}",
+        enqueue=enqueue_chain,
+    )
+
+
+@app.task(name="training.extract", bind=True)
+def extract(self: Task, run_id: str) -> str:
+    """Stage 1: SCADA rows of the requested range into Parquet files."""
+    return run_stage(self, run_id, "extract", pipeline.extract_body)
+
+
+@app.task(name="training.train", bind=True)
+def train(self: Task, run_id: str) -> str:
+    """Stage 2: the training script in its sandbox; the model filed under its version."""
+    return run_stage(self, run_id, "train", pipeline.train_body)
+
+
+@app.task(name="training.validate", bind=True)
+def validate(self: Task, run_id: str) -> str:
+    """Stage 3: the service's own checks of the exported model."""
+    return run_stage(self, run_id, "validate", pipeline.validate_body)
+
+
+@app.task(name="training.deploy", bind=True)
+def deploy(self: Task, run_id: str) -> str:
+    """Stage 4: deploy atomically and publish the hot-swap message."""
+    return run_stage(self, run_id, "deploy", pipeline.deploy_body)
+
+
+@app.task(name="training.on_failure")
+def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
+    """Error handler of every chain: make sure the run is marked failed, and say so."""
+    run_id = request.args[0] if request.args else None
+    if not isinstance(run_id, str):
+        return
+    rt = get_runtime()
+    finished = runs.finish_failed(
+        rt.engine,
+        run_id,
+        status="failed",
+        stage=None,
+        error=f"{type(exc).__name__}: {exc}",
+        trace=None,
+        actor="error-handler",
+        now=rt.now(),
+    )
+    run = runs.get_run(rt.engine, run_id)
+    log.error(
+        "training run %s of %s ended %s at %s: %s%s",
+        run_id,
+        run["organization_id"],
+        run["status"],
+        run["stage"],
+        run["error"],
+        "" if not finished else " (marked by the error handler)",
+    )
+
+
+def enqueue_chain(run_id: str, org_id: str, auto_deploy: bool) -> str:
+    """Send extract | train | validate [| deploy] for a run to the organization's queue."""
+    queue = org_queue(org_id)
+    steps = [extract.si(run_id), train.s(), validate.s()]
+    if auto_deploy:
+        steps.append(deploy.s())
+    workflow = chain(*(step.set(queue=queue) for step in steps))
+    workflow.link_error(on_failure.s().set(queue=queue))
+    result = workflow.apply_async()
+    while result.parent is not None:
+        result = result.parent
+    return str(result.id)

@@ -1,0 +1,57 @@
+"""A worker bootstep that follows the organization registry: one queue per organization.
+
+A worker that serves `training.requests` (the default, without -Q) also consumes the queue
+`org.<organizationId>` of every registered organization, and starts on a newly registered one
+within ORG_QUEUE_POLL_S seconds, without a restart. A worker started with `-Q org.acme-corp`
+serves only the queues it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+
+log = logging.getLogger(__name__)
+REQUESTS_QUEUE = "training.requests"
+
+
+class OrgQueueFollower(bootsteps.StartStopStep):
+    """Adds a consumer for each organization's queue as organizations appear."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_entry: Any = None
+
+    def start(self, consumer: Any) -> None:
+        if REQUESTS_QUEUE not in consumer.app.amqp.queues.consume_from:
+            log.info("serving only the queues given with -Q; not following new organizations")
+            return
+        from training_tasks.runtime import get_runtime
+
+        interval_s = get_runtime().settings.org_queue_poll_s
+        self._sync(consumer)
+        self.timer_entry = consumer.timer.call_repeatedly(interval_s, self._sync, (consumer,))
+
+    def stop(self, consumer: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    def _sync(self, consumer: Any) -> None:
+        from training_tasks.ids import org_queue
+        from training_tasks.registry.orgs import list_org_ids
+        from training_tasks.runtime import get_runtime
+
+        try:
+            org_ids = list_org_ids(get_runtime().engine)
+        except Exception:  # the database may be briefly away; the next tick tries again
+            log.warning("could not read the organization registry", exc_info=True)
+            return
+        for org_id in org_ids:
+            queue = org_queue(org_id)
+            if not consumer.task_consumer.consuming_from(queue):
+                consumer.add_task_queue(queue)
