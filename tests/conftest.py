@@ -10,7 +10,7 @@ import itertools
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,8 @@ def _missing(service: str, fix: str) -> None:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test, dropped afterwards."""
+def postgres_factory() -> Iterator[Callable[[], str]]:
+    """Make fresh PostgreSQL databases for this test (dropped afterwards); returns their URLs."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -50,16 +50,29 @@ def postgres_url() -> Iterator[str]:
             "PostgreSQL",
             "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
         )
-    name = f"t_{uuid.uuid4().hex[:16]}"
     engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return admin.set(database=name).render_as_string(hide_password=False)
+
     try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
+        yield make
     finally:
         with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_factory: Callable[[], str]) -> str:
+    """A fresh PostgreSQL database for this test, dropped afterwards."""
+    return postgres_factory()
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def print_result(result: dict[str, Any]) -> None:
         console.print(f"  model   {result['modelPath']}")
     metrics = result.get("metrics") or {}
     if metrics:
-        keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+        keys = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc")
         console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
     if result.get("error"):
         console.print(f"  [red]{result['error']}[/]")
@@ -113,8 +113,8 @@ def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
         table.add_column(name)
     for r in results:
         m = r.get("metrics") or {}
-        latency = (m.get("latency") or {}).get("single_row_p50_ms")
-        size = (r.get("data") or {}).get("modelSizeBytes") or m.get("model_size_bytes")
+        latency = (m.get("latency") or {}).get("singleRowP50Ms")
+        size = m.get("modelSizeBytes")
         table.add_row(
             r["organizationId"],
             r["status"],
@@ -122,7 +122,7 @@ def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
             _fmt(m.get("accuracy")),
             _fmt(m.get("precision")),
             _fmt(m.get("recall")),
-            _fmt(m.get("roc_auc")),
+            _fmt(m.get("rocAuc")),
             f"{size / 1024:.0f} KiB" if size else "-",
             f"{latency:.2f} ms" if latency else "-",
         )
@@ -174,7 +174,7 @@ def print_history(org_id: str, runs: Sequence[dict[str, Any]]) -> None:
             run["version"],
             _fmt(m.get("accuracy")),
             _fmt(m.get("recall")),
-            _fmt(m.get("roc_auc")),
+            _fmt(m.get("rocAuc")),
             (run.get("error") or "")[:120],
         )
     console.print(table)
@@ -208,7 +208,7 @@ def print_versions(org_id: str, rows: Sequence[dict[str, Any]]) -> None:
             _fmt(m.get("accuracy")),
             _fmt(m.get("precision")),
             _fmt(m.get("recall")),
-            _fmt(m.get("roc_auc")),
+            _fmt(m.get("rocAuc")),
             f"{v['sizeBytes'] / 1024:.0f} KiB",
         )
     console.print(table)

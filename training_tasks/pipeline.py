@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training_tasks.errors import ConfigError
 from training_tasks.fields import iso
 from training_tasks.files import atomic_move, sha256_file, write_json_atomic
 from training_tasks.org_config import OrgConfig
-from training_tasks.registry import orgs, versions
+from training_tasks.registry import orgs, runs, versions
 from training_tasks.stage_runner import StageContext, StageOutcome
 from training_tasks.training_config import TrainingConfig, from_wire
 
-DEFAULT_MAX_MEMORY_MB = 8192
+if TYPE_CHECKING:
+    from training_tasks.sandbox import ResourceLimits
 
 
 def _load(ctx: StageContext) -> tuple[OrgConfig, TrainingConfig, str, str]:
@@ -39,7 +41,6 @@ def extract_body(ctx: StageContext) -> StageOutcome:
 
 def train_body(ctx: StageContext) -> StageOutcome:
     """Run the training script in its sandbox and file the model under the version's name."""
-    from training_tasks.sandbox import ResourceLimits
     from training_tasks.stages.extract import ExtractResult
     from training_tasks.stages.train import train
 
@@ -60,9 +61,7 @@ def train_body(ctx: StageContext) -> StageOutcome:
         script=_script(org, settings.scripts_path, settings.default_script),
         python=settings.python_env,
         timeout_s=timeout_s,
-        limits=ResourceLimits.for_training(
-            int(model_cfg.get("maxMemoryMb", DEFAULT_MAX_MEMORY_MB)), timeout_s
-        ),
+        limits=_limits(model_cfg),
         progress=ctx.progress,
         cancel=ctx.cancel,
     )
@@ -115,13 +114,12 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         **(ctx.run["metrics"] or {}),
         **report.metrics,
         "latency": report.latency,
+        "modelSizeBytes": report.model_size_bytes,
         "memory": report.memory,
     }
     if not report.passed:
-        ctx.run["metrics"] = metrics
-        from training_tasks.registry.runs import set_metrics
-
-        set_metrics(engine, ctx.run["id"], metrics)
+        # Keep the measured metrics on the run even though the stage ends in a rejection.
+        runs.set_metrics(engine, ctx.run["id"], metrics)
     report.raise_if_rejected()
     final = None if ctx.run["auto_deploy"] else "validated"
     return StageOutcome(updates={"metrics": metrics}, final_status=final)
@@ -145,6 +143,14 @@ def deploy_body(ctx: StageContext) -> StageOutcome:
         updates={"data_stats": {**ctx.run["data_stats"], "deployedSequence": deployment.sequence}},
         final_status="succeeded",
     )
+
+
+def _limits(model_cfg: Mapping[str, Any]) -> ResourceLimits:
+    from training_tasks.sandbox import ResourceLimits
+
+    if "maxMemoryMb" in model_cfg:
+        return ResourceLimits(memory_mb=int(model_cfg["maxMemoryMb"]))
+    return ResourceLimits()
 
 
 def _script(org: OrgConfig, scripts_path: Path, default: Path) -> Path:

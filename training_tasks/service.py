@@ -102,6 +102,7 @@ class TrainingService:
         on_progress: ProgressCallback | None = None,
         trigger: str = "api",
         actor: str = "api",
+        poll_interval_s: float = 0.25,
     ) -> dict[str, Any] | TrainingHandle:
         """Start training; with `wait` return the result, else a handle that can wait for it."""
         from training_tasks.submit import submit_training
@@ -111,7 +112,7 @@ class TrainingService:
             self.rt, config, org_id=org_id, trigger=trigger, actor=actor, enqueue=enqueue_chain
         )
         handle = TrainingHandle(self, queued["runId"], queued["version"], queued["queue"])
-        return handle.wait(timeout_s, on_progress) if wait else handle
+        return handle.wait(timeout_s, on_progress, poll_interval_s) if wait else handle
 
     def get_training_status(self, org_id: str) -> dict[str, Any]:
         """The organization's latest run and its deployed version."""

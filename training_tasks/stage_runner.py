@@ -79,11 +79,13 @@ def run_stage(
     cancel = threading.Event()
     ctx = StageContext(rt, run, _progress_sink(task, rt, run_id), cancel)
     with _Heartbeat(rt, run_id, owner):
+        work_started = time.perf_counter()
         try:
             outcome = body(ctx)
         except Exception as exc:
             _on_error(task, rt, run, stage, owner, exc)
             raise
+        work_s = time.perf_counter() - work_started
     runs.complete_stage(
         rt.engine,
         run_id,
@@ -93,6 +95,7 @@ def run_stage(
         now=rt.now(),
         updates=outcome.updates,
         final_status=outcome.final_status,
+        work_s=work_s,
     )
     log.info("run %s of %s: %s done", run_id, run["organization_id"], stage)
     return run_id

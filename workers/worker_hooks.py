@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +16,26 @@ def install(app: Celery) -> None:
     from workers.org_queues import OrgQueueFollower
 
     app.steps["consumer"].add(OrgQueueFollower)
+    worker_init.connect(_check_settings_and_schema, weak=False)
     worker_process_init.connect(_fresh_handles_in_child, weak=False)
     worker_ready.connect(_reconcile_on_start, weak=False)
+
+
+def _check_settings_and_schema(**_: Any) -> None:
+    """Fail fast with the variable's name on a bad setting; bring the schema up to date."""
+    from training_tasks.errors import SettingsError
+    from training_tasks.runtime import get_runtime
+
+    try:
+        rt = get_runtime()
+    except SettingsError as exc:
+        log.critical("cannot start: environment variable %s", exc)
+        raise SystemExit(2) from None
+    log.info(
+        "training worker: models under %s, database %s",
+        rt.settings.ml_base_path,
+        rt.engine.url.render_as_string(hide_password=True),
+    )
 
 
 def _fresh_handles_in_child(**_: Any) -> None:

@@ -181,6 +181,7 @@ def complete_stage(
     now: datetime,
     updates: dict[str, Any] | None = None,
     final_status: str | None = None,
+    work_s: float | None = None,
 ) -> None:
     """Mark `stage` done and release the lease; with `final_status`, finish the run too."""
     index = STAGES.index(stage)
@@ -190,7 +191,8 @@ def complete_stage(
         timings = dict(run["stage_timings"] or {})
         timings[stage] = {
             "startedAt": iso(started_at),
-            "seconds": round((now - started_at).total_seconds(), 3),
+            "seconds": round((now - started_at).total_seconds(), 4),
+            "workSeconds": None if work_s is None else round(work_s, 4),
         }
         values: dict[str, Any] = dict(
             stages_done=index + 1,

@@ -1,0 +1,114 @@
+"""Real processes for integration tests: a Celery worker started, awaited and stopped by its PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Worker:
+    """A running worker: its node name, process and log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def service_env(
+    *, redis_url: str, database_url: str, ml_base_path: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a service process pointed at this test's Redis, database and files."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        ML_BASE_PATH=str(ml_base_path),
+        ORG_QUEUE_POLL_S="0.5",
+        RUN_LEASE_TTL_S="30",
+        **(extra or {}),
+    )
+    return env
+
+
+@contextlib.contextmanager
+def celery_worker(
+    env: Mapping[str, str], log_dir: Path, *, queues: str | None = None, concurrency: int = 2
+) -> Iterator[Worker]:
+    """Start `celery -A training_tasks worker` and wait until it answers a ping (bounded)."""
+    name = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    log_path = log_dir / f"worker-{name.split('@')[0]}.log"
+    argv = [
+        sys.executable, "-m", "celery", "-A", "training_tasks", "worker", "--loglevel", "INFO",
+        "--concurrency", str(concurrency), "--hostname", name, "--without-mingle", "--without-gossip",
+    ]
+    if queues:
+        argv += ["--queues", queues]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    worker = Worker(name, proc, log_path)
+    try:
+        _wait_ready(worker, env["REDIS_URL"])
+        yield worker
+    finally:
+        stop_group(proc)
+
+
+def _wait_ready(worker: Worker, redis_url: str) -> None:
+    from celery import Celery
+
+    probe = Celery(broker=redis_url)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{worker.log_tail()}")
+            if probe.control.ping(destination=[worker.name], timeout=0.5):
+                return
+        raise RuntimeError(f"worker not ready in {READY_TIMEOUT_S} s:\n{worker.log_tail()}")
+    finally:
+        probe.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started in its own session, and its children: TERM, then KILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns something truthy; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,441 @@
+"""The validate stage: judge a trained ONNX model on the holdout before anything is deployed."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from sklearn import metrics as skm
+
+from training_tasks.errors import ValidationRejected
+from training_tasks.files import fsync_dir, write_json_atomic
+from training_tasks.org_config import THRESHOLD_DEFAULTS
+from training_tasks.stages.validate_checks import (
+    BATCH_ROWS,
+    BYTES_PER_MB,
+    Check,
+    Holdout,
+    HoldoutProblem,
+    OnnxModel,
+    Predictor,
+    Scored,
+    at_most,
+    bind_contract,
+    holdout_check,
+    measure_latency,
+    metadata_check,
+    not_run,
+    open_deployed,
+    open_holdout,
+    open_native,
+    open_session,
+    prime_runtime,
+    release_free_heap,
+    rss_bytes,
+    score_holdout,
+    scores_check,
+    warm_up,
+)
+
+DECISION_THRESHOLD = 0.5
+THRESHOLD_METRICS = ("accuracy", "precision", "recall")
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc", "positiveRate")
+# A failure of one of these leaves nothing to measure, so the checks after them are not run.
+PREREQUISITES = ("load", "contract", "holdout", "scores")
+NEXT_STEP = (
+    "The deployed model keeps serving; adjust the data range, features or thresholds "
+    "and train again."
+)
+AFTER_LOAD = ("contract", "metadata", "memory")
+SIZE_HINT = " (use fewer trees or leaves, or raise maxModelSizeMb)"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The verdict on one model version, with every check and measurement behind it."""
+
+    organization_id: str
+    version: str
+    passed: bool
+    failures: list[str]
+    checks: list[Check]
+    metrics: dict[str, float | None]
+    script_metrics: dict[str, Any] | None
+    latency: dict[str, float]
+    memory: dict[str, float]
+    parity: dict[str, Any]
+    comparison: dict[str, Any]
+    model_sha256: str | None
+    model_size_bytes: int | None
+    rows: int
+    duration_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-able camelCase data, for validation.json and the database."""
+        doc = {
+            "organizationId": self.organization_id,
+            "version": self.version,
+            "passed": self.passed,
+            "failures": self.failures,
+            "checks": [check.as_dict() for check in self.checks],
+            "metrics": self.metrics,
+            "scriptMetrics": self.script_metrics,
+            "latency": self.latency,
+            "memory": self.memory,
+            "parity": self.parity,
+            "comparison": self.comparison,
+            "modelSha256": self.model_sha256,
+            "modelSizeBytes": self.model_size_bytes,
+            "rows": self.rows,
+            "durationMs": self.duration_ms,
+        }
+        return dict(_jsonable(doc))
+
+    def write(self, path: Path) -> Path:
+        """Write validation.json atomically: readers see the old file or the whole new one."""
+        path = Path(path)
+        write_json_atomic(path, self.as_dict())
+        fsync_dir(path.parent)
+        return path
+
+    def raise_if_rejected(self) -> None:
+        """Raise ValidationRejected listing every failed check, unless the model passed."""
+        if self.passed:
+            return
+        raise ValidationRejected(
+            f"Organization {self.organization_id}: model version {self.version} was rejected by "
+            f"validation and not deployed: {'; '.join(self.failures)}. {NEXT_STEP}",
+            list(self.failures),
+        )
+
+
+@dataclass
+class _Loaded:
+    """What reading and loading the model under validation produced."""
+
+    checks: list[Check]
+    model: OnnxModel | None = None
+    memory: dict[str, float] = field(default_factory=dict)
+    sha256: str | None = None
+    size_bytes: int | None = None
+
+
+def validate(
+    *,
+    org_id: str,
+    version: str,
+    model_path: Path,
+    holdout_path: Path,
+    feature_columns: Sequence[str],
+    target_column: str,
+    thresholds: Mapping[str, Any],
+    native_model_path: Path | None = None,
+    deployed_model_path: Path | None = None,
+    script_metrics: Mapping[str, Any] | None = None,
+) -> ValidationReport:
+    """Run every check on the model and report; a bad model is a verdict here, not an error."""
+    started_ns = time.perf_counter_ns()
+    limits = {**THRESHOLD_DEFAULTS, **thresholds}
+    features = list(feature_columns)
+    holdout, holdout_problem = open_holdout(Path(holdout_path), features, target_column)
+    sample = _sample(holdout, len(features))
+    loaded = _load_model(Path(model_path), org_id, version, features, sample, limits)
+    latency = measure_latency(loaded.model, sample) if loaded.model else {}
+    checks = [*loaded.checks, _latency_check(latency, limits, _blocker(loaded.checks))]
+    parity_limit = float(limits["maxParityDiff"])
+    native, parity_check = open_native(native_model_path, len(features), parity_limit)
+    enabled = bool(limits["notWorseThanDeployed"])
+    deployed, comparison = open_deployed(deployed_model_path, features, enabled)
+    predictors = _predictors(loaded.model, native, deployed)
+    scored, scoring_checks = _score(holdout, holdout_problem, predictors, _blocker(checks))
+    checks += scoring_checks
+    blocker = _blocker(checks)
+    metrics = _metrics(scored) if scored is not None and blocker is None else _no_metrics()
+    checks += [_threshold_check(name, metrics[name], limits, blocker) for name in THRESHOLD_METRICS]
+    parity_check, parity = _parity(parity_check, scored, parity_limit, blocker)
+    compare_check, comparison = _compare(comparison, scored, metrics, limits, blocker)
+    checks += [parity_check, compare_check]
+    return ValidationReport(
+        organization_id=org_id,
+        version=version,
+        passed=all(check.passed for check in checks),
+        failures=_failures(checks),
+        checks=checks,
+        metrics=metrics,
+        script_metrics=None if script_metrics is None else dict(script_metrics),
+        latency=latency,
+        memory=loaded.memory,
+        parity=parity,
+        comparison=comparison,
+        model_sha256=loaded.sha256,
+        model_size_bytes=loaded.size_bytes,
+        rows=0 if scored is None else scored.rows,
+        duration_ms=(time.perf_counter_ns() - started_ns) / 1e6,
+    )
+
+
+def _predictors(
+    model: OnnxModel | None, native: Predictor | None, deployed: OnnxModel | None
+) -> dict[str, Predictor]:
+    """Who scores the holdout; without a model it is still read, to check its labels."""
+    if model is None:
+        return {}
+    found = {"model": model.predict, "native": native}
+    found["deployed"] = deployed.predict if deployed is not None else None
+    return {name: predict for name, predict in found.items() if predict is not None}
+
+
+def _sample(holdout: Holdout | None, width: int) -> np.ndarray:
+    """Rows for warm-up and latency: the holdout's first rows, or zeros when it has none."""
+    if holdout is not None and len(holdout.sample):
+        return holdout.sample
+    return np.zeros((BATCH_ROWS, width), dtype=np.float32)
+
+
+def _load_model(
+    path: Path,
+    org_id: str,
+    version: str,
+    features: list[str],
+    sample: np.ndarray,
+    limits: Mapping[str, Any],
+) -> _Loaded:
+    """Read, hash and load the model; check size, contract and metadata; measure its memory."""
+    try:
+        # Hash and load the same bytes, so the recorded sha256 is of exactly what was validated.
+        model_bytes = path.read_bytes()
+    except OSError as exc:
+        detail = f"the model file {path} cannot be read ({exc.strerror}); the export must write it"
+        blocked = [not_run(name, "load") for name in ("modelSize", *AFTER_LOAD)]
+        return _Loaded([Check("load", False, None, None, detail), *blocked])
+    size_mb, size_limit_mb = len(model_bytes) / BYTES_PER_MB, float(limits["maxModelSizeMb"])
+    size = at_most("modelSize", "the model file", size_mb, size_limit_mb, "MB", SIZE_HINT)
+    loaded = _Loaded(
+        [], sha256=hashlib.sha256(model_bytes).hexdigest(), size_bytes=len(model_bytes)
+    )
+    prime_runtime()
+    release_free_heap()
+    rss_before = rss_bytes()
+    try:
+        session = open_session(model_bytes)
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        detail = f"onnxruntime cannot load the model {path}: {str(exc).strip()}"
+        blocked = [not_run(name, "load") for name in AFTER_LOAD]
+        loaded.checks = [Check("load", False, None, None, detail), size, *blocked]
+        return loaded
+    loaded.model, contract = bind_contract(session, len(features))
+    if loaded.model is not None:
+        loaded.model, contract = _warm_up(loaded.model, contract, sample)
+    loaded.memory = _memory(rss_before, rss_bytes())
+    memory_mb, memory_limit_mb = loaded.memory["sessionMb"], float(limits["maxMemoryMb"])
+    loaded.checks = [
+        Check("load", True, None, None, f"loaded by onnxruntime {ort.__version__} on the CPU"),
+        size,
+        contract,
+        metadata_check(session, org_id, version, features),
+        at_most("memory", "the ONNX session's memory", memory_mb, memory_limit_mb, "MB"),
+    ]
+    return loaded
+
+
+def _warm_up(
+    model: OnnxModel, contract: Check, sample: np.ndarray
+) -> tuple[OnnxModel | None, Check]:
+    try:
+        warm_up(model, sample)
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        detail = f"the model fails on a float32 [N, {sample.shape[1]}] input: {str(exc).strip()}"
+        return None, Check("contract", False, None, None, detail)
+    return model, contract
+
+
+def _memory(rss_before: int, rss_after: int) -> dict[str, float]:
+    return {
+        "sessionMb": max(0, rss_after - rss_before) / BYTES_PER_MB,
+        "rssBeforeMb": rss_before / BYTES_PER_MB,
+        "rssAfterMb": rss_after / BYTES_PER_MB,
+    }
+
+
+def _latency_check(
+    latency: Mapping[str, float], limits: Mapping[str, Any], blocker: str | None
+) -> Check:
+    if blocker is not None or not latency:
+        return not_run("latency", blocker or "contract")
+    limit_ms = float(limits["maxLatencyMs"])
+    return at_most("latency", "single-row inference p99", latency["singleRowP99Ms"], limit_ms, "ms")
+
+
+def _score(
+    holdout: Holdout | None, problem: str, predictors: Mapping[str, Predictor], blocker: str | None
+) -> tuple[Scored | None, list[Check]]:
+    """Score the holdout with every model; returns the holdout and scores checks."""
+    if holdout is None:
+        return None, [Check("holdout", False, None, None, problem), not_run("scores", "holdout")]
+    try:
+        scored = score_holdout(holdout, predictors)
+    except HoldoutProblem as exc:
+        return None, [Check("holdout", False, None, None, str(exc)), not_run("scores", "holdout")]
+    rows_check = holdout_check(holdout, scored.labels)
+    if blocker is None and not rows_check.passed:
+        blocker = "holdout"
+    return scored, [rows_check, not_run("scores", blocker) if blocker else scores_check(scored)]
+
+
+def _metrics(scored: Scored) -> dict[str, float | None]:
+    """The service's own metrics of the model on the holdout."""
+    labels, scores = scored.labels, scored.scores["model"]
+    predicted = (scores >= DECISION_THRESHOLD).astype(np.int8)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        labels, predicted, average="binary", zero_division=0
+    )
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "rocAuc": float(skm.roc_auc_score(labels, scores)),
+        "prAuc": float(skm.average_precision_score(labels, scores)),
+        "positiveRate": float(labels.mean()),
+        "decisionThreshold": DECISION_THRESHOLD,
+    }
+
+
+def _no_metrics() -> dict[str, float | None]:
+    return {**dict.fromkeys(METRIC_NAMES), "decisionThreshold": DECISION_THRESHOLD}
+
+
+def _threshold_check(
+    name: str, value: float | None, limits: Mapping[str, Any], blocker: str | None
+) -> Check:
+    if blocker is not None or value is None:
+        return not_run(name, blocker or "scores")
+    limit = float(limits[name])
+    shown, shown_limit = _pair(value, limit)
+    if value >= limit:
+        return Check(name, True, value, limit, f"{name} {shown} meets the threshold {shown_limit}")
+    return Check(name, False, value, limit, f"{name} {shown} is below the threshold {shown_limit}")
+
+
+def _parity(
+    native_check: Check | None, scored: Scored | None, limit: float, blocker: str | None
+) -> tuple[Check, dict[str, Any]]:
+    """Largest probability difference between the ONNX model and the native booster."""
+    if native_check is not None:  # parity was skipped, or model.txt could not be loaded
+        check = native_check
+    elif blocker is not None or scored is None:
+        check = not_run("parity", blocker or "holdout")
+    else:
+        check = _parity_check(scored, limit)
+    rows = 0 if scored is None else scored.rows
+    summary = {"status": _status(check), "maxAbsDiff": check.value, "limit": limit}
+    return check, {**summary, "rows": rows}
+
+
+def _parity_check(scored: Scored, limit: float) -> Check:
+    if "native" in scored.errors:
+        detail = f"the native model failed to score the holdout: {scored.errors['native']}"
+        return Check("parity", False, None, limit, detail)
+    diff = np.abs(scored.scores["model"].astype(np.float64) - scored.scores["native"])
+    max_diff = float(diff.max())
+    if max_diff < limit:
+        detail = f"probabilities match the native LightGBM model within {max_diff:.4g}"
+        return Check("parity", True, max_diff, limit, detail)
+    detail = (
+        f"the ONNX model's probabilities differ from the native LightGBM model (model.txt) by "
+        f"up to {max_diff:.4g}, limit {limit:.4g}: the ONNX export does not match the booster"
+    )
+    return Check("parity", False, max_diff, limit, detail)
+
+
+def _compare(
+    info: dict[str, Any],
+    scored: Scored | None,
+    metrics: Mapping[str, float | None],
+    limits: Mapping[str, Any],
+    blocker: str | None,
+) -> tuple[Check, dict[str, Any]]:
+    """The new model's ROC AUC against the deployed model's on the same holdout."""
+    name, max_drop = "notWorseThanDeployed", float(limits["maxMetricDrop"])
+    info = {**info, "metric": "rocAuc", "new": metrics["rocAuc"], "deployed": None}
+    info["maxMetricDrop"] = max_drop
+    if scored is not None and "deployed" in scored.errors:
+        info["status"] = "skipped (deployed model failed on the holdout)"
+        info["reason"] = scored.errors["deployed"]
+    if info["status"] != "compared":
+        detail = info["status"] + (f": {info['reason']}" if "reason" in info else "")
+        return Check(name, True, None, None, detail), info
+    if blocker is not None or scored is None or metrics["rocAuc"] is None:
+        return not_run(name, blocker or "holdout"), {**info, "status": "not run"}
+    new_auc = float(metrics["rocAuc"])
+    deployed_auc = float(skm.roc_auc_score(scored.labels, scored.scores["deployed"]))
+    floor = deployed_auc - max_drop
+    info.update(deployed=deployed_auc, status="passed" if new_auc >= floor else "failed")
+    if new_auc >= floor:
+        detail = f"ROC AUC {new_auc:.4f}; the deployed model has {deployed_auc:.4f}"
+        return Check(name, True, new_auc, floor, detail), info
+    detail = (
+        f"ROC AUC {new_auc:.3f} is {deployed_auc - new_auc:.3f} below the deployed model's "
+        f"{deployed_auc:.3f} on the same holdout (allowed drop {max_drop:.4g})"
+    )
+    return Check(name, False, new_auc, floor, detail), info
+
+
+def _blocker(checks: Sequence[Check]) -> str | None:
+    """The first failed check that leaves nothing to measure."""
+    failed = {check.name for check in checks if not check.passed and check.blocked_by is None}
+    return next((name for name in PREREQUISITES if name in failed), None)
+
+
+def _failures(checks: Sequence[Check]) -> list[str]:
+    """One sentence per failed check; the checks that could not run are summed up per cause."""
+    failures = [check.detail for check in checks if not check.passed and check.blocked_by is None]
+    blocked: dict[str, list[str]] = {}
+    for check in checks:
+        if check.blocked_by is not None:
+            blocked.setdefault(check.blocked_by, []).append(check.name)
+    for blocker, names in blocked.items():
+        sentence = f"{', '.join(names)} could not be checked because the {blocker} check failed"
+        failures.append(sentence)
+    return failures
+
+
+def _status(check: Check) -> str:
+    if check.blocked_by is not None:
+        return "not run"
+    if check.detail.startswith("skipped"):
+        return check.detail
+    return "passed" if check.passed else "failed"
+
+
+def _pair(value: float, limit: float) -> tuple[str, str]:
+    """Both numbers with just enough decimals that a failing value never prints as its limit."""
+    for decimals in range(2, 7):
+        shown, shown_limit = f"{value:.{decimals}f}", f"{limit:.{decimals}f}"
+        if shown != shown_limit or value == limit:
+            break
+    return shown, shown_limit
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars become Python numbers, NaN and infinity become null."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return str(value)
