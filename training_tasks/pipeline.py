@@ -75,7 +75,7 @@ def train_body(ctx: StageContext) -> StageOutcome:
         model_path=str(model_path),
         sha256=sha256_file(model_path),
         size_bytes=model_path.stat().st_size,
-        metrics=result.metrics,
+        metrics=dict(result.metrics),
         now=ctx.rt.now(),
     )
     training = {"elapsedS": result.elapsed_s, "cpuS": result.cpu_s, "peakRssMb": result.peak_rss_mb}

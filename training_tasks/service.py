@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -108,8 +109,9 @@ class TrainingService:
         from training_tasks.submit import submit_training
         from training_tasks.tasks import enqueue_chain
 
+        enqueue = functools.partial(enqueue_chain, broker_url=self.rt.settings.redis_url)
         queued = submit_training(
-            self.rt, config, org_id=org_id, trigger=trigger, actor=actor, enqueue=enqueue_chain
+            self.rt, config, org_id=org_id, trigger=trigger, actor=actor, enqueue=enqueue
         )
         handle = TrainingHandle(self, queued["runId"], queued["version"], queued["queue"])
         return handle.wait(timeout_s, on_progress, poll_interval_s) if wait else handle

@@ -12,10 +12,10 @@ from training_tasks.ids import check_org_id, new_run_id, new_version_id, org_que
 from training_tasks.org_config import OrgConfig
 from training_tasks.registry import orgs, runs
 from training_tasks.runtime import Runtime
-from training_tasks.source_schema import check_source_schema
 
 log = logging.getLogger(__name__)
 
+SCHEMA_CHECK_TIMEOUT_S = 5.0
 # enqueue(run_id, org_id, auto_deploy) sends the chain and returns the first task's id.
 Enqueue = Callable[[str, str, bool], str]
 
@@ -82,8 +82,10 @@ def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> Non
             "SCADA URL of %s is not set here; the worker checks the schema", org.organization_id
         )
         return
+    from training_tasks.stages.extract_sql import plan_source
+
     try:
-        check_source_schema(url, org.schema_config, config)
+        plan_source(url, org.schema_config, config, connect_timeout_s=SCHEMA_CHECK_TIMEOUT_S)
     except SourceUnavailableError as exc:
         log.warning(
             "could not check the SCADA schema of %s now (%s); extract will",

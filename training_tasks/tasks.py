@@ -83,15 +83,25 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     )
 
 
-def enqueue_chain(run_id: str, org_id: str, auto_deploy: bool) -> str:
-    """Send extract | train | validate [| deploy] for a run to the organization's queue."""
+def enqueue_chain(
+    run_id: str, org_id: str, auto_deploy: bool, *, broker_url: str | None = None
+) -> str:
+    """Send extract | train | validate [| deploy] for a run to the organization's queue.
+
+    `broker_url` overrides the app's broker, for callers whose settings were not built from
+    this process's environment (an embedding application, tests).
+    """
     queue = org_queue(org_id)
     steps = [extract.si(run_id), train.s(), validate.s()]
     if auto_deploy:
         steps.append(deploy.s())
     workflow = chain(*(step.set(queue=queue) for step in steps))
     workflow.link_error(on_failure.s().set(queue=queue))
-    result = workflow.apply_async()
+    if broker_url is None or broker_url == app.conf.broker_url:
+        result = workflow.apply_async()
+    else:
+        with app.connection_for_write(broker_url) as connection:
+            result = workflow.apply_async(connection=connection)
     while result.parent is not None:
         result = result.parent
     return str(result.id)

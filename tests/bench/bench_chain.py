@@ -38,19 +38,28 @@ def run(quick: bool = False) -> dict[str, Any]:
         )
         scada.write_scada_sqlite(scada_path, frame, scada.ACME_LAYOUT)
         env = service_env(
-            redis_url=redis_server.url, database_url=f"sqlite:///{base / 'svc.db'}", ml_base_path=base / "ml"
+            redis_url=redis_server.url,
+            database_url=f"sqlite:///{base / 'svc.db'}",
+            ml_base_path=base / "ml",
         )
         svc = TrainingService(build_runtime(Settings.from_env(env)))
         doc = scada.demo_org_config("bench", f"sqlite:///{scada_path}", scada.ACME_LAYOUT)
         doc["mlModelConfig"]["hyperparameters"]["numIterations"] = 5
-        doc["mlModelConfig"]["thresholds"] = {"accuracy": 0, "precision": 0, "recall": 0, "notWorseThanDeployed": False}
+        doc["mlModelConfig"]["thresholds"] = {
+            "accuracy": 0,
+            "precision": 0,
+            "recall": 0,
+            "notWorseThanDeployed": False,
+        }
         svc.register_organization("bench", doc)
         with celery_worker(env, base, concurrency=1):
             app = Celery(broker=redis_server.url, backend=redis_server.url)
             trivial_ms = _round_trips(app, 50 if quick else 200)
             overheads, walls = [], []
             for _ in range(runs_n):
-                result = svc.train_model("bench", {"dataRange": RANGE}, timeout_s=120, poll_interval_s=0.02)
+                result = svc.train_model(
+                    "bench", {"dataRange": RANGE}, timeout_s=120, poll_interval_s=0.02
+                )
                 assert isinstance(result, dict) and result["success"], result
                 wall, work = _wall_and_work(result)
                 walls.append(wall)
@@ -60,7 +69,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     p50 = statistics.median(overheads)
     return {
         "runs": runs_n,
-        "trivial_task_round_trip_ms": {"p50": statistics.median(trivial_ms), "max": max(trivial_ms)},
+        "trivial_task_round_trip_ms": {
+            "p50": statistics.median(trivial_ms),
+            "max": max(trivial_ms),
+        },
         "chain_overhead_ms": {"p50": p50, "max": max(overheads), "min": min(overheads)},
         "run_wall_s_p50": statistics.median(walls),
         "overhead_vs_trivial_round_trip": p50 / statistics.median(trivial_ms),

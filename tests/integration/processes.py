@@ -55,8 +55,20 @@ def celery_worker(
     name = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     log_path = log_dir / f"worker-{name.split('@')[0]}.log"
     argv = [
-        sys.executable, "-m", "celery", "-A", "training_tasks", "worker", "--loglevel", "INFO",
-        "--concurrency", str(concurrency), "--hostname", name, "--without-mingle", "--without-gossip",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "training_tasks",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        name,
+        "--without-mingle",
+        "--without-gossip",
     ]
     if queues:
         argv += ["--queues", queues]
@@ -93,10 +105,8 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):

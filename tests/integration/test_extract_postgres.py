@@ -10,6 +10,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from psycopg import sql
 
 from training_tasks.demo.scada import (
     ACME_LAYOUT,
@@ -63,6 +64,15 @@ def conninfo(url: str) -> str:
     return sa.make_url(url).set(drivername="postgresql").render_as_string(False)
 
 
+def new_york_sessions(url: str) -> None:
+    """Make New York the session time zone of the database, which must not shift any row."""
+    database = sql.Identifier(sa.make_url(url).database or "")
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET timezone = 'America/New_York'").format(database)
+        )
+
+
 def read(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
@@ -70,6 +80,7 @@ def read(path: Path) -> pd.DataFrame:
 def test_extract_reads_the_range_from_postgres_split_by_time(
     postgres_url: str, frame: pd.DataFrame, tmp_path: Path
 ) -> None:
+    new_york_sessions(postgres_url)
     write_scada_postgres(postgres_url, frame, ACME_LAYOUT)
     start, end = T0 + timedelta(days=1, minutes=5), T0 + timedelta(days=19)
     result = extract(postgres_url, schema_for(ACME_LAYOUT), config(start, end), tmp_path / "out")
@@ -100,7 +111,9 @@ def test_postgres_and_sqlite_sources_give_identical_files(
     write_scada_sqlite(tmp_path / "scada.db", frame, GLOBEX_LAYOUT)
     schema = schema_for(GLOBEX_LAYOUT)
     from_pg = extract(postgres_url, schema, config(), tmp_path / "pg", batch_rows=1000)
-    from_sqlite = extract(f"sqlite:///{tmp_path / 'scada.db'}", schema, config(), tmp_path / "lite", batch_rows=1000)
+    from_sqlite = extract(
+        f"sqlite:///{tmp_path / 'scada.db'}", schema, config(), tmp_path / "lite", batch_rows=1000
+    )
     assert from_pg.data_hash == from_sqlite.data_hash
     assert from_pg.rows_holdout == from_sqlite.rows_holdout > 0
 
@@ -110,7 +123,12 @@ def test_an_unknown_column_on_postgres_names_the_field_and_the_real_columns(
 ) -> None:
     write_scada_postgres(postgres_url, frame, GLOBEX_LAYOUT)
     schema = schema_for(GLOBEX_LAYOUT)
-    wrong = SchemaConfig(**{**schema.__dict__, "column_mappings": {**schema.column_mappings, "current": "motorcurrent"}})
+    wrong = SchemaConfig(
+        **{
+            **schema.__dict__,
+            "column_mappings": {**schema.column_mappings, "current": "motorcurrent"},
+        }
+    )
     with pytest.raises(ExtractError) as caught:
         extract(postgres_url, wrong, config(), tmp_path / "out")
     message = str(caught.value)
@@ -122,8 +140,10 @@ def test_a_table_name_carrying_sql_is_refused_on_postgres_and_the_table_survives
     postgres_url: str, frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     write_scada_postgres(postgres_url, frame, ACME_LAYOUT)
-    schema = SchemaConfig(table="sensor_readings; DROP TABLE sensor_readings", timestamp_column="ts")
-    with pytest.raises(ExtractError, match="schemaConfig.table"):
+    schema = SchemaConfig(
+        table="sensor_readings; DROP TABLE sensor_readings", timestamp_column="ts"
+    )
+    with pytest.raises(ExtractError, match=r"schemaConfig\.table"):
         extract(postgres_url, schema, config(), tmp_path / "out")
     with psycopg.connect(conninfo(postgres_url)) as conn:
         assert conn.execute("SELECT count(*) FROM sensor_readings").fetchone() == (len(frame),)
@@ -132,8 +152,8 @@ def test_a_table_name_carrying_sql_is_refused_on_postgres_and_the_table_survives
 def test_a_naive_timestamp_column_and_numeric_values_are_read_as_utc_floats(
     postgres_url: str, tmp_path: Path
 ) -> None:
+    new_york_sessions(postgres_url)
     with psycopg.connect(conninfo(postgres_url)) as conn:
-        conn.execute("SET TIME ZONE 'America/New_York'")  # must not shift a naive column
         conn.execute('CREATE TABLE "Readings" (at timestamp, "Load" numeric(8,3), hit integer)')
         conn.execute(
             """INSERT INTO "Readings" SELECT timestamp '2024-03-01' + i * interval '1 hour',
@@ -162,7 +182,9 @@ def test_a_non_binary_target_on_postgres_is_refused_with_an_example(
         extract(postgres_url, schema, config(feature_columns=("v",)), tmp_path / "out")
 
 
-def test_an_unreachable_database_is_a_transient_error_with_the_password_masked(tmp_path: Path) -> None:
+def test_an_unreachable_database_is_a_transient_error_with_the_password_masked(
+    tmp_path: Path,
+) -> None:
     url = "postgresql+psycopg://scada:s3cret-pw@127.0.0.1:1/plant"
     with pytest.raises(SourceUnavailableError) as caught:
         extract(url, schema_for(ACME_LAYOUT), config(), tmp_path / "out", connect_timeout_s=2)

@@ -1,0 +1,23 @@
+"""Demo data: a synthetic SCADA sensor history that a failure classifier can learn from."""
+
+from training_tasks.demo.scada import (
+    ACME_LAYOUT,
+    GLOBEX_LAYOUT,
+    ScadaLayout,
+    demo_org_config,
+    generate_sensor_frame,
+    iter_sensor_frames,
+    write_scada_postgres,
+    write_scada_sqlite,
+)
+
+__all__ = [
+    "ACME_LAYOUT",
+    "GLOBEX_LAYOUT",
+    "ScadaLayout",
+    "demo_org_config",
+    "generate_sensor_frame",
+    "iter_sensor_frames",
+    "write_scada_postgres",
+    "write_scada_sqlite",
+]
