@@ -145,7 +145,9 @@ def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byt
         worker_name(),
     ]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        # Two trainings share the cores: one OpenMP thread each, or they slow each other down.
+        env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2)), **os.environ}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         yield proc
     finally:

@@ -1,0 +1,240 @@
+"""The train stage: run the training script in the sandbox and check what it left behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training_tasks.errors import TrainingError
+from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
+from training_tasks.training_config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "training_config.json"
+MODEL_FILE = "model.onnx"
+NATIVE_MODEL_FILE = "model.txt"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "train.log"
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "auc")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a successful training produced and what it cost; round-trips through JSON."""
+
+    model_path: Path
+    native_model_path: Path | None
+    metrics: Mapping[str, Any]
+    elapsed_s: float
+    cpu_s: float
+    peak_rss_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (paths as strings) for Celery messages."""
+        return {
+            "modelPath": str(self.model_path),
+            "nativeModelPath": str(self.native_model_path) if self.native_model_path else None,
+            "metrics": dict(self.metrics),
+            "elapsedS": self.elapsed_s,
+            "cpuS": self.cpu_s,
+            "peakRssMb": self.peak_rss_mb,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainResult:
+        """Rebuild a result from `as_dict()` output."""
+        native = data.get("nativeModelPath")
+        return cls(
+            model_path=Path(data["modelPath"]),
+            native_model_path=Path(native) if native else None,
+            metrics=dict(data["metrics"]),
+            elapsed_s=float(data["elapsedS"]),
+            cpu_s=float(data["cpuS"]),
+            peak_rss_mb=float(data["peakRssMb"]),
+        )
+
+
+def script_config(
+    config: TrainingConfig, *, version: str, train_path: Path, holdout_path: Path, output_dir: Path
+) -> dict[str, Any]:
+    """The JSON config the training script receives (camelCase, absolute paths)."""
+    return {
+        **config.to_wire(),
+        "version": version,
+        "outputPath": str(output_dir.resolve()),
+        "trainDataPath": str(train_path.resolve()),
+        "holdoutDataPath": str(holdout_path.resolve()),
+    }
+
+
+def train(
+    config: TrainingConfig,
+    *,
+    version: str,
+    train_path: Path,
+    holdout_path: Path,
+    output_dir: Path,
+    script: Path,
+    python: str,
+    timeout_s: float,
+    limits: ResourceLimits,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Run `<python> <script> <config>` sandboxed; raise TrainingError unless it kept the contract."""
+    failure = _Failure(config.organization_id, version, output_dir / LOG_FILE)
+    if not script.is_file():
+        raise failure.no_script(script)
+    config_path = _prepare(config, version, train_path, holdout_path, output_dir)
+    lines = _ProgressLines(progress)
+    result = run_sandboxed(
+        [python, str(script.resolve()), str(config_path)],
+        cwd=output_dir,
+        env=allowed_env(),
+        timeout_s=timeout_s,
+        limits=limits,
+        on_line=lines,
+        log_path=output_dir / LOG_FILE,
+        cancel=cancel,
+    )
+    if not result.ok:
+        raise failure.ran(result, lines.error)
+    model_path = output_dir / MODEL_FILE
+    if not model_path.is_file() or model_path.stat().st_size == 0:
+        raise failure.broke_contract(f"it wrote no {MODEL_FILE} (or an empty one) in {output_dir}")
+    native = output_dir / NATIVE_MODEL_FILE
+    return TrainResult(
+        model_path=model_path,
+        native_model_path=native if native.is_file() else None,
+        metrics=_read_metrics(output_dir / METRICS_FILE, failure),
+        elapsed_s=result.elapsed_s,
+        cpu_s=result.cpu_s,
+        peak_rss_mb=result.peak_rss_mb,
+    )
+
+
+def _prepare(
+    config: TrainingConfig, version: str, train_path: Path, holdout_path: Path, output_dir: Path
+) -> Path:
+    """Write training_config.json into a clean output folder; returns its absolute path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # A retried run reuses the folder: stale outputs must not pass for this run's results.
+    for name in (MODEL_FILE, NATIVE_MODEL_FILE, METRICS_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    wire = script_config(
+        config,
+        version=version,
+        train_path=train_path,
+        holdout_path=holdout_path,
+        output_dir=output_dir,
+    )
+    config_path = (output_dir / CONFIG_FILE).resolve()
+    _write_json(config_path, wire)
+    return config_path
+
+
+class _ProgressLines:
+    """Parses the script's JSON lines: forwards iterations, remembers the last error."""
+
+    def __init__(self, progress: Callable[[dict[str, Any]], None] | None) -> None:
+        self.progress = progress
+        self.error: str | None = None
+
+    def __call__(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return  # the contract allows other output; it still lands in train.log
+        if not isinstance(event, dict):
+            return
+        if event.get("event") == "error":
+            self.error = str(event.get("message", ""))
+        elif event.get("event") == "iteration" and self.progress is not None:
+            update = {
+                "stage": "train",
+                "iteration": event.get("iteration"),
+                "total": event.get("total"),
+            }
+            try:
+                self.progress(update)
+            except Exception:
+                # Reporting progress is best effort; it must not kill a good training.
+                log.warning("progress callback failed for %s", update, exc_info=True)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Builds TrainingError messages that name the run, the cause and the log."""
+
+    organization_id: str
+    version: str
+    log_path: Path
+
+    def ran(self, result: SandboxResult, script_error: str | None) -> TrainingError:
+        detail = result.reason()
+        if script_error and script_error not in detail:
+            detail += f" (the script said: {script_error})"
+        hint = "see the log"
+        if result.timed_out:
+            hint = "raise TRAINING_TIMEOUT_S, shorten dataRange or lower numIterations"
+        elif result.cancelled:
+            hint = "submit the training again if it is still wanted"
+        elif "memory" in detail:
+            hint = "raise the memory limit or shorten dataRange"
+        return self._error(f"the training script {detail}", hint)
+
+    def no_script(self, script: Path) -> TrainingError:
+        return self._error(
+            f"the training script {script} does not exist",
+            "install it or fix the script in the organization's mlModelConfig",
+        )
+
+    def broke_contract(self, problem: str) -> TrainingError:
+        return self._error(
+            f"the training script exited 0 but {problem}",
+            "check that the script writes its outputs into outputPath",
+        )
+
+    def _error(self, what: str, hint: str) -> TrainingError:
+        return TrainingError(
+            f"training of organization {self.organization_id} version {self.version} failed: "
+            f"{what}; {hint} (log: {self.log_path})"
+        )
+
+
+def _read_metrics(path: Path, failure: _Failure) -> dict[str, Any]:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise failure.broke_contract(f"it wrote no {METRICS_FILE}") from None
+    except (OSError, ValueError) as exc:
+        raise failure.broke_contract(f"{METRICS_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(metrics, dict):
+        raise failure.broke_contract(f"{METRICS_FILE} is not a JSON object")
+    bad = [key for key in METRIC_KEYS if not _is_metric(metrics.get(key, "missing"))]
+    if bad:
+        raise failure.broke_contract(
+            f"{METRICS_FILE} lacks a number for {', '.join(bad)} (needs {', '.join(METRIC_KEYS)})"
+        )
+    return metrics
+
+
+def _is_metric(value: object) -> bool:
+    """A metric is a finite number, or null where it is undefined (AUC with one class)."""
+    if value is None:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(temporary, path)
