@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,10 @@ from rich.table import Table
 
 from training_tasks.service import FINISHED, TrainingHandle
 
-console = Console()
+# Piped output gets a wide fixed width, so tables never fold version ids for grep and scripts.
+console = Console(width=None if sys.stdout.isatty() else 200)
+# Progress goes to stderr, so `--json` output on stdout stays parseable.
+progress_console = Console(stderr=True)
 STAGE_ORDER = ("queued", "extract", "train", "validate", "deploy", "done")
 
 
@@ -32,7 +36,7 @@ def follow_runs(
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=progress_console, transient=False) as bar:
         ids: dict[str, TaskID] = {
             h.run_id: bar.add_task("", total=100, org=h.run_id[:8], stage="queued", detail="")
             for h in handles

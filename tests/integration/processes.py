@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from training_tasks.child_process import die_with_parent
+
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
@@ -74,7 +76,12 @@ def celery_worker(
         argv += ["--queues", queues]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     worker = Worker(name, proc, log_path)
     try:

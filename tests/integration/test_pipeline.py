@@ -226,7 +226,11 @@ def test_a_rejected_model_leaves_the_deployed_one_serving(stack, worker) -> None
     doc["mlModelConfig"]["thresholds"] = {"recall": 0.999, "precision": 0.999}
     stack.service.update_organization("acme-corp", doc)
 
-    waited = stack.trainctl("train", "acme-corp", "--wait", "--json", check=False)
+    request = stack.tmp / "training.json"
+    request.write_text(json.dumps({"dataRange": RANGE}))
+    waited = stack.trainctl(
+        "train", "acme-corp", "--config", str(request), "--wait", "--json", check=False
+    )
     assert waited.returncode == 1
     rejected = json.loads(waited.stdout)
     assert rejected["status"] == "rejected"

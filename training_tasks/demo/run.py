@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from training_tasks.child_process import die_with_parent
 from training_tasks.settings import Settings
 
 DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -147,7 +148,9 @@ def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byt
     with open(log_path, "ab") as log:
         # Two trainings share the cores: one OpenMP thread each, or they slow each other down.
         env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2)), **os.environ}
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+        )
     try:
         yield proc
     finally:

@@ -14,25 +14,23 @@ import difflib
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc_pg
 import adbc_driver_sqlite.dbapi as adbc_sqlite
-import psycopg
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from training_tasks.errors import ExtractError, SourceUnavailableError
+from training_tasks.errors import ExtractError
 from training_tasks.org_config import SchemaConfig, mask_url
+from training_tasks.stages.extract_errors import source_errors, translate_error
 from training_tasks.training_config import TrainingConfig
 
 TIMESTAMP_FIELD = "timestamp"
@@ -332,7 +330,7 @@ def _utc(moment: datetime) -> datetime:
 
 def _read_sqlite(plan: SourcePlan, batch_rows: int, names: list[str]) -> Iterator[pa.RecordBatch]:
     first = True
-    with _source_errors(plan), adbc_sqlite.connect(plan.driver_uri) as conn, conn.cursor() as cur:
+    with source_errors(plan), adbc_sqlite.connect(plan.driver_uri) as conn, conn.cursor() as cur:
         cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
         cur.execute(plan.sql, parameters=plan.parameters)
         for batch in cur.fetch_record_batch():
@@ -347,7 +345,7 @@ def _read_sqlite(plan: SourcePlan, batch_rows: int, names: list[str]) -> Iterato
 
 def _read_postgres(plan: SourcePlan, batch_rows: int, names: list[str]) -> Iterator[pa.RecordBatch]:
     hint_bytes = max(1 << 20, batch_rows * _BYTES_PER_VALUE * len(names))
-    with _source_errors(plan), adbc_pg.connect(plan.driver_uri) as conn, conn.cursor() as cur:
+    with source_errors(plan), adbc_pg.connect(plan.driver_uri) as conn, conn.cursor() as cur:
         cur.execute(_BIND_RANGE, parameters=plan.parameters)
         cur.fetchall()
         cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(hint_bytes)})
@@ -355,56 +353,6 @@ def _read_postgres(plan: SourcePlan, batch_rows: int, names: list[str]) -> Itera
         for batch in cur.fetch_record_batch():
             if batch.num_rows:
                 yield batch.rename_columns(names)
-
-
-@contextmanager
-def _source_errors(plan: SourcePlan) -> Iterator[None]:
-    """Turn driver errors into the service's errors: unreachable is transient, the rest permanent."""
-    try:
-        yield
-    except (ExtractError, SourceUnavailableError):
-        raise
-    except Exception as exc:
-        raise _translate(exc, plan) from exc
-
-
-def translate_error(exc: BaseException, org: str, backend: str, masked_url: str) -> Exception:
-    """The service error for a driver error: unreachable is transient, everything else permanent."""
-    text = _first_line(exc)
-    unreachable = (
-        isinstance(exc, psycopg.OperationalError | adbc_driver_manager.OperationalError)
-        if backend == "postgresql"
-        else any(word in text.lower() for word in ("locked", "busy"))
-    )
-    if unreachable:
-        return SourceUnavailableError(
-            f"organization {org}: cannot read the SCADA database {masked_url}: {text}; the run "
-            "is retried, check that the database is up and reachable from the workers"
-        )
-    return ExtractError(
-        f"organization {org}: reading the SCADA table failed: {text}; check the organization's "
-        "schemaConfig and the database user's rights"
-    )
-
-
-def _translate(exc: Exception, plan: SourcePlan) -> Exception:
-    text = _first_line(exc)
-    mismatch = "Type mismatch in column "
-    if plan.backend == "sqlite" and mismatch in text:
-        index = int(text.split(mismatch, 1)[1].split(":", 1)[0]) - 1  # column 0 is the flag
-        if 0 <= index < len(plan.columns):
-            col = plan.columns[index]
-            return ExtractError(
-                f"organization {plan.organization_id}: {col.field} (column {col.physical!r}) "
-                f"holds values of another kind than numbers ({text.split(': ', 1)[-1]}); a "
-                f"{col.role} column must hold numbers only: clean the column or choose another"
-            )
-    return translate_error(exc, plan.organization_id, plan.backend, plan.masked_url)
-
-
-def _first_line(exc: BaseException | None) -> str:
-    lines = str(exc).strip().splitlines()
-    return mask_url(lines[0]) if lines else type(exc).__name__
 
 
 def _listing(names: list[str], limit: int = 30) -> str:

@@ -12,41 +12,40 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from sklearn import metrics as skm
 
 from training_tasks.errors import ValidationRejected
 from training_tasks.files import fsync_dir, write_json_atomic
 from training_tasks.org_config import THRESHOLD_DEFAULTS
 from training_tasks.stages.validate_checks import (
-    BATCH_ROWS,
     BYTES_PER_MB,
     Check,
-    Holdout,
-    HoldoutProblem,
     OnnxModel,
     Predictor,
-    Scored,
     at_most,
     bind_contract,
-    holdout_check,
     measure_latency,
     metadata_check,
     not_run,
     open_deployed,
-    open_holdout,
     open_native,
     open_session,
     prime_runtime,
     release_free_heap,
     rss_bytes,
-    score_holdout,
-    scores_check,
     warm_up,
 )
+from training_tasks.stages.validate_holdout import (
+    compare_with_deployed,
+    holdout_metrics,
+    no_metrics,
+    open_holdout,
+    parity_with_native,
+    sample_rows,
+    score_and_check,
+    threshold_check,
+)
 
-DECISION_THRESHOLD = 0.5
 THRESHOLD_METRICS = ("accuracy", "precision", "recall")
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc", "positiveRate")
 # A failure of one of these leaves nothing to measure, so the checks after them are not run.
 PREREQUISITES = ("load", "contract", "holdout", "scores")
 NEXT_STEP = (
@@ -145,7 +144,7 @@ def validate(
     limits = {**THRESHOLD_DEFAULTS, **thresholds}
     features = list(feature_columns)
     holdout, holdout_problem = open_holdout(Path(holdout_path), features, target_column)
-    sample = _sample(holdout, len(features))
+    sample = sample_rows(holdout, len(features))
     loaded = _load_model(Path(model_path), org_id, version, features, sample, limits)
     latency = measure_latency(loaded.model, sample) if loaded.model else {}
     checks = [*loaded.checks, _latency_check(latency, limits, _blocker(loaded.checks))]
@@ -154,13 +153,13 @@ def validate(
     enabled = bool(limits["notWorseThanDeployed"])
     deployed, comparison = open_deployed(deployed_model_path, features, enabled)
     predictors = _predictors(loaded.model, native, deployed)
-    scored, scoring_checks = _score(holdout, holdout_problem, predictors, _blocker(checks))
+    scored, scoring_checks = score_and_check(holdout, holdout_problem, predictors, _blocker(checks))
     checks += scoring_checks
     blocker = _blocker(checks)
-    metrics = _metrics(scored) if scored is not None and blocker is None else _no_metrics()
-    checks += [_threshold_check(name, metrics[name], limits, blocker) for name in THRESHOLD_METRICS]
-    parity_check, parity = _parity(parity_check, scored, parity_limit, blocker)
-    compare_check, comparison = _compare(comparison, scored, metrics, limits, blocker)
+    metrics = holdout_metrics(scored) if scored is not None and blocker is None else no_metrics()
+    checks += [threshold_check(name, metrics[name], limits, blocker) for name in THRESHOLD_METRICS]
+    parity_check, parity = parity_with_native(parity_check, scored, parity_limit, blocker)
+    compare_check, comparison = compare_with_deployed(comparison, scored, metrics, limits, blocker)
     checks += [parity_check, compare_check]
     return ValidationReport(
         organization_id=org_id,
@@ -190,13 +189,6 @@ def _predictors(
     found = {"model": model.predict, "native": native}
     found["deployed"] = deployed.predict if deployed is not None else None
     return {name: predict for name, predict in found.items() if predict is not None}
-
-
-def _sample(holdout: Holdout | None, width: int) -> np.ndarray:
-    """Rows for warm-up and latency: the holdout's first rows, or zeros when it has none."""
-    if holdout is not None and len(holdout.sample):
-        return holdout.sample
-    return np.zeros((BATCH_ROWS, width), dtype=np.float32)
 
 
 def _load_model(
@@ -273,121 +265,6 @@ def _latency_check(
     return at_most("latency", "single-row inference p99", latency["singleRowP99Ms"], limit_ms, "ms")
 
 
-def _score(
-    holdout: Holdout | None, problem: str, predictors: Mapping[str, Predictor], blocker: str | None
-) -> tuple[Scored | None, list[Check]]:
-    """Score the holdout with every model; returns the holdout and scores checks."""
-    if holdout is None:
-        return None, [Check("holdout", False, None, None, problem), not_run("scores", "holdout")]
-    try:
-        scored = score_holdout(holdout, predictors)
-    except HoldoutProblem as exc:
-        return None, [Check("holdout", False, None, None, str(exc)), not_run("scores", "holdout")]
-    rows_check = holdout_check(holdout, scored.labels)
-    if blocker is None and not rows_check.passed:
-        blocker = "holdout"
-    return scored, [rows_check, not_run("scores", blocker) if blocker else scores_check(scored)]
-
-
-def _metrics(scored: Scored) -> dict[str, float | None]:
-    """The service's own metrics of the model on the holdout."""
-    labels, scores = scored.labels, scored.scores["model"]
-    predicted = (scores >= DECISION_THRESHOLD).astype(np.int8)
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        labels, predicted, average="binary", zero_division=0
-    )
-    return {
-        "accuracy": float(skm.accuracy_score(labels, predicted)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "rocAuc": float(skm.roc_auc_score(labels, scores)),
-        "prAuc": float(skm.average_precision_score(labels, scores)),
-        "positiveRate": float(labels.mean()),
-        "decisionThreshold": DECISION_THRESHOLD,
-    }
-
-
-def _no_metrics() -> dict[str, float | None]:
-    return {**dict.fromkeys(METRIC_NAMES), "decisionThreshold": DECISION_THRESHOLD}
-
-
-def _threshold_check(
-    name: str, value: float | None, limits: Mapping[str, Any], blocker: str | None
-) -> Check:
-    if blocker is not None or value is None:
-        return not_run(name, blocker or "scores")
-    limit = float(limits[name])
-    shown, shown_limit = _pair(value, limit)
-    if value >= limit:
-        return Check(name, True, value, limit, f"{name} {shown} meets the threshold {shown_limit}")
-    return Check(name, False, value, limit, f"{name} {shown} is below the threshold {shown_limit}")
-
-
-def _parity(
-    native_check: Check | None, scored: Scored | None, limit: float, blocker: str | None
-) -> tuple[Check, dict[str, Any]]:
-    """Largest probability difference between the ONNX model and the native booster."""
-    if native_check is not None:  # parity was skipped, or model.txt could not be loaded
-        check = native_check
-    elif blocker is not None or scored is None:
-        check = not_run("parity", blocker or "holdout")
-    else:
-        check = _parity_check(scored, limit)
-    rows = 0 if scored is None else scored.rows
-    summary = {"status": _status(check), "maxAbsDiff": check.value, "limit": limit}
-    return check, {**summary, "rows": rows}
-
-
-def _parity_check(scored: Scored, limit: float) -> Check:
-    if "native" in scored.errors:
-        detail = f"the native model failed to score the holdout: {scored.errors['native']}"
-        return Check("parity", False, None, limit, detail)
-    diff = np.abs(scored.scores["model"].astype(np.float64) - scored.scores["native"])
-    max_diff = float(diff.max())
-    if max_diff < limit:
-        detail = f"probabilities match the native LightGBM model within {max_diff:.4g}"
-        return Check("parity", True, max_diff, limit, detail)
-    detail = (
-        f"the ONNX model's probabilities differ from the native LightGBM model (model.txt) by "
-        f"up to {max_diff:.4g}, limit {limit:.4g}: the ONNX export does not match the booster"
-    )
-    return Check("parity", False, max_diff, limit, detail)
-
-
-def _compare(
-    info: dict[str, Any],
-    scored: Scored | None,
-    metrics: Mapping[str, float | None],
-    limits: Mapping[str, Any],
-    blocker: str | None,
-) -> tuple[Check, dict[str, Any]]:
-    """The new model's ROC AUC against the deployed model's on the same holdout."""
-    name, max_drop = "notWorseThanDeployed", float(limits["maxMetricDrop"])
-    info = {**info, "metric": "rocAuc", "new": metrics["rocAuc"], "deployed": None}
-    info["maxMetricDrop"] = max_drop
-    if scored is not None and "deployed" in scored.errors:
-        info["status"] = "skipped (deployed model failed on the holdout)"
-        info["reason"] = scored.errors["deployed"]
-    if info["status"] != "compared":
-        detail = info["status"] + (f": {info['reason']}" if "reason" in info else "")
-        return Check(name, True, None, None, detail), info
-    if blocker is not None or scored is None or metrics["rocAuc"] is None:
-        return not_run(name, blocker or "holdout"), {**info, "status": "not run"}
-    new_auc = float(metrics["rocAuc"])
-    deployed_auc = float(skm.roc_auc_score(scored.labels, scored.scores["deployed"]))
-    floor = deployed_auc - max_drop
-    info.update(deployed=deployed_auc, status="passed" if new_auc >= floor else "failed")
-    if new_auc >= floor:
-        detail = f"ROC AUC {new_auc:.4f}; the deployed model has {deployed_auc:.4f}"
-        return Check(name, True, new_auc, floor, detail), info
-    detail = (
-        f"ROC AUC {new_auc:.3f} is {deployed_auc - new_auc:.3f} below the deployed model's "
-        f"{deployed_auc:.3f} on the same holdout (allowed drop {max_drop:.4g})"
-    )
-    return Check(name, False, new_auc, floor, detail), info
-
-
 def _blocker(checks: Sequence[Check]) -> str | None:
     """The first failed check that leaves nothing to measure."""
     failed = {check.name for check in checks if not check.passed and check.blocked_by is None}
@@ -405,23 +282,6 @@ def _failures(checks: Sequence[Check]) -> list[str]:
         sentence = f"{', '.join(names)} could not be checked because the {blocker} check failed"
         failures.append(sentence)
     return failures
-
-
-def _status(check: Check) -> str:
-    if check.blocked_by is not None:
-        return "not run"
-    if check.detail.startswith("skipped"):
-        return check.detail
-    return "passed" if check.passed else "failed"
-
-
-def _pair(value: float, limit: float) -> tuple[str, str]:
-    """Both numbers with just enough decimals that a failing value never prints as its limit."""
-    for decimals in range(2, 7):
-        shown, shown_limit = f"{value:.{decimals}f}", f"{limit:.{decimals}f}"
-        if shown != shown_limit or value == limit:
-            break
-    return shown, shown_limit
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Measurements behind the validate stage: holdout, ONNX session, latency, memory and scoring."""
+"""Model side of the validate stage: check records, ONNX session and contract, latency, memory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import psutil
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
 BATCH_ROWS = 1_000
-CHUNK_ROWS = 65_536
 WARMUP_RUNS = 20
 SINGLE_ROW_RUNS = 200
 BATCH_RUNS = 5
@@ -63,71 +59,6 @@ def at_most(name: str, what: str, value: float, limit: float, unit: str, hint: s
         return Check(name, True, value, limit, f"{what} is {value:.4g} {unit}")
     detail = f"{what} is {value:.4g} {unit}, above the limit {limit:.4g} {unit}{hint}"
     return Check(name, False, value, limit, detail)
-
-
-class HoldoutProblem(ValueError):
-    """The holdout file cannot be used to judge the model."""
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """An opened holdout; it is read in chunks so memory does not grow with its row count."""
-
-    path: Path
-    dataset: ds.Dataset
-    features: list[str]
-    target: str
-    sample: np.ndarray  # its first rows, for warm-up and latency
-
-    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(float32 features, int8 labels) per chunk; raises HoldoutProblem on unreadable data."""
-        columns = [*self.features, self.target]
-        batches = iter(self.dataset.to_batches(columns=columns, batch_size=CHUNK_ROWS))
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except (OSError, pa.ArrowException) as exc:
-                raise HoldoutProblem(f"the holdout {self.path} cannot be read: {exc}") from None
-            yield to_matrix(batch, self.features), self._labels(batch.column(self.target))
-
-    def _labels(self, column: pa.Array) -> np.ndarray:
-        if column.null_count:
-            raise HoldoutProblem(f"the target column {self.target!r} has missing values")
-        values = column.to_numpy(zero_copy_only=False)
-        if np.any((values != 0) & (values != 1)):
-            raise HoldoutProblem(f"the target column {self.target!r} has values other than 0 and 1")
-        return values.astype(np.int8)
-
-
-def open_holdout(path: Path, features: list[str], target: str) -> tuple[Holdout | None, str]:
-    """Open the holdout Parquet file and check its columns; else None and the problem."""
-    try:
-        dataset = ds.dataset(str(path), format="parquet")
-        names = dataset.schema.names
-        missing = [name for name in [*features, target] if name not in names]
-        if missing:
-            return None, f"the holdout {path} lacks the columns {missing}"
-        for name in [*features, target]:
-            kind = dataset.schema.field(name).type
-            if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or kind == pa.bool_()):
-                return None, f"column {name!r} of the holdout is {kind}, not a number"
-        sample = to_matrix(dataset.head(BATCH_ROWS, columns=features), features)
-    except FileNotFoundError:
-        return None, f"the holdout {path} does not exist; the extract stage writes it"
-    except (OSError, pa.ArrowException) as exc:
-        return None, f"the holdout {path} cannot be read: {exc}"
-    return Holdout(Path(path), dataset, features, target, sample), ""
-
-
-def to_matrix(data: pa.RecordBatch | pa.Table, features: Sequence[str]) -> np.ndarray:
-    """The feature columns as a C-ordered float32 matrix in `features` order; nulls become NaN."""
-    matrix = np.empty((data.num_rows, len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        column = pc.cast(data.column(name), pa.float32(), safe=False)
-        matrix[:, j] = column.to_numpy(zero_copy_only=False)
-    return matrix
 
 
 @dataclass(frozen=True)
@@ -356,70 +287,3 @@ def open_deployed(
         status = "skipped (deployed model breaks the model contract)"
         return None, {**info, "status": status, "reason": contract.detail}
     return model, {**info, "status": "compared"}
-
-
-@dataclass(frozen=True)
-class Scored:
-    """Labels of the whole holdout and the probabilities each model gave them."""
-
-    labels: np.ndarray
-    scores: dict[str, np.ndarray]
-    errors: dict[str, str]
-
-    @property
-    def rows(self) -> int:
-        return len(self.labels)
-
-
-def score_holdout(holdout: Holdout, predictors: Mapping[str, Predictor]) -> Scored:
-    """Score each holdout chunk with every model in one pass; a model that fails is recorded."""
-    labels: list[np.ndarray] = []
-    scores: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
-    errors: dict[str, str] = {}
-    for features, chunk_labels in holdout.chunks():
-        labels.append(chunk_labels)
-        for name, predict in predictors.items():
-            if name in errors:
-                continue
-            try:
-                scores[name].append(predict(features))
-            except Exception as exc:  # onnxruntime and LightGBM raise unrelated exception types
-                errors[name] = str(exc).strip()
-    return Scored(
-        labels=np.concatenate(labels) if labels else np.empty(0, dtype=np.int8),
-        scores={name: _concat(parts) for name, parts in scores.items() if name not in errors},
-        errors=errors,
-    )
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
-
-
-def holdout_check(holdout: Holdout, labels: np.ndarray) -> Check:
-    """The holdout must have rows of both classes, or the metrics are undefined."""
-    rows, positives = len(labels), int(labels.sum())
-    if rows == 0:
-        detail = f"the holdout {holdout.path} has no rows; widen the data range or validationSplit"
-        return Check("holdout", False, 0, None, detail)
-    if positives in (0, rows):
-        detail = (
-            f"the holdout has only class {int(labels[0])} in its {rows} rows, so precision, recall "
-            "and ROC AUC are undefined; widen the data range so it holds failures and normal rows"
-        )
-        return Check("holdout", False, rows, None, detail)
-    detail = f"{rows} rows, {positives} of class 1 ({100 * positives / rows:.1f}%)"
-    return Check("holdout", True, rows, None, detail)
-
-
-def scores_check(scored: Scored) -> Check:
-    """The model must give every holdout row a probability within [0, 1]."""
-    if "model" in scored.errors:
-        detail = f"the model failed to score the holdout: {scored.errors['model']}"
-        return Check("scores", False, None, None, detail)
-    scores = scored.scores["model"]
-    bad = int(np.count_nonzero(~((scores >= 0.0) & (scores <= 1.0))))
-    if bad:
-        detail = f"the model returned {bad} probabilities that are not numbers within [0, 1]"
-        return Check("scores", False, bad, 0, detail)
-    return Check("scores", True, 0, 0, f"{len(scores)} probabilities, all within [0, 1]")
