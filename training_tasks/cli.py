@@ -225,7 +225,9 @@ def db_upgrade() -> None:
 
 @cli.command()
 @click.option("--keep-running", is_flag=True, help="Leave the worker running until Ctrl-C.")
-def demo(keep_running: bool) -> None:
+@click.option("--assets", default=24, show_default=True, help="Assets per demo organization.")
+@click.option("--days", default=120, show_default=True, help="Days of sensor history per asset.")
+def demo(keep_running: bool, assets: int, days: int) -> None:
     """Run the whole job on the embedded default (what `make run` does).
 
     Starts an embedded Redis (unless REDIS_URL is set), uses SQLite under ML_BASE_PATH (unless
@@ -234,7 +236,7 @@ def demo(keep_running: bool) -> None:
     """
     from training_tasks.demo.run import run_demo
 
-    sys.exit(run_demo(keep_running=keep_running))
+    sys.exit(run_demo(keep_running=keep_running, assets=assets, days=days))
 
 
 def main() -> None:

@@ -23,11 +23,14 @@ from training_tasks.settings import Settings
 
 DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO_DAYS = 120
+DEMO_ASSETS = 24
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
 
 
-def run_demo(*, keep_running: bool = False) -> int:
+def run_demo(
+    *, keep_running: bool = False, assets: int = DEMO_ASSETS, days: int = DEMO_DAYS
+) -> int:
     """Run the demo end to end; returns the process exit code (0 if both orgs deployed)."""
     from training_tasks.cli_views import console
 
@@ -42,18 +45,18 @@ def run_demo(*, keep_running: bool = False) -> int:
         from training_tasks.service import TrainingService
 
         svc = TrainingService()
-        orgs = _prepare_demo_orgs(svc, base / "demo")
+        orgs = _prepare_demo_orgs(svc, base / "demo", assets, days)
         with _worker(settings, base / "demo" / "worker.log") as worker:
             _wait_for_worker(worker, settings.redis_url)
-            return _train_all(svc, orgs, settings, keep_running)
+            return _train_all(svc, orgs, settings, keep_running, days)
 
 
-def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool) -> int:
+def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool, days: int) -> int:
     from training_tasks.cli_views import console, deployed_table, follow_runs
 
     data_range = {
         "startDate": DEMO_START.isoformat().replace("+00:00", "Z"),
-        "endDate": (DEMO_START + timedelta(days=DEMO_DAYS)).isoformat().replace("+00:00", "Z"),
+        "endDate": (DEMO_START + timedelta(days=days)).isoformat().replace("+00:00", "Z"),
     }
     handles = [
         svc.train_model(org, {"dataRange": data_range}, wait=False, trigger="demo", actor="demo")
@@ -77,12 +80,11 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
                 f"  [red]{result['organizationId']}: {result['status']}: {result['error']}[/]"
             )
     for org in orgs:
-        kept = [
-            v["version"]
-            for v in svc.list_versions(org)
-            if v["status"] in ("deployed", "superseded")
-        ]
-        console.print(f"  {org}: {len(kept)} deployable version(s) kept for rollback")
+        state = svc.get_organization(org)
+        if state["previousVersion"]:
+            console.print(
+                f"  {org}: previous version {state['previousVersion']} stays deployable for rollback"
+            )
     if keep_running:
         console.print("worker keeps running; press Ctrl-C to stop")
         with contextlib.suppress(KeyboardInterrupt):
@@ -91,7 +93,7 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
     return 0 if all(r["success"] for r in results) else 1
 
 
-def _prepare_demo_orgs(svc: Any, demo_dir: Path) -> list[str]:
+def _prepare_demo_orgs(svc: Any, demo_dir: Path, assets: int, days: int) -> list[str]:
     from training_tasks.cli_views import console
     from training_tasks.demo import scada
     from training_tasks.errors import NotFoundError
@@ -99,20 +101,23 @@ def _prepare_demo_orgs(svc: Any, demo_dir: Path) -> list[str]:
     demo_dir.mkdir(parents=True, exist_ok=True)
     layouts = {"acme-corp": scada.ACME_LAYOUT, "globex": scada.GLOBEX_LAYOUT}
     for seed, (org_id, layout) in enumerate(layouts.items(), start=1):
-        db_path = demo_dir / f"scada_{org_id}.db"
+        db_path = demo_dir / f"scada_{org_id}_{assets}x{days}d.db"
         if not db_path.exists():
             with console.status(f"generating demo SCADA data for {org_id}"):
                 frame = scada.generate_sensor_frame(
-                    assets=24, days=DEMO_DAYS, interval_min=10, seed=seed, start=DEMO_START
+                    assets=assets, days=days, interval_min=10, seed=seed, start=DEMO_START
                 )
                 scada.write_scada_sqlite(db_path, frame, layout)
             console.print(f"generated {len(frame):,} sensor rows for {org_id} in {db_path}")
+        config = scada.demo_org_config(org_id, f"sqlite:///{db_path}", layout)
         try:
-            svc.get_organization(org_id)
+            current = svc.get_organization(org_id)
         except NotFoundError:
-            config = scada.demo_org_config(org_id, f"sqlite:///{db_path}", layout)
             svc.register_organization(org_id, config, actor="demo")
             console.print(f"registered organization {org_id}")
+            continue
+        if current["scadaDbConfig"].get("url") != config["scadaDbConfig"]["url"]:
+            svc.update_organization(org_id, config, actor="demo")
     return list(layouts)
 
 

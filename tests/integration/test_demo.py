@@ -1,0 +1,55 @@
+"""`make run` as a newcomer meets it: embedded Redis, SQLite, demo data, a worker, two orgs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training_tasks.cli", "demo", "--assets", "8", "--days", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _children_of_demo(base: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            if (proc.info["environ"] or {}).get("ML_BASE_PATH") == str(base):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_the_demo_trains_both_orgs_deploys_and_leaves_nothing_running(tmp_path: Path) -> None:
+    base = tmp_path / "ml"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["ML_BASE_PATH"] = str(base)
+
+    first = _demo(env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Deployed models" in first.stdout
+    assert first.stdout.count("succeeded") >= 2
+    for org in ("acme-corp", "globex"):
+        assert (base / "models" / org / "current").is_symlink()
+    assert (base / "training.db").is_file(), "the embedded default keeps its records in SQLite"
+    assert _children_of_demo(base) == [], "the worker and the embedded Redis are stopped"
+
+    second = _demo(env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "stays deployable for rollback" in second.stdout
+    deployed = sorted(p.name for p in (base / "models" / "acme-corp").glob("deployed_*"))
+    assert len(deployed) == 2
