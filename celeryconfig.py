@@ -26,7 +26,9 @@ result_extended = True
 
 task_acks_late = True
 worker_prefetch_multiplier = 1
-task_track_started = True
+# The run row in the database records every stage as it starts; a STARTED state in the result
+# backend would cost a Redis round trip per stage for nothing (Flower sees it through events).
+task_track_started = False
 task_send_sent_event = True
 worker_send_task_events = True
 broker_connection_retry_on_startup = True

@@ -96,6 +96,7 @@ def run_stage(
         updates=outcome.updates,
         final_status=outcome.final_status,
         work_s=work_s,
+        claimed=run,
     )
     log.info("run %s of %s: %s done", run_id, run["organization_id"], stage)
     return run_id

@@ -30,25 +30,25 @@ def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[
     )
 
 
-@app.task(name="training.extract", bind=True)
+@app.task(name="training.extract", bind=True, ignore_result=True)
 def extract(self: Task, run_id: str) -> str:
     """Stage 1: SCADA rows of the requested range into Parquet files."""
     return run_stage(self, run_id, "extract", pipeline.extract_body)
 
 
-@app.task(name="training.train", bind=True)
+@app.task(name="training.train", bind=True, ignore_result=True)
 def train(self: Task, run_id: str) -> str:
     """Stage 2: the training script in its sandbox; the model filed under its version."""
     return run_stage(self, run_id, "train", pipeline.train_body)
 
 
-@app.task(name="training.validate", bind=True)
+@app.task(name="training.validate", bind=True, ignore_result=True)
 def validate(self: Task, run_id: str) -> str:
     """Stage 3: the service's own checks of the exported model."""
     return run_stage(self, run_id, "validate", pipeline.validate_body)
 
 
-@app.task(name="training.deploy", bind=True)
+@app.task(name="training.deploy", bind=True, ignore_result=True)
 def deploy(self: Task, run_id: str) -> str:
     """Stage 4: deploy atomically and publish the hot-swap message."""
     return run_stage(self, run_id, "deploy", pipeline.deploy_body)
@@ -83,6 +83,16 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     )
 
 
+_pools: dict[str, Any] = {}
+
+
+def _connection_pool(broker_url: str) -> Any:
+    """A small pool of broker connections per URL, so enqueueing does not connect every time."""
+    if broker_url not in _pools:
+        _pools[broker_url] = app.connection_for_write(broker_url).Pool(limit=4)
+    return _pools[broker_url]
+
+
 def enqueue_chain(
     run_id: str, org_id: str, auto_deploy: bool, *, broker_url: str | None = None
 ) -> str:
@@ -100,7 +110,7 @@ def enqueue_chain(
     if broker_url is None or broker_url == app.conf.broker_url:
         result = workflow.apply_async()
     else:
-        with app.connection_for_write(broker_url) as connection:
+        with _connection_pool(broker_url).acquire(block=True, timeout=10) as connection:
             result = workflow.apply_async(connection=connection)
     while result.parent is not None:
         result = result.parent

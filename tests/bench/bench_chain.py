@@ -11,11 +11,11 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-RANGE = {"startDate": "2026-01-01T00:00:00Z", "endDate": "2026-01-08T00:00:00Z"}
+RANGE = {"startDate": "2026-01-01T00:00:00Z", "endDate": "2026-01-29T00:00:00Z"}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         base = Path(tmp)
         scada_path = base / "scada.db"
         frame = scada.generate_sensor_frame(
-            assets=2, days=7, interval_min=30, seed=3, start=datetime(2026, 1, 1, tzinfo=UTC)
+            assets=12, days=28, interval_min=30, seed=3, start=datetime(2026, 1, 1, tzinfo=UTC)
         )
         scada.write_scada_sqlite(scada_path, frame, scada.ACME_LAYOUT)
         env = service_env(
@@ -52,10 +52,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             "notWorseThanDeployed": False,
         }
         svc.register_organization("bench", doc)
-        with celery_worker(env, base, concurrency=1):
+        with celery_worker(env, base, concurrency=2):
             app = Celery(broker=redis_server.url, backend=redis_server.url)
             trivial_ms = _round_trips(app, 50 if quick else 200)
-            overheads, walls = [], []
+            overheads, walls, parts = [], [], []
             for _ in range(runs_n):
                 result = svc.train_model(
                     "bench", {"dataRange": RANGE}, timeout_s=120, poll_interval_s=0.02
@@ -64,6 +64,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 wall, work = _wall_and_work(result)
                 walls.append(wall)
                 overheads.append((wall - work) * 1000)
+                parts.append(_breakdown_ms(result))
             app.close()
         svc.close()
     p50 = statistics.median(overheads)
@@ -74,6 +75,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             "max": max(trivial_ms),
         },
         "chain_overhead_ms": {"p50": p50, "max": max(overheads), "min": min(overheads)},
+        "overhead_breakdown_ms_p50": {
+            key: statistics.median(p[key] for p in parts) for key in parts[0]
+        },
         "run_wall_s_p50": statistics.median(walls),
         "overhead_vs_trivial_round_trip": p50 / statistics.median(trivial_ms),
         "goal": "chain overhead at most about 20 ms per run",
@@ -87,6 +91,26 @@ def _round_trips(app: Any, n: int) -> list[float]:
         app.send_task("celery.accumulate", args=[i], queue="training.requests").get(timeout=10)
         times.append((time.perf_counter() - started) * 1000)
     return times[5:]
+
+
+def _breakdown_ms(result: dict[str, Any]) -> dict[str, float]:
+    """Where the overhead goes: before the first stage, between stages, inside stages."""
+
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    timings = sorted(result["stageTimings"].values(), key=lambda t: t["startedAt"])
+    queued, finished = at(result["queuedAt"]), at(result["finishedAt"])
+    starts = [at(t["startedAt"]) for t in timings]
+    ends = [s + timedelta(seconds=t["seconds"]) for s, t in zip(starts, timings, strict=True)]
+    between = sum((b - a).total_seconds() for a, b in zip(ends, starts[1:], strict=False))
+    inside = sum(t["seconds"] - (t["workSeconds"] or 0.0) for t in timings)
+    return {
+        "queued_to_first_stage": (starts[0] - queued).total_seconds() * 1000,
+        "between_stages": between * 1000,
+        "inside_stages_not_work": inside * 1000,
+        "last_stage_to_finished": (finished - ends[-1]).total_seconds() * 1000,
+    }
 
 
 def _wall_and_work(result: dict[str, Any]) -> tuple[float, float]:

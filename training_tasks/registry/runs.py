@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from training_tasks.db.tables import ACTIVE_STATUSES, FINISHED_STATUSES, training_runs
@@ -123,16 +123,14 @@ def claim_stage(
             worker=worker,
             lease_expires_at=now + timedelta(seconds=ttl_s),
             progress={"stage": stage},
+            started_at=func.coalesce(c.started_at, now),
         )
+        .returning(*training_runs.c)
     )
     with engine.begin() as conn:
-        if conn.execute(claimed).rowcount == 1:
-            conn.execute(
-                update(training_runs)
-                .where(c.id == run_id, c.started_at.is_(None))
-                .values(started_at=now)
-            )
-            return get_run_in(conn, run_id)
+        row = conn.execute(claimed).first()
+    if row is not None:
+        return dict(row._mapping)
     run = get_run(engine, run_id)
     if run["status"] in FINISHED_STATUSES or run["stages_done"] > index:
         raise RunFinished(f"run {run_id} is {run['status']} past {stage}; nothing to do")
@@ -182,12 +180,17 @@ def complete_stage(
     updates: dict[str, Any] | None = None,
     final_status: str | None = None,
     work_s: float | None = None,
+    claimed: dict[str, Any] | None = None,
 ) -> None:
-    """Mark `stage` done and release the lease; with `final_status`, finish the run too."""
+    """Mark `stage` done and release the lease; with `final_status`, finish the run too.
+
+    `claimed` is the run as this owner claimed it; its stage timings are still current, because
+    nobody else writes them while the lease is held, so they need not be read again.
+    """
     index = STAGES.index(stage)
     c = training_runs.c
     with engine.begin() as conn:
-        run = get_run_in(conn, run_id)
+        run = claimed if claimed is not None else get_run_in(conn, run_id)
         timings = dict(run["stage_timings"] or {})
         timings[stage] = {
             "startedAt": iso(started_at),
