@@ -280,3 +280,40 @@ def test_trainctl_status_shows_the_deployed_version(stack, worker) -> None:
     done = stack.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
     status = stack.trainctl("status", "acme-corp").stdout
     assert done["version"] in status and "succeeded" in status
+
+
+SLOW_SCRIPT = """
+import runpy, sys, time
+time.sleep({delay_s})
+sys.argv[0] = {bundled!r}
+runpy.run_path({bundled!r}, run_name="__main__")
+"""
+
+
+def test_an_org_script_runs_and_a_duplicate_delivered_mid_run_does_nothing(stack, worker) -> None:
+    from training_tasks.settings import BUNDLED_SCRIPT
+
+    scripts = stack.base / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    (scripts / "slow_train.py").write_text(
+        SLOW_SCRIPT.format(delay_s=3, bundled=str(BUNDLED_SCRIPT))
+    )
+    stack.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    handle = stack.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+    wait_for(
+        lambda: (stack.run_row(handle.run_id)["progress"] or {}).get("stage") == "train",
+        60,
+        "the run to reach the train stage",
+    )
+    from celery import Celery
+
+    app = Celery(broker=stack.env["REDIS_URL"])
+    app.send_task("training.train", args=[handle.run_id], queue="org.acme-corp")
+    result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+    assert result["status"] == "succeeded", result["error"] or worker.log_tail()
+    wait_for(
+        lambda: "delivered again" in worker.log_tail(200), 30, "the duplicate to be turned away"
+    )
+    log = stack.base / "artifacts/acme-corp" / result["version"] / "train.log"
+    assert log.is_file()
+    assert stack.service.get_organization("acme-corp")["deploySequence"] == 1
