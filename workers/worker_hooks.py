@@ -31,6 +31,10 @@ def _check_settings_and_schema(**_: Any) -> None:
     except SettingsError as exc:
         log.critical("cannot start: environment variable %s", exc)
         raise SystemExit(2) from None
+    if rt.settings.debug:
+        # NODE_ENV=development: the service's own debug lines, whatever --loglevel says.
+        for name in ("training_tasks", "workers"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     log.info(
         "training worker: models under %s, database %s",
         rt.settings.ml_base_path,
