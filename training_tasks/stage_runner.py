@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from celery import Task
@@ -28,6 +27,7 @@ from training_tasks.errors import (
     ValidationRejected,
 )
 from training_tasks.ids import check_run_id
+from training_tasks.leases import keeper
 from training_tasks.registry import runs
 from training_tasks.runtime import Runtime, get_runtime
 
@@ -78,7 +78,7 @@ def run_stage(
     log.info("run %s of %s: %s started", run_id, run["organization_id"], stage)
     cancel = threading.Event()
     ctx = StageContext(rt, run, _progress_sink(task, rt, run_id), cancel)
-    with _Heartbeat(rt, run_id, owner):
+    with keeper.hold(rt, run_id, owner):
         work_started = time.perf_counter()
         try:
             outcome = body(ctx)
@@ -151,34 +151,3 @@ def _progress_sink(task: Task, rt: Runtime, run_id: str) -> Callable[[dict[str, 
             task.update_state(state="PROGRESS", meta={"runId": run_id, **progress})
 
     return report
-
-
-class _Heartbeat:
-    """Renews the run's lease from a background thread while the stage runs."""
-
-    def __init__(self, rt: Runtime, run_id: str, owner: str) -> None:
-        self.rt, self.run_id, self.owner = rt, run_id, owner
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        ttl_s = self.rt.settings.lease_ttl_s
-        while not self.stop.wait(ttl_s / 3):
-            try:
-                runs.renew_lease(
-                    self.rt.engine, self.run_id, owner=self.owner, now=self.rt.now(), ttl_s=ttl_s
-                )
-            except Exception:  # a missed beat is retried on the next tick; the lease has slack
-                log.warning("run %s: lease renewal failed", self.run_id, exc_info=True)
-
-
-def elapsed_s(started: datetime, now: datetime) -> float:
-    return round((now - started).total_seconds(), 3)

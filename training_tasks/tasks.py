@@ -105,7 +105,7 @@ def enqueue_chain(
     steps = [extract.si(run_id), train.s(), validate.s()]
     if auto_deploy:
         steps.append(deploy.s())
-    workflow = chain(*(step.set(queue=queue) for step in steps))
+    workflow = chain(*(step.set(queue=queue, ignore_result=True) for step in steps))
     workflow.link_error(on_failure.s().set(queue=queue))
     if broker_url is None or broker_url == app.conf.broker_url:
         result = workflow.apply_async()
