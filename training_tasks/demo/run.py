@@ -69,16 +69,12 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
     results = follow_runs(handles, timeout_s=1800)
     console.print(deployed_table(results, str(settings.ml_base_path)))
     for result in results:
+        org, version = result["organizationId"], result["version"]
         if result["success"]:
-            model = svc.rt.store.deployed_model(result["organizationId"], result["version"])
-            console.print(
-                f"  {result['organizationId']}: {model}  (artifacts: "
-                f"{svc.rt.store.artifacts(result['organizationId'], result['version'])})"
-            )
+            console.print(f"  {org}  model      {svc.rt.store.deployed_model(org, version)}")
+            console.print(f"  {' ' * len(org)}  artifacts  {svc.rt.store.artifacts(org, version)}")
         else:
-            console.print(
-                f"  [red]{result['organizationId']}: {result['status']}: {result['error']}[/]"
-            )
+            console.print(f"  [red]{org}: {result['status']}: {result['error']}[/]")
     for org in orgs:
         state = svc.get_organization(org)
         if state["previousVersion"]:
