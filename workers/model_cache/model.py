@@ -1,0 +1,222 @@
+"""Load one deployed ONNX model: path and sha256 checks, metadata checks, warm-up, inference.
+
+The file is read once into memory; the sha256 is computed over those bytes and the session is
+built from the same bytes, so the file cannot change between the check and the load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from training_tasks.hotswap import Deployment
+from workers.model_cache.errors import ModelRejected
+
+PROBABILITY_OUTPUT = "failure_probability"
+INPUT_NAME = "input"
+# The shape of organization ids (as the service enforces): no "/", no "..", so
+# `models/<org>` can never name a parent or a sibling folder.
+ORG_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_org_id(org_id: str) -> str:
+    """Return `org_id` if it is a safe organization id, else raise ValueError."""
+    if not isinstance(org_id, str) or not ORG_ID_PATTERN.match(org_id):
+        raise ValueError(
+            f"{org_id!r} is not a valid organization id; use 1-63 lowercase letters, digits "
+            "and inner hyphens (for example 'acme-corp')"
+        )
+    return org_id
+
+
+def check_model_path(ml_base_path: Path, org_id: str, model_path: str | Path) -> Path:
+    """Resolve `model_path` (symlinks too) and refuse it unless it is a file in `models/<org>/`.
+
+    A relative path is taken relative to `ml_base_path`.
+    """
+    root = (Path(ml_base_path) / "models" / check_org_id(org_id)).resolve()
+    candidate = Path(model_path)
+    if not candidate.is_absolute():
+        candidate = Path(ml_base_path) / candidate
+    resolved = candidate.resolve()
+    if root not in resolved.parents:
+        raise ModelRejected(
+            f"model path {model_path} resolves to {resolved}, outside {root}, the model folder "
+            f"of organization {org_id}; deploy the model into that folder"
+        )
+    if not resolved.is_file():
+        raise ModelRejected(
+            f"model file {model_path} of organization {org_id} is missing; check that "
+            f"{root} is the same folder the training service deploys to (ML_BASE_PATH)"
+        )
+    return resolved
+
+
+def check_sha256(data: bytes, expected: str, path: Path) -> None:
+    """Raise ModelRejected unless the sha256 of `data` is `expected`."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.lower():
+        raise ModelRejected(
+            f"model file {path} has sha256 {actual}, the deployment says {expected}; the file "
+            "was changed or only partly copied, deploy the version again"
+        )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, warmed ONNX session and what it serves; immutable once built."""
+
+    organization_id: str
+    version: str
+    sequence: int
+    path: Path
+    feature_columns: tuple[str, ...]
+    loaded_at: str
+    session: ort.InferenceSession = field(repr=False)
+    input_name: str
+    output_name: str
+    probability_pair: bool
+
+    def predict(self, rows: Any) -> np.ndarray:
+        """Failure probabilities (float32, one per row) of 2-D `rows` in feature-column order."""
+        features = np.asarray(rows, dtype=np.float32)
+        width = len(self.feature_columns)
+        if features.ndim != 2 or features.shape[1] != width:
+            raise ValueError(
+                f"rows must be 2-D [n_rows, {width}] in the order {list(self.feature_columns)} "
+                f"(organization {self.organization_id}, version {self.version}); got shape "
+                f"{list(features.shape)}"
+            )
+        (output,) = self.session.run([self.output_name], {self.input_name: features})
+        result = np.asarray(output)
+        return result[:, 1] if self.probability_pair else result.reshape(len(features))
+
+
+def load_model(
+    ml_base_path: Path, org_id: str, deployment: Deployment, *, intra_op_threads: int = 1
+) -> LoadedModel:
+    """Check, load and warm the model of `deployment`; raise ModelRejected saying why not."""
+    if deployment.organizationId != org_id:
+        raise ModelRejected(
+            f"the deployment names organization {deployment.organizationId}, not {org_id}; "
+            "publish it on that organization's own key and channel"
+        )
+    path = check_model_path(ml_base_path, org_id, deployment.modelPath)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelRejected(f"cannot read model file {path}: {exc}; check its permissions") from exc
+    check_sha256(data, deployment.sha256, path)
+    session = _session(data, path, intra_op_threads)
+    columns = _check_metadata(session, org_id, deployment, path)
+    input_name = _input_name(session, path, len(columns))
+    output_name, pair = _output(session, path)
+    model = LoadedModel(
+        organization_id=org_id,
+        version=deployment.version,
+        sequence=deployment.sequence,
+        path=path,
+        feature_columns=columns,
+        loaded_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        session=session,
+        input_name=input_name,
+        output_name=output_name,
+        probability_pair=pair,
+    )
+    _warm(model)
+    return model
+
+
+def _session(data: bytes, path: Path, intra_op_threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning pool threads would burn the CPU the embedding service needs between requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelRejected(
+            f"model file {path} is not a loadable ONNX model ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); deploy a valid version"
+        ) from exc
+
+
+def _check_metadata(
+    session: ort.InferenceSession, org_id: str, deployment: Deployment, path: Path
+) -> tuple[str, ...]:
+    props = session.get_modelmeta().custom_metadata_map
+    for key, expected in (("organization_id", org_id), ("version", deployment.version)):
+        if props.get(key) != expected:
+            raise ModelRejected(
+                f"model file {path} has metadata {key}={props.get(key)!r}, the deployment "
+                f"expects {expected!r}; the file belongs to another model, deploy the right one"
+            )
+    try:
+        columns = json.loads(props["feature_columns"])
+    except (KeyError, ValueError) as exc:
+        raise ModelRejected(
+            f"model file {path} lacks a JSON list in metadata feature_columns; export it "
+            "with the training script's metadata"
+        ) from exc
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise ModelRejected(f"model file {path} has a malformed feature_columns list: {columns!r}")
+    return tuple(columns)
+
+
+def _input_name(session: ort.InferenceSession, path: Path, width: int) -> str:
+    inputs = session.get_inputs()
+    named = [i for i in inputs if i.name == INPUT_NAME]
+    chosen = named[0] if named else (inputs[0] if len(inputs) == 1 else None)
+    if chosen is None:
+        raise ModelRejected(
+            f"model file {path} has inputs {[i.name for i in inputs]}; the model contract is one "
+            f"float32 input named {INPUT_NAME!r}"
+        )
+    shape = chosen.shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
+        raise ModelRejected(
+            f"model file {path} takes input shape {shape}, but its feature_columns list "
+            f"{width} features; export the model with input [N, {width}]"
+        )
+    return str(chosen.name)
+
+
+def _output(session: ort.InferenceSession, path: Path) -> tuple[str, bool]:
+    outputs = session.get_outputs()
+    for output in outputs:
+        if output.name == PROBABILITY_OUTPUT:
+            return PROBABILITY_OUTPUT, False
+    for output in outputs:
+        if len(output.shape) == 2 and output.shape[1] == 2:
+            return str(output.name), True
+    raise ModelRejected(
+        f"model file {path} has outputs {[o.name for o in outputs]}; the model contract needs "
+        f"{PROBABILITY_OUTPUT!r} [N] or an [N, 2] probabilities output"
+    )
+
+
+def _warm(model: LoadedModel) -> None:
+    """Run one inference, so the first real call pays no set-up and a broken graph shows now."""
+    try:
+        result = model.predict(np.zeros((1, len(model.feature_columns)), dtype=np.float32))
+    except Exception as exc:
+        raise ModelRejected(
+            f"model file {model.path} failed its warm-up inference ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); deploy a valid version"
+        ) from exc
+    if result.shape != (1,) or not np.isfinite(result).all():
+        raise ModelRejected(
+            f"model file {model.path} returned {result!r} for one warm-up row; expected one "
+            "finite probability"
+        )
