@@ -1,4 +1,4 @@
-"""`trainctl`: register organizations, train, watch progress, inspect runs and versions, deploy."""
+"""`trainctl`: register organizations, train, watch progress, inspect, deploy, roll back, clean up."""
 
 from __future__ import annotations
 
@@ -183,12 +183,77 @@ def versions(org_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("org_id")
 @click.argument("version")
-def deploy(org_id: str, version: str) -> None:
+@click.option(
+    "--model-path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Deploy only if this is the version's own model file (or its deployed copy).",
+)
+def deploy(org_id: str, version: str, model_path: Path | None) -> None:
     """Deploy VERSION (validated) of ORG_ID now and notify prediction services."""
-    result = _service().deploy_model(org_id, version, actor="cli")
+    result = _service().deploy_model(org_id, version, model_path, actor="cli")
     click.echo(
         f"deployed {org_id} {version} (sequence {result['sequence']}) at {result['modelPath']}"
     )
+
+
+@cli.command()
+@click.argument("org_id")
+@click.argument("version", required=False)
+def rollback(org_id: str, version: str | None) -> None:
+    """Deploy an earlier VERSION of ORG_ID again (default: the previous one).
+
+    The rollback is a deployment like any other (deployed copy checked, one transaction, pointer,
+    Redis key) announced as `rolled_back`. A rejected version, a version removed by `trainctl gc`
+    or the one already deployed is refused and nothing changes.
+    """
+    result = _service().rollback_model(org_id, version, actor="cli")
+    click.echo(
+        f"rolled back {org_id} to {result['version']} (sequence {result['sequence']}) "
+        f"at {result['modelPath']}"
+    )
+
+
+@cli.command()
+@click.argument("org_id")
+@click.argument("model_path", metavar="PATH", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def validate(org_id: str, model_path: Path, as_json: bool) -> None:
+    """Check the ONNX model at PATH of ORG_ID with the service's own validation.
+
+    PATH must be inside the organization's folders under ML_BASE_PATH. The model is scored on the
+    holdout of the organization's latest run that still has its extracted data; nothing is
+    recorded. Exits 1 when the model is rejected.
+    """
+    from training_tasks.cli_views import print_validation
+
+    report = _service().validate_model(org_id, model_path)
+    _echo_json(report) if as_json else print_validation(report)
+    sys.exit(0 if report["passed"] else 1)
+
+
+@cli.command()
+@click.argument("org_id", required=False)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the newest versions to keep besides the deployed and the previous one.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gc(org_id: str | None, keep: int, dry_run: bool, as_json: bool) -> None:
+    """Remove old model versions of ORG_ID (default: every organization).
+
+    Kept: the deployed version, the previous one, the newest --keep versions and the versions of
+    queued or running runs. For the rest the model file, the deployed copy and the artifacts
+    folder are deleted, and the version is marked `removed` in the database and audited.
+    """
+    from training_tasks.cli_views import print_removals
+
+    removed = _service().collect_garbage(org_id, keep=keep, dry_run=dry_run, actor="cli")
+    _echo_json(removed) if as_json else print_removals(removed, dry_run=dry_run)
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -134,23 +135,71 @@ def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
 
 
 def print_status(doc: dict[str, Any]) -> None:
-    """The deployed version and the latest run."""
+    """The organization's deployment, then its latest run, one section after the other."""
     console.print(f"[bold]{doc['organizationId']}[/]")
-    console.print(
-        f"  deployed version  {doc['deployedVersion'] or '(none)'} (sequence {doc['deploySequence']})"
-    )
-    console.print(f"  previous version  {doc['previousVersion'] or '(none)'}")
+    # Sections in the order shown; each returns its own lines.
+    for section in (_deployment_lines, _latest_run_lines):
+        for line in section(doc):
+            console.print(f"  {line}")
+
+
+def _deployment_lines(doc: dict[str, Any]) -> list[str]:
+    return [
+        f"deployed version  {doc['deployedVersion'] or '(none)'} (sequence {doc['deploySequence']})",
+        f"previous version  {doc['previousVersion'] or '(none)'}",
+    ]
+
+
+def _latest_run_lines(doc: dict[str, Any]) -> list[str]:
     run = doc.get("latestRun")
     if run is None:
-        console.print("  no training run yet")
-        return
+        return ["no training run yet"]
     stage = (run.get("progress") or {}).get("stage") or run.get("stage")
-    console.print(
-        f"  latest run        {run['runId']} {run['status']} (stage {stage}), version {run['version']}"
-    )
-    console.print(f"  queued at         {run['queuedAt']}  finished at {run['finishedAt'] or '-'}")
+    lines = [
+        f"latest run        {run['runId']} {run['status']} (stage {stage}), version {run['version']}",
+        f"queued at         {run['queuedAt']}  finished at {run['finishedAt'] or '-'}",
+    ]
     if run.get("error"):
-        console.print(f"  [red]error: {run['error']}[/]")
+        lines.append(f"[red]error: {escape(run['error'])}[/]")
+    return lines
+
+
+def print_validation(report: dict[str, Any]) -> None:
+    """A validation verdict: the model, the holdout, the metrics and every failed check."""
+    passed = report["passed"]
+    verdict = "[green]passed[/]" if passed else "[red]rejected[/]"
+    console.print(f"[bold]{report['organizationId']}[/] version {report['version']}: {verdict}")
+    # Paths stay on one line, so they can be copied and grepped.
+    console.print(f"  model    {escape(report['modelPath'])}", soft_wrap=True)
+    console.print(
+        f"  holdout  {escape(report['holdoutPath'])} ({report['rows']:,} rows, run "
+        f"{report['holdoutRunId']} version {report['holdoutVersion']})",
+        soft_wrap=True,
+    )
+    metrics = report.get("metrics") or {}
+    keys = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc")
+    console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys))
+    if passed:
+        console.print(f"  all {len(report['checks'])} checks passed")
+        return
+    console.print("  failed checks:")
+    for failure in report["failures"]:
+        console.print(f"  [red]- {escape(failure)}[/]", soft_wrap=True)
+
+
+def print_removals(removed: Sequence[dict[str, Any]], *, dry_run: bool) -> None:
+    """What garbage collection removed (or, in a dry run, would remove), one version per block."""
+    if not removed:
+        console.print("nothing to remove: every version is kept by the retention rule")
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in removed:
+        was = " (files left from an earlier removal)" if item["status"] == "removed" else ""
+        console.print(f"{verb} {item['organizationId']} {item['version']} ({item['status']}){was}")
+        for path in item["paths"]:
+            console.print(f"  {escape(path)}", soft_wrap=True)
+    if dry_run:
+        console.print(f"dry run: {len(removed)} version(s), nothing changed")
 
 
 def print_history(org_id: str, runs: Sequence[dict[str, Any]]) -> None:

@@ -1,22 +1,29 @@
-"""The Python API of the training service: register organizations, train, inspect, deploy."""
+"""The Python API of the training service: register, train, inspect, deploy, roll back, clean up."""
 
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from training_tasks import org_config
-from training_tasks.errors import TrainingServiceError
+from training_tasks.errors import NotFoundError, TrainingServiceError
 from training_tasks.fields import iso
-from training_tasks.ids import check_org_id, check_version_id
-from training_tasks.registry import audit, orgs, runs, versions
+from training_tasks.ids import VERSION_PATTERN, check_org_id, check_version_id
+from training_tasks.registry import audit, orgs, retention, runs, versions
 from training_tasks.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    from training_tasks.hotswap import Deployment
 
 FINISHED = ("succeeded", "validated", "rejected", "failed", "cancelled")
 ProgressCallback = Callable[[dict[str, Any]], None]
+VERSION_IN_PATH = re.compile(VERSION_PATTERN.pattern.strip("^$"))
+HOLDOUT_SEARCH_RUNS = 200
 
 
 @dataclass
@@ -141,8 +148,15 @@ class TrainingService:
             for v in versions.list_versions(self.rt.engine, org_id, limit)
         ]
 
-    def deploy_model(self, org_id: str, version: str, *, actor: str = "api") -> dict[str, Any]:
-        """Deploy a validated version of the organization now (the explicit deploy)."""
+    def deploy_model(
+        self,
+        org_id: str,
+        version: str,
+        model_path: str | Path | None = None,
+        *,
+        actor: str = "api",
+    ) -> dict[str, Any]:
+        """Deploy a validated version now; a given `model_path` must be that version's own file."""
         from training_tasks.stages.deploy import deploy
 
         check_org_id(org_id)
@@ -155,14 +169,117 @@ class TrainingService:
             version,
             now=self.rt.now(),
             actor=actor,
+            model_path=None if model_path is None else Path(model_path),
+        )
+        return deployment_summary(deployment, "deployed")
+
+    def rollback_model(
+        self, org_id: str, version: str | None = None, *, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Deploy an earlier version again (default: the previous one) and announce the rollback."""
+        from training_tasks.stages.deploy import rollback
+
+        check_org_id(org_id)
+        if version is not None:
+            check_version_id(version)
+        deployment = rollback(
+            self.rt.engine,
+            self.rt.redis,
+            self.rt.store,
+            org_id,
+            version,
+            now=self.rt.now(),
+            actor=actor,
+        )
+        return deployment_summary(deployment, "rolled_back")
+
+    def validate_model(self, org_id: str, model_path: str | Path) -> dict[str, Any]:
+        """Judge an ONNX file of the organization with the service's checks on its latest holdout.
+
+        Nothing is recorded: the report is returned (camelCase, with `passed` and `failures`).
+        """
+        from training_tasks.stages.validate import validate
+        from training_tasks.training_config import from_wire
+
+        org = orgs.get_org(self.rt.engine, check_org_id(org_id))
+        path = self.rt.store.check_inside_org(org_id, Path(model_path))
+        if not path.is_file():
+            raise NotFoundError(
+                f"model file {model_path} of organization {org_id} does not exist; give the path "
+                f"of an ONNX file under {self.rt.store.org_models(org_id)}"
+            )
+        run, holdout = latest_holdout(self.rt.engine, org_id)
+        config = from_wire(run["config"])
+        version, native = self._model_identity(org_id, path)
+        report = validate(
+            org_id=org_id,
+            version=version,
+            model_path=path,
+            holdout_path=holdout,
+            feature_columns=config.feature_columns,
+            target_column=config.target_column,
+            thresholds=org.thresholds,
+            native_model_path=native,
+            deployed_model_path=self._deployed_copy(org_id),
         )
         return {
-            "organizationId": org_id,
-            "version": version,
-            "modelPath": deployment.modelPath,
-            "sha256": deployment.sha256,
-            "sequence": deployment.sequence,
+            **report.as_dict(),
+            "modelPath": str(path),
+            "holdoutPath": str(holdout),
+            "holdoutRunId": run["id"],
+            "holdoutVersion": run["version"],
         }
+
+    def collect_garbage(
+        self,
+        org_id: str | None = None,
+        keep: int = retention.DEFAULT_KEEP,
+        dry_run: bool = False,
+        *,
+        actor: str = "api",
+    ) -> list[dict[str, Any]]:
+        """Delete the files of versions the retention rule does not keep (every org by default).
+
+        Kept: the deployed and previous version, the newest `keep`, and those of active runs.
+        """
+        retention.check_keep(keep)
+        org_ids = [check_org_id(org_id)] if org_id is not None else self.list_organizations()
+        removed: list[dict[str, Any]] = []
+        for org in org_ids:
+            done = retention.collect(
+                self.rt.engine,
+                self.rt.store,
+                org,
+                keep=keep,
+                now=self.rt.now(),
+                actor=actor,
+                dry_run=dry_run,
+            )
+            removed += [removal.as_dict() for removal in done]
+        return removed
+
+    def _model_identity(self, org_id: str, path: Path) -> tuple[str, Path | None]:
+        """The version a model file is, and the native LightGBM model to check parity with."""
+        match = VERSION_IN_PATH.search(f"{path.parent.name}/{path.name}")
+        if match is None:
+            return _metadata_version(path) or "(not recorded)", None
+        version, store = match.group(0), self.rt.store
+        own = (
+            store.version_model(org_id, version),
+            store.deployed_model(org_id, version),
+            store.artifacts(org_id, version) / "model.onnx",
+        )
+        native = store.artifacts(org_id, version) / "model.txt"
+        if path in {candidate.resolve() for candidate in own} and native.is_file():
+            return version, native
+        return version, None
+
+    def _deployed_copy(self, org_id: str) -> Path | None:
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        if not row["current_version"]:
+            return None
+        path = self.rt.store.deployed_model(org_id, row["current_version"])
+        return path if path.is_file() else None
 
     def reconcile(self) -> list[str]:
         """Repair every org's `current` pointer and Redis key from the database."""
@@ -206,6 +323,42 @@ def run_summary(run: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
     }
 
 
+def deployment_summary(deployment: Deployment, event: str) -> dict[str, Any]:
+    """A deployment or rollback as the API returns it."""
+    return {
+        "organizationId": deployment.organizationId,
+        "version": deployment.version,
+        "modelPath": deployment.modelPath,
+        "sha256": deployment.sha256,
+        "sequence": deployment.sequence,
+        "event": event,
+    }
+
+
+def latest_holdout(engine: Any, org_id: str) -> tuple[dict[str, Any], Path]:
+    """The organization's newest run whose extracted holdout is still on disk, and that holdout."""
+    for run in runs.list_runs(engine, org_id, limit=HOLDOUT_SEARCH_RUNS):
+        holdout = (run["data_stats"] or {}).get("holdout_path")
+        if holdout and Path(holdout).is_file():
+            return run, Path(holdout)
+    raise NotFoundError(
+        f"organization {org_id} has no holdout to validate against: none of its runs has "
+        "extracted data left on disk (a run's extract stage writes it; `trainctl gc` deletes it "
+        f"with the version). Run `trainctl train {org_id} --wait`, then validate again"
+    )
+
+
+def _metadata_version(path: Path) -> str | None:
+    """The `version` a model records in its ONNX metadata, if it can be read."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises protobuf's own error types; the load check will report it
+        return None
+    return next((prop.value for prop in model.metadata_props if prop.key == "version"), None)
+
+
 def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]:
     """A model version as the API returns it."""
     validation = v["validation"] or {}
@@ -223,6 +376,7 @@ def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]
         "validationFailures": validation.get("failures") or [],
         "createdAt": _iso(v["created_at"]),
         "deployedAt": _iso(v["deployed_at"]),
+        "removedAt": _iso(v["removed_at"]),
     }
 
 

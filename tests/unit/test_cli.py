@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 BASE_ORG = {
     "mlModelConfig": {"featureColumns": ["temperature"], "targetColumn": "failure"},
@@ -83,3 +84,157 @@ def test_an_invalid_organization_id_is_refused(tmp_path: Path) -> None:
     result = trainctl(tmp_path, "org", "create", "../x", "--config", str(config))
     assert result.returncode == 1
     assert "organizationId" in result.stderr
+
+
+def _registered(tmp_path: Path, org_id: str = "acme-corp", doc: dict | None = None) -> Any:
+    """The service database under tmp_path/ml with ORG_ID registered, as `trainctl` finds it."""
+    from tests.registry_fixtures import migrated_engine, register
+
+    engine = migrated_engine(f"sqlite:///{tmp_path / 'ml' / 'training.db'}")
+    register(engine, org_id, doc or {**BASE_ORG, "scadaDbConfig": {"url": "sqlite:///x.db"}})
+    return engine
+
+
+def _version(engine: Any, tmp_path: Path, org_id: str, offset_s: int, **run: Any) -> str:
+    """A validated version with its model file, from a finished run (with `run` columns set)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from tests.registry_fixtures import NOW
+    from training_tasks.db.tables import training_runs
+    from training_tasks.files import sha256_file
+    from training_tasks.ids import new_run_id, new_version_id
+    from training_tasks.paths import ModelStore
+    from training_tasks.registry import runs, versions
+
+    now, store = NOW + timedelta(seconds=offset_s), ModelStore(tmp_path / "ml")
+    run_id, version = new_run_id(), new_version_id(now)
+    runs.create_run(
+        engine,
+        run_id=run_id,
+        org_id=org_id,
+        version=version,
+        config=run.pop("config", {}),
+        trigger="t",
+        auto_deploy=True,
+        actor="t",
+        now=now,
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            update(training_runs)
+            .where(training_runs.c.id == run_id)
+            .values(status="succeeded", **run)
+        )
+    path = store.version_model(org_id, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"model {version}".encode())
+    versions.record_trained(
+        engine,
+        version=version,
+        org_id=org_id,
+        run_id=run_id,
+        model_path=str(path),
+        sha256=sha256_file(path),
+        size_bytes=path.stat().st_size,
+        metrics={},
+        now=now,
+    )
+    versions.record_validation(
+        engine, version, report={"passed": True}, passed=True, actor="t", now=now
+    )
+    return version
+
+
+def test_a_rollback_with_nothing_to_go_back_to_says_how_to_name_a_version(tmp_path: Path) -> None:
+    _registered(tmp_path).dispose()
+    result = trainctl(tmp_path, "rollback", "acme-corp")
+    assert result.returncode == 1
+    assert "acme-corp has no previous version" in result.stderr
+    assert "trainctl rollback acme-corp VERSION" in result.stderr
+
+
+def test_a_rollback_to_an_unknown_version_says_where_to_list_them(tmp_path: Path) -> None:
+    _registered(tmp_path).dispose()
+    result = trainctl(tmp_path, "rollback", "acme-corp", "v2026-01-15T10-30-00-000Z_a1b2c3d4")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "trainctl versions" in result.stderr
+
+
+def test_gc_dry_run_lists_what_would_be_removed_and_changes_nothing(tmp_path: Path) -> None:
+    engine = _registered(tmp_path)
+    old, older = (
+        _version(engine, tmp_path, "acme-corp", -60),
+        _version(engine, tmp_path, "acme-corp", -120),
+    )
+    newest = _version(engine, tmp_path, "acme-corp", 0)
+    result = trainctl(tmp_path, "gc", "acme-corp", "--keep", "1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[3] for line in lines if line.startswith("would remove")] == [older, old]
+    assert f"models/acme-corp/model_{old}.onnx" in result.stdout
+    assert "nothing changed" in result.stdout and newest not in result.stdout
+    listed = json.loads(trainctl(tmp_path, "versions", "acme-corp", "--json").stdout)
+    assert {v["status"] for v in listed} == {"validated"}
+    assert (tmp_path / "ml" / "models" / "acme-corp" / f"model_{older}.onnx").exists()
+    engine.dispose()
+
+
+def test_gc_refuses_a_negative_keep(tmp_path: Path) -> None:
+    result = trainctl(tmp_path, "gc", "--keep", "-1")
+    assert result.returncode == 2
+    assert "--keep" in result.stderr
+
+
+def test_validate_refuses_a_file_outside_the_organizations_folders(tmp_path: Path) -> None:
+    _registered(tmp_path).dispose()
+    stray = tmp_path / "model.onnx"
+    stray.write_bytes(b"onnx")
+    result = trainctl(tmp_path, "validate", "acme-corp", str(stray))
+    assert result.returncode == 1
+    assert "outside the folders of organization acme-corp" in result.stderr
+
+
+def test_validate_without_a_holdout_says_to_train_first(tmp_path: Path) -> None:
+    engine = _registered(tmp_path)
+    version = _version(engine, tmp_path, "acme-corp", 0)
+    engine.dispose()
+    model = tmp_path / "ml" / "models" / "acme-corp" / f"model_{version}.onnx"
+    result = trainctl(tmp_path, "validate", "acme-corp", str(model))
+    assert result.returncode == 1
+    assert "acme-corp has no holdout" in result.stderr
+    assert "trainctl train acme-corp --wait" in result.stderr
+
+
+def test_validate_prints_every_failed_check_and_exits_1_when_rejected(tmp_path: Path) -> None:
+    from tests.unit import onnx_fixtures as fx
+
+    org = fx.ORG_ID
+    doc = {
+        **BASE_ORG,
+        "mlModelConfig": {"featureColumns": fx.FEATURES, "targetColumn": fx.TARGET},
+        "scadaDbConfig": {"url": "sqlite:///x.db"},
+    }
+    engine = _registered(tmp_path, org, doc)
+    holdout = fx.write_holdout(tmp_path / "holdout.parquet", *fx.make_data(1000, seed=2))
+    wire = {
+        "organizationId": org,
+        "dataRange": {"startDate": "2026-01-01T00:00:00Z", "endDate": "2026-02-01T00:00:00Z"},
+        "hyperparameters": {},
+        "validationSplit": 0.2,
+        "targetColumn": fx.TARGET,
+        "featureColumns": fx.FEATURES,
+    }
+    version = _version(
+        engine, tmp_path, org, 0, config=wire, data_stats={"holdout_path": str(holdout)}
+    )
+    engine.dispose()
+    booster = fx.train_booster(*fx.make_data(1000, seed=3, informative=False))
+    model = tmp_path / "ml" / "models" / org / f"model_{version}.onnx"
+    model.write_bytes(fx.to_onnx(booster, org_id=org, version=version).SerializeToString())
+    result = trainctl(tmp_path, "validate", org, str(model))
+    assert result.returncode == 1, result.stderr
+    assert f"{org} version {version}: rejected" in result.stdout
+    assert f"model    {model}" in result.stdout
+    assert "failed checks:" in result.stdout and "accuracy" in result.stdout

@@ -125,6 +125,8 @@ model_versions = Table(
     Column("validated_at", UtcDateTime, nullable=True),
     Column("deployed_at", UtcDateTime, nullable=True),
     Column("deployed_path", Text, nullable=True),
+    # Set by garbage collection together with status "removed": the version's files are gone.
+    Column("removed_at", UtcDateTime, nullable=True),
     Index("ix_model_versions_org_created", "organization_id", "created_at"),
 )
 

@@ -1,15 +1,20 @@
-"""Model versions: trained, validated or rejected, deployed, superseded."""
+"""Model versions: trained, validated or rejected, deployed, superseded, and removed by gc."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
-from training_tasks.db.tables import model_versions
+from training_tasks.db.tables import model_versions, organizations
 from training_tasks.errors import NotFoundError
 from training_tasks.registry import audit
+
+# A version in one of these states has passed validation and its files are on disk.
+DEPLOYABLE = ("validated", "superseded", "deployed")
+# Garbage collection deleted the version's files; the row stays for the record.
+REMOVED = "removed"
 
 
 def record_trained(
@@ -89,3 +94,42 @@ def list_versions(engine: Engine, org_id: str, limit: int = 50) -> list[dict[str
     )
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def mark_removed(conn: Connection, version: str, *, now: datetime) -> bool:
+    """Mark a version removed in the caller's transaction; False if it is deployed or removed."""
+    result = conn.execute(
+        update(model_versions)
+        .where(
+            model_versions.c.version == version,
+            model_versions.c.status.not_in(("deployed", REMOVED)),
+        )
+        .values(status=REMOVED, removed_at=now)
+    )
+    return result.rowcount == 1
+
+
+def removed_versions(engine: Engine, org_id: str) -> list[str]:
+    """The organization's versions already marked removed (their files may still need deleting)."""
+    query = select(model_versions.c.version).where(
+        model_versions.c.organization_id == org_id, model_versions.c.status == REMOVED
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def lock_deployment(conn: Connection, org_id: str) -> dict[str, Any] | None:
+    """Lock the org's deployment state until the transaction ends; its current and previous version."""
+    # A no-op UPDATE locks the row on PostgreSQL and takes the write lock on SQLite, which a
+    # SELECT ... FOR UPDATE would not.
+    row = conn.execute(
+        update(organizations)
+        .where(organizations.c.id == org_id)
+        .values(deploy_sequence=organizations.c.deploy_sequence)
+        .returning(
+            organizations.c.current_version,
+            organizations.c.previous_version,
+            organizations.c.deploy_sequence,
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)

@@ -2,15 +2,19 @@
 
 Order matters for crash safety. The deployed copy is written first (temp name, fsync, rename);
 then one database transaction makes the version current (compare-and-swap on the org's deploy
-sequence, so two deploys at once have one winner); then the `current` symlink is replaced; then
-the Redis key is set and the hot-swap message published. The database is the truth: `reconcile`
-repairs the pointer and the Redis key from it after a crash between those steps.
+sequence read before any check, so two deploys or rollbacks at once have one winner); then the
+`current` symlink is pointed at what the database holds, under the organization row's lock; then
+the Redis key is set and the hot-swap message published (newer sequence only). The database is
+the truth: `reconcile` repairs the pointer and the Redis key from it after a crash between steps.
+A rollback is the same deployment of an earlier version, announced as `rolled_back`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
@@ -25,7 +29,7 @@ from training_tasks.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
 log = logging.getLogger(__name__)
-DEPLOYABLE = ("validated", "superseded", "deployed")
+DEPLOYABLE = versions.DEPLOYABLE
 
 
 def deploy(
@@ -38,14 +42,122 @@ def deploy(
     now: datetime,
     actor: str,
     event: str = "deployed",
+    model_path: Path | None = None,
 ) -> hotswap.Deployment:
-    """Make `version` the organization's serving model and announce it; returns the deployment."""
+    """Make `version` the organization's serving model and announce it; returns the deployment.
+
+    With `model_path`, the file must be this version's own model or deployed copy.
+    """
+    if model_path is not None:
+        store.check_inside_org(org_id, Path(model_path))
+    row = orgs.get_org_row(engine, org_id)
     record = _deployable(engine, org_id, version)
-    deployed_path = _write_deployed_copy(store, org_id, version, record["sha256"])
-    sequence = _commit(
-        engine, org_id, version, str(deployed_path), now=now, actor=actor, event=event
+    if model_path is not None:
+        check_model_path(store, record, Path(model_path))
+    return _deploy_record(engine, redis, store, row, record, now=now, actor=actor, event=event)
+
+
+def rollback(
+    engine: Engine,
+    redis: Any,
+    store: ModelStore,
+    org_id: str,
+    version: str | None = None,
+    *,
+    now: datetime,
+    actor: str,
+) -> hotswap.Deployment:
+    """Deploy an earlier version again (default: the previous one), announced as `rolled_back`."""
+    row = orgs.get_org_row(engine, org_id)
+    target = version or row["previous_version"]
+    if not target:
+        raise DeployError(
+            f"organization {org_id} has no previous version to roll back to (deployed: "
+            f"{row['current_version'] or 'none'}); name a version: `trainctl rollback {org_id} "
+            f"VERSION` (see `trainctl versions {org_id}`)"
+        )
+    record = versions.get_version(engine, target)
+    _check_owner(record, org_id)
+    if target == row["current_version"]:
+        raise DeployError(
+            f"version {target} is already the deployed version of organization {org_id} "
+            f"(sequence {row['deploy_sequence']}); nothing to roll back. Name another version "
+            f"from `trainctl versions {org_id}`"
+        )
+    _check_status(record, org_id, "rolled back to")
+    return _deploy_record(
+        engine, redis, store, row, record, now=now, actor=actor, event="rolled_back"
     )
-    replace_symlink(store.current_link(org_id), deployed_path.parent.name)
+
+
+def check_model_path(store: ModelStore, record: dict[str, Any], path: Path) -> Path:
+    """Refuse `path` unless it is inside the org's folders and is this version's model file."""
+    org_id, version = record["organization_id"], record["version"]
+    resolved = store.check_inside_org(org_id, path)
+    own = [Path(record["model_path"]), store.deployed_model(org_id, version)]
+    if record["deployed_path"]:
+        own.append(Path(record["deployed_path"]))
+    if resolved not in {candidate.resolve() for candidate in own}:
+        raise DeployError(
+            f"{path} is not the model file of version {version} of organization {org_id}; "
+            f"give {own[0]} or {own[1]}, or leave the model path out. Nothing was deployed"
+        )
+    return resolved
+
+
+def _deployable(engine: Engine, org_id: str, version: str) -> dict[str, Any]:
+    record = versions.get_version(engine, version)
+    _check_owner(record, org_id)
+    _check_status(record, org_id, "deployed")
+    return record
+
+
+def _check_owner(record: dict[str, Any], org_id: str) -> None:
+    if record["organization_id"] != org_id:
+        raise DeployError(
+            f"version {record['version']} belongs to organization {record['organization_id']}, "
+            f"not {org_id}; use one of this organization's versions (`trainctl versions {org_id}`)"
+        )
+
+
+def _check_status(record: dict[str, Any], org_id: str, action: str) -> None:
+    version, status = record["version"], record["status"]
+    if status == versions.REMOVED:
+        removed_at = iso(record["removed_at"]) if record["removed_at"] else "an earlier run"
+        raise DeployError(
+            f"version {version} of organization {org_id} cannot be {action}: garbage collection "
+            f"removed its files at {removed_at}. Pick a version that is still kept "
+            f"(`trainctl versions {org_id}`) or train again; the current model keeps serving"
+        )
+    if status == "rejected":
+        failures = "; ".join((record["validation"] or {}).get("failures") or [])
+        raise DeployError(
+            f"version {version} of organization {org_id} is rejected (it failed validation"
+            f"{': ' + failures[:300] if failures else ''}) and cannot be {action}; the current "
+            f"model keeps serving. Pick a validated version from `trainctl versions {org_id}`"
+        )
+    if status not in DEPLOYABLE:
+        raise DeployError(
+            f"version {version} of organization {org_id} is {status}; only a validated version "
+            f"can be {action}, the current model keeps serving"
+        )
+
+
+def _deploy_record(
+    engine: Engine,
+    redis: Any,
+    store: ModelStore,
+    row: dict[str, Any],
+    record: dict[str, Any],
+    *,
+    now: datetime,
+    actor: str,
+    event: str,
+) -> hotswap.Deployment:
+    org_id, version = row["id"], record["version"]
+    deployed_path = _write_deployed_copy(store, org_id, version, record["sha256"])
+    sequence = _commit(engine, row, version, str(deployed_path), now=now, actor=actor, event=event)
+    point_current(engine, store, org_id)
     deployment = hotswap.Deployment(
         organizationId=org_id,
         version=version,
@@ -58,22 +170,7 @@ def deploy(
     return deployment
 
 
-def _deployable(engine: Engine, org_id: str, version: str) -> dict[str, Any]:
-    record = versions.get_version(engine, version)
-    if record["organization_id"] != org_id:
-        raise DeployError(
-            f"version {version} belongs to organization {record['organization_id']}, not {org_id}; "
-            "deploy one of this organization's versions (`trainctl versions " + org_id + "`)"
-        )
-    if record["status"] not in DEPLOYABLE:
-        raise DeployError(
-            f"version {version} of organization {org_id} is {record['status']}; only a validated "
-            "version can be deployed, the current model keeps serving"
-        )
-    return record
-
-
-def _write_deployed_copy(store: ModelStore, org_id: str, version: str, sha256: str) -> Any:
+def _write_deployed_copy(store: ModelStore, org_id: str, version: str, sha256: str) -> Path:
     src = store.version_model(org_id, version)
     dst = store.deployed_model(org_id, version)
     if dst.exists() and sha256_file(dst) == sha256:
@@ -93,10 +190,18 @@ def _write_deployed_copy(store: ModelStore, org_id: str, version: str, sha256: s
 
 
 def _commit(
-    engine: Engine, org_id: str, version: str, path: str, *, now: datetime, actor: str, event: str
+    engine: Engine,
+    row: dict[str, Any],
+    version: str,
+    path: str,
+    *,
+    now: datetime,
+    actor: str,
+    event: str,
 ) -> int:
-    row = orgs.get_org_row(engine, org_id)
-    sequence, previous = int(row["deploy_sequence"]), row["current_version"]
+    # Valid only if nobody deployed since `row` was read and garbage collection has not removed
+    # the version meanwhile; either refusal rolls the whole transaction back.
+    org_id, sequence, previous = row["id"], int(row["deploy_sequence"]), row["current_version"]
     with engine.begin() as conn:
         swapped = conn.execute(
             update(organizations)
@@ -111,9 +216,18 @@ def _commit(
         if swapped.rowcount != 1:
             raise ConflictError(
                 f"another deployment of organization {org_id} committed first; version {version} "
-                "was not deployed. Check `trainctl status "
-                + org_id
-                + "` and deploy again if needed"
+                f"was not {event.replace('_', ' ')}. Check `trainctl status {org_id}` and try "
+                "again if needed"
+            )
+        marked = conn.execute(
+            update(model_versions)
+            .where(model_versions.c.version == version, model_versions.c.status.in_(DEPLOYABLE))
+            .values(status="deployed", deployed_at=now, deployed_path=path)
+        )
+        if marked.rowcount != 1:
+            raise ConflictError(
+                f"version {version} of organization {org_id} was removed or changed while it was "
+                f"being deployed; nothing changed. See `trainctl versions {org_id}`"
             )
         if previous and previous != version:
             conn.execute(
@@ -121,11 +235,6 @@ def _commit(
                 .where(model_versions.c.version == previous)
                 .values(status="superseded")
             )
-        conn.execute(
-            update(model_versions)
-            .where(model_versions.c.version == version)
-            .values(status="deployed", deployed_at=now, deployed_path=path)
-        )
         audit.record(
             conn,
             org_id,
@@ -135,6 +244,23 @@ def _commit(
             details={"version": version, "previous": previous, "sequence": sequence + 1},
         )
     return sequence + 1
+
+
+def point_current(engine: Engine, store: ModelStore, org_id: str) -> str | None:
+    """Point `current` at the database's deployed version under the org row's lock; new target or None.
+
+    Every deployer does this after its commit, and the lock keeps one from reading the database
+    and then overwriting a newer deployer's link: the last to run sets what the database says.
+    """
+    with engine.begin() as conn:
+        state = versions.lock_deployment(conn, org_id)
+        if state is None or not state["current_version"]:
+            return None
+        link, target = store.current_link(org_id), f"deployed_{state['current_version']}"
+        if link.is_symlink() and os.readlink(link) == target:
+            return None
+        replace_symlink(link, target)
+        return target
 
 
 def _announce(redis: Any, deployment: hotswap.Deployment, event: str) -> None:
@@ -155,15 +281,14 @@ def reconcile(engine: Engine, redis: Any, store: ModelStore) -> list[str]:
     """Bring every org's `current` pointer and Redis key in line with the database; returns fixes."""
     fixes: list[str] = []
     for org_id in orgs.list_org_ids(engine):
+        moved = point_current(engine, store, org_id)
+        if moved:
+            fixes.append(f"{org_id}: pointed current at {moved}")
         row = orgs.get_org_row(engine, org_id)
         version = row["current_version"]
         if not version:
             continue
         record = versions.get_version(engine, version)
-        link, target = store.current_link(org_id), f"deployed_{version}"
-        if not link.is_symlink() or link.readlink().name != target:
-            replace_symlink(link, target)
-            fixes.append(f"{org_id}: pointed current at {target}")
         stored = hotswap.read_current(redis, org_id)
         if stored is None or stored.sequence < row["deploy_sequence"]:
             deployment = hotswap.Deployment(
