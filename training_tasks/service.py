@@ -18,6 +18,8 @@ from training_tasks.registry import audit, orgs, retention, runs, versions
 from training_tasks.runtime import Runtime, build_runtime
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from training_tasks.hotswap import Deployment
 
 FINISHED = ("succeeded", "validated", "rejected", "failed", "cancelled")
@@ -335,7 +337,7 @@ def deployment_summary(deployment: Deployment, event: str) -> dict[str, Any]:
     }
 
 
-def latest_holdout(engine: Any, org_id: str) -> tuple[dict[str, Any], Path]:
+def latest_holdout(engine: Engine, org_id: str) -> tuple[dict[str, Any], Path]:
     """The organization's newest run whose extracted holdout is still on disk, and that holdout."""
     for run in runs.list_runs(engine, org_id, limit=HOLDOUT_SEARCH_RUNS):
         holdout = (run["data_stats"] or {}).get("holdout_path")
