@@ -158,6 +158,44 @@ def status(org_id: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--org",
+    "org_ids",
+    multiple=True,
+    help="Organization to serve (repeatable; default: all registered).",
+)
+@click.option("--replica-id", default=None, help="Name this replica reports in `trainctl status`.")
+def serve(port: int, host: str, org_ids: tuple[str, ...], replica_id: str | None) -> None:
+    """Run the reference prediction service: POST /predict/<org>, GET /health.
+
+    It loads each organization's deployed model, follows deployments and rollbacks through
+    Redis and swaps models without failing a request. Stop it with Ctrl-C.
+    """
+    from workers.prediction_service import serve as run_service
+
+    svc = _service()
+    chosen = list(org_ids) or svc.list_organizations()
+    if not chosen:
+        raise click.UsageError(
+            "no organization is registered; register one with `trainctl org create`"
+        )
+    settings = svc.rt.settings
+    svc.close()
+    run_service(
+        settings.redis_url,
+        settings.ml_base_path,
+        chosen,
+        host=host,
+        port=port,
+        replica_id=replica_id,
+    )
+
+
+@cli.command()
 @click.argument("org_id")
 @click.option("--limit", default=20, show_default=True, help="How many runs to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

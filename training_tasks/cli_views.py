@@ -138,7 +138,7 @@ def print_status(doc: dict[str, Any]) -> None:
     """The organization's deployment, then its latest run, one section after the other."""
     console.print(f"[bold]{doc['organizationId']}[/]")
     # Sections in the order shown; each returns its own lines.
-    for section in (_deployment_lines, _latest_run_lines):
+    for section in (_deployment_lines, _replica_lines, _latest_run_lines):
         for line in section(doc):
             console.print(f"  {line}")
 
@@ -148,6 +148,21 @@ def _deployment_lines(doc: dict[str, Any]) -> list[str]:
         f"deployed version  {doc['deployedVersion'] or '(none)'} (sequence {doc['deploySequence']})",
         f"previous version  {doc['previousVersion'] or '(none)'}",
     ]
+
+
+def _replica_lines(doc: dict[str, Any]) -> list[str]:
+    replicas = doc.get("replicas")
+    if replicas is None:
+        return ["replicas          (Redis did not answer; confirmations unknown)"]
+    if not replicas:
+        return ["replicas          none reporting"]
+    deployed = doc["deployedVersion"]
+    lines = []
+    for replica_id, entry in sorted(replicas.items()):
+        mark = "confirmed" if entry.get("version") == deployed else "[yellow]still on[/]"
+        where = f"{entry.get('host', '?')} pid {entry.get('pid', '?')}"
+        lines.append(f"replica           {replica_id} ({where}): {mark} {entry.get('version')}")
+    return lines
 
 
 def _latest_run_lines(doc: dict[str, Any]) -> list[str]:

@@ -126,7 +126,7 @@ class TrainingService:
         return handle.wait(timeout_s, on_progress, poll_interval_s) if wait else handle
 
     def get_training_status(self, org_id: str) -> dict[str, Any]:
-        """The organization's latest run and its deployed version."""
+        """The deployed version, which prediction replicas confirm it, and the latest run."""
         row = orgs.get_org_row(self.rt.engine, org_id)
         latest = runs.list_runs(self.rt.engine, org_id, limit=1)
         return {
@@ -134,8 +134,20 @@ class TrainingService:
             "deployedVersion": row["current_version"],
             "previousVersion": row["previous_version"],
             "deploySequence": row["deploy_sequence"],
+            "replicas": self._replicas(org_id),
             "latestRun": run_summary(latest[0], self.rt) if latest else None,
         }
+
+    def _replicas(self, org_id: str) -> dict[str, Any] | None:
+        """Live model-cache confirmations, or None when Redis does not answer."""
+        import redis
+
+        from workers.model_cache import read_replicas
+
+        try:
+            return read_replicas(self.rt.redis, org_id)
+        except redis.RedisError:
+            return None
 
     def get_training_history(self, org_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """The training log of an organization, newest first."""

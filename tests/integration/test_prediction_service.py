@@ -102,3 +102,50 @@ def _wait_served(service: PredictionService, org: str, version: str) -> None:
             return
         time.sleep(0.005)
     raise AssertionError(f"{version} not served within 5 s")
+
+
+def test_trainctl_serve_answers_and_status_shows_its_confirmation(
+    tmp_path: Path, redis_url: str, base: Path, org: str, deploy: Callable[..., Deployment]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.registry_fixtures import migrated_engine, register
+    from training_tasks.child_process import die_with_parent
+
+    database_url = f"sqlite:///{tmp_path / 'svc.db'}"
+    engine = migrated_engine(database_url)
+    register(engine, org)
+    engine.dispose()
+    deployed = deploy(org, 1)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "ML_BASE_PATH": str(base),
+    }
+    trainctl = [sys.executable, "-m", "training_tasks.cli"]
+    proc = subprocess.Popen(
+        [*trainctl, "serve", "--port", "0", "--org", org, "--replica-id", "replica-a"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "serving" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        status, doc = call(port, "POST", f"/predict/{org}", {"rows": [ROW]})
+        assert (status, doc["version"]) == (200, deployed.version)
+        shown = subprocess.run(
+            [*trainctl, "status", org], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert "replica-a" in shown.stdout and deployed.version in shown.stdout, (
+            shown.stdout + shown.stderr
+        )
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
