@@ -11,7 +11,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-BENCHMARKS = ("bench_extract", "bench_train", "bench_validate", "bench_chain")
+BENCHMARKS = ("bench_extract", "bench_train", "bench_validate", "bench_chain", "bench_hotswap")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
