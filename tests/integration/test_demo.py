@@ -42,6 +42,7 @@ def test_the_demo_trains_both_orgs_deploys_and_leaves_nothing_running(tmp_path: 
     first = _demo(env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Deployed models" in first.stdout
+    assert first.stdout.count("after the deploy, a request is answered by v") == 2
     assert first.stdout.count("succeeded") >= 2
     for org in ("acme-corp", "globex"):
         assert (base / "models" / org / "current").is_symlink()
@@ -51,5 +52,6 @@ def test_the_demo_trains_both_orgs_deploys_and_leaves_nothing_running(tmp_path: 
     second = _demo(env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "stays deployable for rollback" in second.stdout
+    assert second.stdout.count("before training, a request is answered by v") == 2
     deployed = sorted(p.name for p in (base / "models" / "acme-corp").glob("deployed_*"))
     assert len(deployed) == 2

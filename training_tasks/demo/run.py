@@ -26,6 +26,9 @@ DEMO_DAYS = 120
 DEMO_ASSETS = 24
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
+SWAP_WAIT_S = 10.0
+# One sensor reading in the demo's feature order: temperature, pressure, vibration, current.
+DEMO_ROW = [63.0, 415.0, 2.4, 32.5]
 
 
 def run_demo(
@@ -53,28 +56,30 @@ def run_demo(
 
 def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool, days: int) -> int:
     from training_tasks.cli_views import console, deployed_table, follow_runs
+    from workers.prediction_service import PredictionService
 
     data_range = {
         "startDate": DEMO_START.isoformat().replace("+00:00", "Z"),
         "endDate": (DEMO_START + timedelta(days=days)).isoformat().replace("+00:00", "Z"),
     }
-    handles = [
-        svc.train_model(org, {"dataRange": data_range}, wait=False, trigger="demo", actor="demo")
-        for org in orgs
-    ]
-    console.print(
-        f"submitted {len(handles)} trainings: "
-        + ", ".join(f"{h.version} ({h.queue})" for h in handles)
-    )
-    results = follow_runs(handles, timeout_s=1800)
-    console.print(deployed_table(results, str(settings.ml_base_path)))
-    for result in results:
-        org, version = result["organizationId"], result["version"]
-        if result["success"]:
-            console.print(f"  {org}  model      {svc.rt.store.deployed_model(org, version)}")
-            console.print(f"  {' ' * len(org)}  artifacts  {svc.rt.store.artifacts(org, version)}")
-        else:
-            console.print(f"  [red]{org}: {result['status']}: {result['error']}[/]")
+    with PredictionService(settings.redis_url, settings.ml_base_path, orgs, port=0) as prediction:
+        console.print(f"prediction service on http://127.0.0.1:{prediction.port}")
+        for org in orgs:
+            console.print(f"  {org}: before training, {_ask(prediction.port, org)}")
+        handles = [
+            svc.train_model(
+                org, {"dataRange": data_range}, wait=False, trigger="demo", actor="demo"
+            )
+            for org in orgs
+        ]
+        console.print(
+            f"submitted {len(handles)} trainings: "
+            + ", ".join(f"{h.version} ({h.queue})" for h in handles)
+        )
+        results = follow_runs(handles, timeout_s=1800)
+        console.print(deployed_table(results, str(settings.ml_base_path)))
+        for result in results:
+            _report(svc, prediction, result)
     for org in orgs:
         state = svc.get_organization(org)
         if state["previousVersion"]:
@@ -87,6 +92,43 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
             while True:
                 time.sleep(1)
     return 0 if all(r["success"] for r in results) else 1
+
+
+def _report(svc: Any, prediction: Any, result: dict[str, Any]) -> None:
+    """Where the deployed files are, and the prediction service answering with the new model."""
+    from training_tasks.cli_views import console
+
+    org, version = result["organizationId"], result["version"]
+    if not result["success"]:
+        console.print(f"  [red]{org}: {result['status']}: {result['error']}[/]")
+        return
+    console.print(f"  {org}  model      {svc.rt.store.deployed_model(org, version)}")
+    console.print(f"  {' ' * len(org)}  artifacts  {svc.rt.store.artifacts(org, version)}")
+    deadline = time.monotonic() + SWAP_WAIT_S
+    while prediction.cache.version(org) != version and time.monotonic() < deadline:
+        time.sleep(0.01)
+    console.print(f"  {' ' * len(org)}  after the deploy, {_ask(prediction.port, org)}")
+
+
+def _ask(port: int, org_id: str) -> str:
+    """One prediction request to the reference service, described in words."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"rows": [DEMO_ROW]}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict/{org_id}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            doc = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return f"the prediction service answers {err.code}: {json.loads(err.read())['error']}"
+    return f"a request is answered by {doc['version']} (failure probability {doc['probabilities'][0]:.3f})"
 
 
 def _prepare_demo_orgs(svc: Any, demo_dir: Path, assets: int, days: int) -> list[str]:
