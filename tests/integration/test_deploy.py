@@ -166,3 +166,37 @@ def test_reconcile_repairs_the_pointer_and_key_after_a_crash(engine, store, redi
     assert os.readlink(store.current_link("acme")) == f"deployed_{version}"
     assert hotswap.read_current(redis, "acme").sequence == 1
     assert reconcile(engine, redis, store) == []
+
+
+def test_a_non_python_subscriber_reads_the_same_message_from_the_channel(
+    engine, store, redis, redis_url
+) -> None:
+    import shutil
+    import subprocess
+
+    from training_tasks.child_process import die_with_parent
+
+    cli = shutil.which("redis-cli")
+    assert cli, "redis-cli is installed with Redis; the channel must be readable without Python"
+    proc = subprocess.Popen(
+        [cli, "-u", redis_url, "--raw", "SUBSCRIBE", "ml:models:acme"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        assert proc.stdout is not None
+        assert [proc.stdout.readline().strip() for _ in range(3)] == [
+            "subscribe",
+            "ml:models:acme",
+            "1",
+        ]
+        version = trained(engine, store, "acme")
+        deploy(engine, redis, store, "acme", version, now=NOW, actor="t")
+        lines = [proc.stdout.readline().strip() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert lines[:2] == ["message", "ml:models:acme"]
+    doc = json.loads(lines[2])
+    assert (doc["event"], doc["version"], doc["sequence"]) == ("deployed", version, 1)
