@@ -11,7 +11,14 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-BENCHMARKS = ("bench_extract", "bench_train", "bench_validate", "bench_chain", "bench_hotswap")
+BENCHMARKS = (
+    "bench_extract",
+    "bench_train",
+    "bench_validate",
+    "bench_chain",
+    "bench_hotswap",
+    "bench_swap_load",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
