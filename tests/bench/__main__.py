@@ -1,4 +1,7 @@
-"""`make bench`: run every benchmark, write tests/bench/results/latest.json and print a summary."""
+"""`make bench`: run every benchmark, write tests/bench/results/latest.json and print a summary.
+
+`python -m tests.bench bench_hotswap` runs only the named ones and updates their entries.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +48,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(result, indent=2, default=str), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("quick.json" if quick else "latest.json")
+    if out.exists() and len(only) < len(BENCHMARKS):
+        # A partial run updates its own entries and keeps the others' last results.
+        report = {**json.loads(out.read_text()), **report}
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"results written to {out}")
     return 1 if failed else 0
