@@ -55,3 +55,36 @@ def test_the_demo_trains_both_orgs_deploys_and_leaves_nothing_running(tmp_path: 
     assert second.stdout.count("before training, a request is answered by v") == 2
     deployed = sorted(p.name for p in (base / "models" / "acme-corp").glob("deployed_*"))
     assert len(deployed) == 2
+
+
+def test_a_demo_stopped_with_sigterm_stops_its_worker_and_redis(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    base = tmp_path / "ml"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["ML_BASE_PATH"] = str(base)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training_tasks.cli", "demo", "--assets", "8", "--days", "30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        line = ""
+        while "is up" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the demo ended before its worker was up"
+        assert _children_of_demo(base), "the worker and Redis run while the demo does"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 20
+    while _children_of_demo(base) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children_of_demo(base) == []

@@ -38,6 +38,9 @@ def run_demo(
     from training_tasks.cli_views import console
 
     base = Path(os.environ.get("ML_BASE_PATH") or "./ml").resolve()
+    # SIGTERM or a closed terminal unwinds like Ctrl-C, so the worker and Redis are stopped.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     with _embedded_redis_unless_set(base) as redis_url:
         os.environ["REDIS_URL"] = redis_url
         os.environ.setdefault("ML_BASE_PATH", str(base))
@@ -92,6 +95,10 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
             while True:
                 time.sleep(1)
     return 0 if all(r["success"] for r in results) else 1
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _report(svc: Any, prediction: Any, result: dict[str, Any]) -> None:
