@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
 from training_tasks.db.engine import make_engine, migrate
+from training_tasks.files import sha256_file
 from training_tasks.org_config import parse_org_config
-from training_tasks.registry import orgs
+from training_tasks.paths import ModelStore
+from training_tasks.registry import orgs, versions
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -28,3 +31,36 @@ def migrated_engine(url: str) -> Engine:
 
 def register(engine: Engine, org_id: str, doc: dict[str, Any] | None = None) -> None:
     orgs.create_org(engine, parse_org_config(doc or ORG_DOC, org_id), actor="test", now=NOW)
+
+
+def record_model(
+    engine: Engine,
+    store: ModelStore,
+    org_id: str,
+    version: str,
+    run_id: str,
+    *,
+    now: datetime,
+    data: bytes | None = None,
+    report: dict[str, Any] | None = None,
+) -> Path:
+    """Write a version's model file and record it as trained; with `report`, also its verdict."""
+    path = store.version_model(org_id, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"model {version}".encode() if data is None else data)
+    versions.record_trained(
+        engine,
+        version=version,
+        org_id=org_id,
+        run_id=run_id,
+        model_path=str(path),
+        sha256=sha256_file(path),
+        size_bytes=path.stat().st_size,
+        metrics={},
+        now=now,
+    )
+    if report is not None:
+        versions.record_validation(
+            engine, version, report=report, passed=report["passed"], actor="t", now=now
+        )
+    return path

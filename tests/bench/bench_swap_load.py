@@ -42,11 +42,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _setup(base: Path, redis_url: str) -> tuple[Any, dict[str, str], list[str]]:
-    from tests.registry_fixtures import ORG_DOC
+    from tests.registry_fixtures import ORG_DOC, record_model
     from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
-    from training_tasks.files import sha256_file
     from training_tasks.ids import new_run_id, new_version_id
-    from training_tasks.registry import runs, versions
+    from training_tasks.registry import runs
     from training_tasks.runtime import build_runtime
     from training_tasks.service import TrainingService
     from training_tasks.settings import Settings
@@ -85,22 +84,16 @@ def _setup(base: Path, redis_url: str) -> tuple[Any, dict[str, str], list[str]]:
             actor="bench",
             now=now,
         )
-        path = svc.rt.store.version_model(ORG, version)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(to_onnx(booster, org_id=ORG, version=version).SerializeToString())
-        versions.record_trained(
+        onnx_bytes = to_onnx(booster, org_id=ORG, version=version).SerializeToString()
+        record_model(
             svc.rt.engine,
-            version=version,
-            org_id=ORG,
-            run_id=run_id,
-            model_path=str(path),
-            sha256=sha256_file(path),
-            size_bytes=path.stat().st_size,
-            metrics={},
+            svc.rt.store,
+            ORG,
+            version,
+            run_id,
             now=now,
-        )
-        versions.record_validation(
-            svc.rt.engine, version, report={"passed": True}, passed=True, actor="bench", now=now
+            data=onnx_bytes,
+            report={"passed": True},
         )
         made.append(version)
     svc.deploy_model(ORG, made[0], actor="bench")

@@ -12,7 +12,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine
 
-from tests.registry_fixtures import NOW, migrated_engine, register
+from tests.registry_fixtures import NOW, migrated_engine, record_model, register
 from training_tasks import hotswap
 from training_tasks.errors import DeployError
 from training_tasks.files import sha256_file
@@ -65,23 +65,7 @@ def trained(
     runs.finish_failed(
         engine, run_id, status="failed", stage=None, error="-", trace=None, actor="t", now=now
     )
-    path = store.version_model(org, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(f"model {version}".encode())
-    versions.record_trained(
-        engine,
-        version=version,
-        org_id=org,
-        run_id=run_id,
-        model_path=str(path),
-        sha256=sha256_file(path),
-        size_bytes=path.stat().st_size,
-        metrics={},
-        now=now,
-    )
-    versions.record_validation(
-        engine, version, report={"passed": passed}, passed=passed, actor="t", now=now
-    )
+    record_model(engine, store, org, version, run_id, now=now, report={"passed": passed})
     return version
 
 

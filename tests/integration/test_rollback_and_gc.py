@@ -21,7 +21,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine, func, select, update
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, register
+from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, record_model, register
 from tests.unit import onnx_fixtures as fx
 from training_tasks import hotswap
 from training_tasks.db.engine import make_engine
@@ -109,22 +109,9 @@ def trained(
             conn.execute(
                 update(training_runs).where(training_runs.c.id == run_id).values(status=status)
             )
-    path = store.version_model(org, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(f"model {version}".encode())
     (store.artifacts(org, version) / "data").mkdir(parents=True, exist_ok=True)
     (store.artifacts(org, version) / "metrics.json").write_text("{}")
-    versions.record_trained(
-        engine,
-        version=version,
-        org_id=org,
-        run_id=run_id,
-        model_path=str(path),
-        sha256=sha256_file(path),
-        size_bytes=path.stat().st_size,
-        metrics={},
-        now=now,
-    )
+    record_model(engine, store, org, version, run_id, now=now)
     if verdict is not None:
         passed = verdict == "passed"
         report = {"passed": passed, "failures": [] if passed else ["recall is 0.41, below 0.7"]}

@@ -101,12 +101,11 @@ def _version(engine: Any, tmp_path: Path, org_id: str, offset_s: int, **run: Any
 
     from sqlalchemy import update
 
-    from tests.registry_fixtures import NOW
+    from tests.registry_fixtures import NOW, record_model
     from training_tasks.db.tables import training_runs
-    from training_tasks.files import sha256_file
     from training_tasks.ids import new_run_id, new_version_id
     from training_tasks.paths import ModelStore
-    from training_tasks.registry import runs, versions
+    from training_tasks.registry import runs
 
     now, store = NOW + timedelta(seconds=offset_s), ModelStore(tmp_path / "ml")
     run_id, version = new_run_id(), new_version_id(now)
@@ -127,23 +126,7 @@ def _version(engine: Any, tmp_path: Path, org_id: str, offset_s: int, **run: Any
             .where(training_runs.c.id == run_id)
             .values(status="succeeded", **run)
         )
-    path = store.version_model(org_id, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(f"model {version}".encode())
-    versions.record_trained(
-        engine,
-        version=version,
-        org_id=org_id,
-        run_id=run_id,
-        model_path=str(path),
-        sha256=sha256_file(path),
-        size_bytes=path.stat().st_size,
-        metrics={},
-        now=now,
-    )
-    versions.record_validation(
-        engine, version, report={"passed": True}, passed=True, actor="t", now=now
-    )
+    record_model(engine, store, org_id, version, run_id, now=now, report={"passed": True})
     return version
 
 

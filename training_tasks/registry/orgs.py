@@ -17,15 +17,13 @@ from training_tasks.registry import audit
 
 def create_org(engine: Engine, org: OrgConfig, *, actor: str, now: datetime) -> None:
     """Register a new organization; refuse one whose id is taken."""
-    public = org.public_dict()
-    public["scadaDbConfig"] = {"urlEnv": org.scada_url_env} if org.scada_url_env else {}
     try:
         with engine.begin() as conn:
             conn.execute(
                 insert(organizations).values(
                     id=org.organization_id,
                     name=org.name,
-                    config=public,
+                    config=_stored_config(org),
                     scada_url=org.scada_url,
                     created_at=now,
                     updated_at=now,
@@ -49,13 +47,13 @@ def create_org(engine: Engine, org: OrgConfig, *, actor: str, now: datetime) -> 
 
 def update_org(engine: Engine, org: OrgConfig, *, actor: str, now: datetime) -> None:
     """Replace an existing organization's config."""
-    public = org.public_dict()
-    public["scadaDbConfig"] = {"urlEnv": org.scada_url_env} if org.scada_url_env else {}
     with engine.begin() as conn:
         result = conn.execute(
             update(organizations)
             .where(organizations.c.id == org.organization_id)
-            .values(name=org.name, config=public, scada_url=org.scada_url, updated_at=now)
+            .values(
+                name=org.name, config=_stored_config(org), scada_url=org.scada_url, updated_at=now
+            )
         )
         if result.rowcount == 0:
             raise NotFoundError(_missing(org.organization_id))
@@ -96,6 +94,13 @@ def list_org_ids(engine: Engine) -> list[str]:
     """Every registered organization id, sorted."""
     with engine.connect() as conn:
         return list(conn.execute(select(organizations.c.id).order_by(organizations.c.id)).scalars())
+
+
+def _stored_config(org: OrgConfig) -> dict[str, Any]:
+    """The config column: the public config, with an inline SCADA URL left out entirely."""
+    public = org.public_dict()
+    public["scadaDbConfig"] = {"urlEnv": org.scada_url_env} if org.scada_url_env else {}
+    return public
 
 
 def _write_schedule(conn: Any, org: OrgConfig, now: datetime) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +17,11 @@ import numpy as np
 import onnxruntime as ort
 
 from training_tasks.hotswap import Deployment
+from training_tasks.ids import ORG_ID_PATTERN
 from workers.model_cache.errors import ModelRejected
 
 PROBABILITY_OUTPUT = "failure_probability"
 INPUT_NAME = "input"
-# The shape of organization ids (as the service enforces): no "/", no "..", so
-# `models/<org>` can never name a parent or a sibling folder.
-ORG_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def check_org_id(org_id: str) -> str:
