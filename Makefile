@@ -11,6 +11,7 @@ help:
 	@echo "make run      - install into .venv and run the whole job on the embedded default"
 	@echo "make test     - install and run the whole test suite"
 	@echo "make worker   - a Celery worker for REDIS_URL / DATABASE_URL (all organizations)"
+	@echo "make beat     - Celery Beat firing organizations' schedules from DATABASE_URL"
 	@echo "make flower   - the Flower dashboard on 127.0.0.1:5555"
 	@echo "make migrate  - apply database migrations to DATABASE_URL"
 	@echo "make lint     - ruff and mypy"
@@ -49,6 +50,9 @@ bench-quick: $(STAMP)
 
 worker: $(STAMP)
 	$(CELERY) worker --loglevel INFO --concurrency 2
+
+beat: $(STAMP)
+	$(CELERY) beat --loglevel INFO --scheduler beat_schedules.scheduler:DatabaseScheduler
 
 flower: $(STAMP)
 	$(CELERY) flower --address=127.0.0.1 --port=5555

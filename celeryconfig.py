@@ -39,3 +39,8 @@ task_routes = {"training.submit": {"queue": "training.requests"}}
 
 timezone = "UTC"
 enable_utc = True
+
+# Beat fires organizations' schedules from the database (beat_schedules/scheduler.py). It sleeps
+# until the next slot but never longer than this, so edits take effect within seconds.
+beat_scheduler = "beat_schedules.scheduler:DatabaseScheduler"
+beat_max_loop_interval = float(os.environ.get("BEAT_MAX_INTERVAL_S") or 5)

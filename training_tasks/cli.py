@@ -342,6 +342,10 @@ def demo(keep_running: bool, assets: int, days: int) -> None:
     sys.exit(run_demo(keep_running=keep_running, assets=assets, days=days))
 
 
+# The schedule commands live apart; importing the module adds them to `cli`.
+from training_tasks import cli_schedule  # noqa: E402, F401
+
+
 def main() -> None:
     """Entry point of the `trainctl` console script."""
     try:

@@ -223,6 +223,7 @@ def print_history(org_id: str, runs: Sequence[dict[str, Any]]) -> None:
     for name in (
         "started",
         "finished",
+        "trigger",
         "status",
         "stage",
         "version",
@@ -237,6 +238,7 @@ def print_history(org_id: str, runs: Sequence[dict[str, Any]]) -> None:
         table.add_row(
             run["startedAt"] or run["queuedAt"],
             run["finishedAt"] or "-",
+            f"schedule {run['scheduleSlot']}" if run.get("scheduleSlot") else run["trigger"],
             run["status"],
             run["stage"] or "-",
             run["version"],

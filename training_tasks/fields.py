@@ -102,5 +102,10 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def iso_or_none(moment: datetime | None) -> str | None:
+    """`iso(moment)`, or None for no time."""
+    return None if moment is None else iso(moment)
+
+
 def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__

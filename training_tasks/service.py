@@ -16,6 +16,7 @@ from training_tasks.fields import iso
 from training_tasks.ids import VERSION_PATTERN, check_org_id, check_version_id
 from training_tasks.registry import audit, orgs, retention, runs, versions
 from training_tasks.runtime import Runtime, build_runtime
+from training_tasks.schedule_api import ScheduleApi
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -63,7 +64,7 @@ class TrainingHandle:
             time.sleep(poll_interval_s)
 
 
-class TrainingService:
+class TrainingService(ScheduleApi):
     """Everything `trainctl` does, as Python calls. Handles come from the environment by default."""
 
     def __init__(self, runtime: Runtime | None = None) -> None:
@@ -327,6 +328,7 @@ def run_summary(run: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
         "metrics": run["metrics"],
         "error": run["error"],
         "trigger": run["trigger"],
+        "scheduleSlot": _iso(run["schedule_slot"]),
         "queuedAt": _iso(run["queued_at"]),
         "startedAt": _iso(run["started_at"]),
         "finishedAt": _iso(run["finished_at"]),

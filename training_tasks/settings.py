@@ -14,6 +14,9 @@ from training_tasks.errors import SettingsError
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 NODE_ENVS = ("development", "production", "test")
+# After beat was down: run the latest missed slot once (the others are recorded as skipped), or
+# skip every slot that is later than SCHEDULE_GRACE_S.
+MISSED_SLOT_POLICIES = ("latest", "skip")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SCRIPT = PROJECT_ROOT / "ml" / "scripts" / "train_model.py"
 
@@ -30,6 +33,9 @@ class Settings:
     training_timeout_s: float
     lease_ttl_s: float
     org_queue_poll_s: float
+    beat_lock_ttl_s: float = 30.0
+    schedule_missed_slots: str = "latest"
+    schedule_grace_s: float = 300.0
 
     @property
     def models_path(self) -> Path:
@@ -69,6 +75,9 @@ class Settings:
             training_timeout_s=_positive(env, "TRAINING_TIMEOUT_S", 7200.0),
             lease_ttl_s=_positive(env, "RUN_LEASE_TTL_S", 60.0),
             org_queue_poll_s=_positive(env, "ORG_QUEUE_POLL_S", 2.0),
+            beat_lock_ttl_s=_positive(env, "BEAT_LOCK_TTL_S", 30.0),
+            schedule_missed_slots=_choice(env, "SCHEDULE_MISSED_SLOTS", MISSED_SLOT_POLICIES),
+            schedule_grace_s=_positive(env, "SCHEDULE_GRACE_S", 300.0),
         )
 
 
@@ -116,6 +125,13 @@ def _database_url(value: str | None, base: Path) -> str:
         )
     if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
         value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or allowed[0]
+    if value not in allowed:
+        raise SettingsError(name, f"{value!r} is not one of {', '.join(allowed)}")
     return value
 
 

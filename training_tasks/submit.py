@@ -52,8 +52,17 @@ def submit_training(
         actor=actor,
         now=now,
     )
+    send_run(rt, run_id, org_id, org.auto_deploy, enqueue=enqueue, actor=actor)
+    log.info("queued run %s of %s as version %s (%s)", run_id, org_id, version, trigger)
+    return {"runId": run_id, "version": version, "queue": org_queue(org_id)}
+
+
+def send_run(
+    rt: Runtime, run_id: str, org_id: str, auto_deploy: bool, *, enqueue: Enqueue, actor: str
+) -> str:
+    """Hand a queued run to the broker; if the broker refuses, fail the run and raise."""
     try:
-        task_id = enqueue(run_id, org_id, org.auto_deploy)
+        task_id = enqueue(run_id, org_id, auto_deploy)
     except Exception as exc:
         runs.finish_failed(
             rt.engine,
@@ -70,8 +79,7 @@ def submit_training(
             "check that Redis answers at REDIS_URL and submit again"
         ) from exc
     runs.set_task_id(rt.engine, run_id, task_id)
-    log.info("queued run %s of %s as version %s (%s)", run_id, org_id, version, trigger)
-    return {"runId": run_id, "version": version, "queue": org_queue(org_id)}
+    return task_id
 
 
 def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the database schema up to `revision` (idempotent, safe from several processes)."""
     from alembic import command
     from sqlalchemy import text
+
+    # Alembic's plugin set-up chatter is not news in a worker's or beat's INFO log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     if engine.dialect.name != "postgresql":
         command.upgrade(alembic_config(engine), revision)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -149,6 +150,29 @@ training_schedules = Table(
     Column("pattern", String(128), nullable=False),
     Column("timezone", String(64), nullable=False),
     Column("enabled", Boolean, nullable=False),
+    # The next slot to fire (UTC); NULL while disabled. Beat reads the earliest through the index.
     Column("next_run_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Bumped by every edit, so a beat that computed a slot from an older version loses its update.
+    Column("revision", Integer, nullable=False, server_default="1"),
+    # Slots at or before this instant are settled: fired, skipped, or before the schedule existed.
+    Column("settled_until", UtcDateTime, nullable=True),
+    Index("ix_training_schedules_next_run_at", "next_run_at"),
+)
+
+schedule_slots = Table(
+    "schedule_slots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("organization_id", String(63), ForeignKey("organizations.id"), nullable=False),
+    Column("scheduled_for", UtcDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),  # submitted | skipped
+    Column("run_id", String(32), ForeignKey("training_runs.id"), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("pattern", String(128), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("beat", String(255), nullable=False),
+    # Exactly once per slot: the database refuses a second record of the same scheduled time.
+    UniqueConstraint("organization_id", "scheduled_for", name="uq_schedule_slots_org_slot"),
 )

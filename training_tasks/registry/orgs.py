@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from training_tasks.db.tables import organizations, training_schedules
+from training_tasks.db.tables import organizations
 from training_tasks.errors import ConflictError, NotFoundError
 from training_tasks.ids import check_org_id
 from training_tasks.org_config import OrgConfig, parse_org_config
-from training_tasks.registry import audit
+from training_tasks.registry import audit, schedules
 
 
 def create_org(engine: Engine, org: OrgConfig, *, actor: str, now: datetime) -> None:
@@ -29,7 +29,7 @@ def create_org(engine: Engine, org: OrgConfig, *, actor: str, now: datetime) -> 
                     updated_at=now,
                 )
             )
-            _write_schedule(conn, org, now)
+            _write_schedule(conn, org, actor, now)
             audit.record(
                 conn,
                 org.organization_id,
@@ -57,7 +57,7 @@ def update_org(engine: Engine, org: OrgConfig, *, actor: str, now: datetime) -> 
         )
         if result.rowcount == 0:
             raise NotFoundError(_missing(org.organization_id))
-        _write_schedule(conn, org, now)
+        _write_schedule(conn, org, actor, now)
         audit.record(
             conn,
             org.organization_id,
@@ -103,23 +103,10 @@ def _stored_config(org: OrgConfig) -> dict[str, Any]:
     return public
 
 
-def _write_schedule(conn: Any, org: OrgConfig, now: datetime) -> None:
-    conn.execute(
-        training_schedules.delete().where(
-            training_schedules.c.organization_id == org.organization_id
-        )
-    )
-    if org.training_schedule:
-        sched = org.training_schedule
-        conn.execute(
-            insert(training_schedules).values(
-                organization_id=org.organization_id,
-                pattern=sched["pattern"],
-                timezone=sched["timezone"],
-                enabled=sched["enabled"],
-                updated_at=now,
-            )
-        )
+def _write_schedule(conn: Any, org: OrgConfig, actor: str, now: datetime) -> None:
+    change = schedules.write_schedule(conn, org.organization_id, org.training_schedule, now=now)
+    if change is not None:
+        schedules.record_change(conn, org.organization_id, change, actor=actor, now=now)
 
 
 def _missing(org_id: str) -> str:

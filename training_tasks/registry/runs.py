@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from training_tasks.db.tables import ACTIVE_STATUSES, FINISHED_STATUSES, training_runs
@@ -29,41 +30,71 @@ def create_run(
     now: datetime,
 ) -> dict[str, Any]:
     """Insert a queued run; refuse it if the organization already has a queued or running one."""
-    values = dict(
-        id=run_id,
-        organization_id=org_id,
-        version=version,
-        status="queued",
-        config=config,
-        trigger=trigger,
-        auto_deploy=auto_deploy,
-        queued_at=now,
-        stages_done=0,
-        attempt=1,
-        progress={"stage": "queued"},
-        stage_timings={},
-    )
     try:
         with engine.begin() as conn:
-            conn.execute(insert(training_runs).values(**values))
-            audit.record(
+            insert_run(
                 conn,
-                org_id,
-                "training.requested",
+                run_id=run_id,
+                org_id=org_id,
+                version=version,
+                config=config,
+                trigger=trigger,
+                auto_deploy=auto_deploy,
                 actor=actor,
                 now=now,
-                details={"runId": run_id, "version": version, "trigger": trigger},
             )
     except IntegrityError:
         active = active_run(engine, org_id)
         if active is None:
             raise
-        raise ConflictError(
-            f"organization {org_id} already has run {active['id']} {active['status']} "
-            f"(version {active['version']}, queued at {iso(active['queued_at'])}); "
-            "wait for it to finish or cancel it before starting another"
-        ) from None
+        raise ConflictError(active_run_message(org_id, active)) from None
     return get_run(engine, run_id)
+
+
+def insert_run(
+    conn: Connection,
+    *,
+    run_id: str,
+    org_id: str,
+    version: str,
+    config: dict[str, Any],
+    trigger: str,
+    auto_deploy: bool,
+    actor: str,
+    now: datetime,
+    schedule_slot: datetime | None = None,
+) -> None:
+    """Insert a queued run and its audit event inside the caller's transaction."""
+    conn.execute(
+        insert(training_runs).values(
+            id=run_id,
+            organization_id=org_id,
+            version=version,
+            status="queued",
+            config=config,
+            trigger=trigger,
+            auto_deploy=auto_deploy,
+            queued_at=now,
+            stages_done=0,
+            attempt=1,
+            progress={"stage": "queued"},
+            stage_timings={},
+            schedule_slot=schedule_slot,
+        )
+    )
+    details: dict[str, Any] = {"runId": run_id, "version": version, "trigger": trigger}
+    if schedule_slot is not None:
+        details["scheduleSlot"] = iso(schedule_slot)
+    audit.record(conn, org_id, "training.requested", actor=actor, now=now, details=details)
+
+
+def active_run_message(org_id: str, active: Mapping[Any, Any]) -> str:
+    """Why a new run of `org_id` cannot start while `active` is queued or running."""
+    return (
+        f"organization {org_id} already has run {active['id']} {active['status']} "
+        f"(version {active['version']}, queued at {iso(active['queued_at'])}); "
+        "wait for it to finish or cancel it before starting another"
+    )
 
 
 def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
