@@ -11,15 +11,11 @@ from typing import Any, TypeVar
 
 import click
 
+from training_tasks.cli_common import _echo_json, _service
+from training_tasks.cli_schedule import schedule, schedules_command
 from training_tasks.errors import SettingsError, TrainingServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _service() -> Any:
-    from training_tasks.service import TrainingService
-
-    return TrainingService()
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -27,10 +23,6 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"{path} is not valid JSON ({what}): {exc}") from None
-
-
-def _echo_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -342,8 +334,8 @@ def demo(keep_running: bool, assets: int, days: int) -> None:
     sys.exit(run_demo(keep_running=keep_running, assets=assets, days=days))
 
 
-# The schedule commands live apart; importing the module adds them to `cli`.
-from training_tasks import cli_schedule  # noqa: E402, F401
+cli.add_command(schedule)
+cli.add_command(schedules_command)
 
 
 def main() -> None:

@@ -7,11 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from training_tasks.cli import _echo_json, _service, cli
-from training_tasks.cli_views import console
+from training_tasks.cli_common import _echo_json, _service
 
 DST_POLICY = (
     "On a DST change: a local time that does not exist (clocks go forward) runs once at the "
@@ -20,7 +17,7 @@ DST_POLICY = (
 )
 
 
-@cli.command(epilog=DST_POLICY)
+@click.command(epilog=DST_POLICY)
 @click.argument("org_id")
 @click.argument("pattern", required=False)
 @click.option(
@@ -104,7 +101,7 @@ def schedule(
         print_schedule(doc, recorded)
 
 
-@cli.command("schedules", epilog=DST_POLICY)
+@click.command("schedules", epilog=DST_POLICY)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def schedules_command(as_json: bool) -> None:
     """List every organization's schedule, its next run and its last slot, and the beat."""
@@ -117,6 +114,11 @@ def schedules_command(as_json: bool) -> None:
     if as_json:
         _echo_json({"schedules": rows, "beat": beat})
         return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from training_tasks.cli_views import console
+
     table = Table(title="Training schedules")
     for name in (
         "organization",
@@ -158,6 +160,11 @@ def beat_line(beat: dict[str, Any] | None) -> str:
 
 def print_schedule(doc: dict[str, Any], recorded: Sequence[dict[str, Any]]) -> None:
     """A schedule and its most recent slots."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from training_tasks.cli_views import console
+
     state = "enabled" if doc["enabled"] else "disabled"
     console.print(
         f"[bold]{doc['organizationId']}[/]: {escape(doc['pattern'])} in {doc['timezone']}, {state}"
@@ -181,6 +188,11 @@ def print_schedule(doc: dict[str, Any], recorded: Sequence[dict[str, Any]]) -> N
 
 def print_preview(org_id: str, items: Sequence[dict[str, Any]], *, saved: bool) -> None:
     """The next runs, with DST notes."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from training_tasks.cli_views import console
+
     zone = items[0]["zone"] if items else "?"
     title = f"Next runs of {org_id} ({zone})" + ("" if saved else ", not saved")
     table = Table(title=title)

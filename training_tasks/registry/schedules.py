@@ -200,7 +200,11 @@ def record_change(
     if after is None:
         event = "schedule.deleted"
     row = get_schedule(conn, org_id)
-    details = {"before": before, "after": after, "nextRunAt": iso_or_none(row.next_run_at) if row else None}
+    details = {
+        "before": before,
+        "after": after,
+        "nextRunAt": iso_or_none(row.next_run_at) if row else None,
+    }
     audit.record(conn, org_id, event, actor=actor, now=now, details=details)
 
 
