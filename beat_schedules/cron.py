@@ -12,6 +12,11 @@ and an IANA time zone. The pattern matches local wall-clock times, and each matc
 - several matches that land on the same instant (the whole gap, or the gap and the time the
   clocks jump to): that instant, once. Slots are strictly increasing UTC instants.
 
+`CronSchedule.parse` also refuses what croniter accepts but a 5-field schedule should not mean:
+seconds and year fields, @reboot, hashed and random values (H, R), ranges from a value to
+itself, which croniter reads as the whole field ("5-5 * * * *" would fire every minute), and
+both day fields restricted when one uses W, L or # (croniter then neither ANDs nor ORs them).
+
 This module is pure: no database, no Redis, no Celery, no clock.
 """
 
@@ -257,6 +262,7 @@ def _compile(text: str) -> croniter:
         )
     for index, value in enumerate(fields):
         _check_field(index, value)
+    _check_days(fields[2], fields[4])
     try:
         template = croniter(text, _TEMPLATE_START)
     except (ValueError, TypeError, KeyError, IndexError) as error:
@@ -297,6 +303,17 @@ def _check_field(index: int, value: str) -> None:
             )
 
 
+def _check_days(dom: str, dow: str) -> None:
+    """Refuse both day fields restricted when one uses W, L or #: croniter mixes AND and OR."""
+    special = "w" in dom.lower() or "#" in dow or "l" in dow.lower()
+    if special and dom not in ("*", "?") and dow not in ("*", "?"):
+        # "0 0 13 * 5#2" fires on second Fridays only; "0 0 1 * 1#2" never fires at all.
+        raise _Problem(
+            f"day-of-month {dom!r} cannot be combined with day-of-week {dow!r} when either "
+            "uses W, L or #, because croniter neither ANDs nor ORs them; set the other to *"
+        )
+
+
 def _number(index: int, text: str) -> int | str:
     word = text.lower()
     if index in (3, 4) and word in _NAMES[index - 3].split():
@@ -313,7 +330,16 @@ def _explain(fields: list[str], error: Exception) -> str:
             for part in bounds:
                 if part.isdigit() and not low <= int(part) <= high:
                     return f"{FIELD_NAMES[index]} {int(part)} is out of range; use {low}-{high}"
-                if index in (3, 4) and part.isalpha() and part.lower() not in _NAMES[index - 3].split():
+                if index < 3 and part.isalpha() and part.lower() not in ("l", "w"):
+                    return (
+                        f"{FIELD_NAMES[index]} {part!r} is not a number; names such as JAN or "
+                        "MON work only in the month and day-of-week fields"
+                    )
+                if (
+                    index in (3, 4)
+                    and part.isalpha()
+                    and part.lower() not in _NAMES[index - 3].split()
+                ):
                     first, last = _NAMES[index - 3].split()[0], _NAMES[index - 3].split()[-1]
                     return (
                         f"{FIELD_NAMES[index]} {part!r} is not a name croniter knows; use "

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from beat_schedules.cron import CronSchedule
 from training_tasks import training_config
-from training_tasks.errors import TrainingServiceError
+from training_tasks.errors import ConfigError, TrainingServiceError
 from training_tasks.fields import iso
 from training_tasks.ids import new_run_id, new_version_id
 from training_tasks.registry import orgs, schedules
@@ -50,6 +50,8 @@ class TickReport:
     submitted: int = 0
     skipped: int = 0
     lost: int = 0
+    parked: int = 0  # schedules disabled because their stored pattern cannot be evaluated
+    failed: int = 0
     more: bool = False
 
 
@@ -66,8 +68,12 @@ class Dispatcher:
         """Give enabled schedules that have no next slot one (after a migration or a manual edit)."""
         armed = 0
         for row in schedules.unarmed(self.rt.engine):
-            since = row.settled_until or now
-            if schedules.arm(self.rt.engine, row, row.cron.next_after(since)):
+            try:
+                next_run_at = row.cron.next_after(row.settled_until or now)
+            except ConfigError as exc:
+                self._park(row, exc, now)
+                continue
+            if schedules.arm(self.rt.engine, row, next_run_at):
                 armed += 1
         return armed
 
@@ -79,9 +85,28 @@ class Dispatcher:
         report = TickReport()
         due = schedules.due(self.rt.engine, now, self.policy.batch)
         for row in due:
-            self._settle(row, now, report)
-        report.more = len(due) == self.policy.batch
+            try:
+                self._settle(row, now, report)
+            except ConfigError as exc:  # a stored pattern that today's checks refuse
+                self._park(row, exc, now)
+                report.parked += 1
+            except Exception:  # one broken schedule must not hold up the others
+                report.failed += 1
+                log.exception("could not settle the schedule of %s; beat tries again", row.org_id)
+        settled = report.submitted + report.skipped + report.lost + report.parked
+        report.more = len(due) == self.policy.batch and settled > 0
         return report
+
+    def _park(self, row: ScheduleRow, exc: ConfigError, now: datetime) -> None:
+        reason = f"beat cannot evaluate the stored schedule ({exc})"
+        if schedules.park(self.rt.engine, row, reason=reason, actor=f"beat {self.beat_id}", now=now):
+            log.error(
+                "%s: %s; the schedule is disabled, fix it with `trainctl schedule %s PATTERN "
+                "--enable`",
+                row.org_id,
+                reason,
+                row.org_id,
+            )
 
     def _settle(self, row: ScheduleRow, now: datetime, report: TickReport) -> None:
         for _ in range(SETTLE_ATTEMPTS):

@@ -320,3 +320,25 @@ def test_a_run_of_an_org_whose_model_config_is_incomplete_is_recorded_as_skipped
     assert ledger(svc, "globex") == [(at(1, 2), "skipped")]
     (slot,) = svc.get_schedule_slots("globex")
     assert "targetColumn" in slot["reason"]
+
+
+def test_a_stored_pattern_that_cannot_be_evaluated_is_disabled_and_audited_not_fatal(
+    svc: TrainingService, clock: Clock
+) -> None:
+    svc.register_organization("globex", ORG_DOC)
+    for org_id in ("acme", "globex"):
+        svc.schedule_training(org_id, {"pattern": "0 2 * * *"})
+    with svc.rt.engine.begin() as conn:  # written by an older release that allowed it
+        conn.execute(
+            training_schedules.update()
+            .where(training_schedules.c.organization_id == "acme")
+            .values(pattern="5-5 * * * *")
+        )
+    clock.now = at(1, 2)
+    report = dispatcher(svc, Sent()).dispatch_due(clock.now)
+    assert (report.parked, report.submitted) == (1, 1)
+    assert ledger(svc, "globex") == [(at(1, 2), "submitted")]
+    acme = svc.get_schedule("acme")
+    assert acme["enabled"] is False and acme["nextRunAt"] is None
+    event = svc.get_audit_trail("acme")[0]
+    assert event["event"] == "schedule.disabled" and "5-5" in event["details"]["reason"]

@@ -208,6 +208,31 @@ def record_change(
     audit.record(conn, org_id, event, actor=actor, now=now, details=details)
 
 
+def park(engine: Engine, row: ScheduleRow, *, reason: str, actor: str, now: datetime) -> bool:
+    """Disable a stored schedule that cannot be evaluated (audited), unless it was edited since."""
+    c = training_schedules.c
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(training_schedules)
+            .where(c.organization_id == row.org_id, c.revision == row.revision)
+            .values(enabled=False, next_run_at=None, revision=c.revision + 1, updated_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        config = conn.execute(
+            select(organizations.c.config).where(organizations.c.id == row.org_id)
+        ).scalar()
+        if config is not None and config.get("trainingSchedule"):
+            doc = dict(config)
+            doc["trainingSchedule"] = {**config["trainingSchedule"], "enabled": False}
+            conn.execute(
+                update(organizations).where(organizations.c.id == row.org_id).values(config=doc)
+            )
+        details = {"reason": reason, "pattern": row.pattern, "timezone": row.timezone}
+        audit.record(conn, row.org_id, "schedule.disabled", actor=actor, now=now, details=details)
+    return True
+
+
 def due(engine: Engine, now: datetime, limit: int) -> list[ScheduleRow]:
     """Schedules whose next slot is at or before `now`, earliest first (an index range scan)."""
     c = training_schedules.c
