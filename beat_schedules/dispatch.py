@@ -99,7 +99,9 @@ class Dispatcher:
 
     def _park(self, row: ScheduleRow, exc: ConfigError, now: datetime) -> None:
         reason = f"beat cannot evaluate the stored schedule ({exc})"
-        if schedules.park(self.rt.engine, row, reason=reason, actor=f"beat {self.beat_id}", now=now):
+        if schedules.park(
+            self.rt.engine, row, reason=reason, actor=f"beat {self.beat_id}", now=now
+        ):
             log.error(
                 "%s: %s; the schedule is disabled, fix it with `trainctl schedule %s PATTERN "
                 "--enable`",
