@@ -119,6 +119,12 @@ def schedules_command(as_json: bool) -> None:
 
     from training_tasks.cli_views import console
 
+    if not rows:
+        console.print(
+            'no organization has a training schedule; set one with `trainctl schedule ORG "0 2 * * 0"`'
+        )
+        console.print(beat_line(beat))
+        return
     table = Table(title="Training schedules")
     for name in (
         "organization",

@@ -48,11 +48,10 @@ MIGRATION_LOCK_ID = 0x7472_6169_6E00  # arbitrary, fixed: serializes concurrent 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the database schema up to `revision` (idempotent, safe from several processes)."""
+    # Alembic's plugin set-up chatter (logged on import) is not news in a worker's INFO log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from sqlalchemy import text
-
-    # Alembic's plugin set-up chatter is not news in a worker's or beat's INFO log.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     if engine.dialect.name != "postgresql":
         command.upgrade(alembic_config(engine), revision)
