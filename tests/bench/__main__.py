@@ -21,6 +21,7 @@ BENCHMARKS = (
     "bench_chain",
     "bench_hotswap",
     "bench_swap_load",
+    "bench_beat",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

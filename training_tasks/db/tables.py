@@ -157,7 +157,8 @@ training_schedules = Table(
     Column("revision", Integer, nullable=False, server_default="1"),
     # Slots at or before this instant are settled: fired, skipped, or before the schedule existed.
     Column("settled_until", UtcDateTime, nullable=True),
-    Index("ix_training_schedules_next_run_at", "next_run_at"),
+    # Due rows come out in (next_run_at, organization_id) order straight from the index.
+    Index("ix_training_schedules_next_run_at", "next_run_at", "organization_id"),
 )
 
 schedule_slots = Table(

@@ -18,7 +18,9 @@ def upgrade() -> None:
     with op.batch_alter_table("training_schedules", schema=None) as batch_op:
         batch_op.add_column(sa.Column("revision", sa.Integer(), server_default="1", nullable=False))
         batch_op.add_column(sa.Column("settled_until", sa.DateTime(timezone=True), nullable=True))
-        batch_op.create_index("ix_training_schedules_next_run_at", ["next_run_at"], unique=False)
+        batch_op.create_index(
+            "ix_training_schedules_next_run_at", ["next_run_at", "organization_id"], unique=False
+        )
     op.execute("UPDATE training_schedules SET settled_until = updated_at, next_run_at = NULL")
     op.create_table(
         "schedule_slots",
