@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -43,14 +42,13 @@ import sqlalchemy as sa
 from croniter import croniter
 from sqlalchemy import Engine
 
+from tests.bench.common import host_info, throwaway_database
+
 if TYPE_CHECKING:
     from beat_schedules.dispatch import Dispatcher
     from beat_schedules.scheduler import DatabaseScheduler
     from training_tasks.runtime import Runtime
 
-ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 # A fixed clock, 30 s past a minute so that no minute-aligned slot sits in a case's window.
 NOW = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
@@ -80,7 +78,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Populate each size on both backends, time the ticks and the naive scan, report ratios."""
     sizes = (100, 1000) if quick else (100, 1000, 10_000)
     ticks = 48 if quick else 200
-    result: dict[str, Any] = {"quick": quick, "host": _host(), "ticks_per_case": ticks}
+    result: dict[str, Any] = {"quick": quick, "host": host_info(), "ticks_per_case": ticks}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("postgres", "sqlite"):
             result[backend] = _backend(backend, sizes, ticks, Path(tmp) / backend)
@@ -122,7 +120,7 @@ def _bed(backend: str, n: int, base: Path) -> Iterator[Bed]:
 
     with ExitStack() as stack:
         if backend == "postgres":
-            url = stack.enter_context(_throwaway_database())
+            url = stack.enter_context(throwaway_database("bench_beat"))
         else:
             url = f"sqlite:///{base / f'beat_{n}.db'}"
         env = {"REDIS_URL": REDIS_URL, "DATABASE_URL": url, "ML_BASE_PATH": str(base)}
@@ -397,29 +395,6 @@ def _beat_keys(url: str) -> Iterator[None]:
     finally:
         client.delete(LOCK_KEY, STATUS_KEY)
         client.close()
-
-
-@contextmanager
-def _throwaway_database() -> Iterator[str]:
-    name = f"bench_beat_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _host() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "python": sys.version.split()[0],
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -17,15 +16,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ADMIN_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+from tests.bench.common import host_info, throwaway_database
+
 ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2023, 1, 1, tzinfo=UTC)
 ASSETS, INTERVAL_MIN = 50, 5
@@ -37,8 +34,8 @@ COLUMNS = "ts, asset_id, temperature_c, pressure_kpa, vibration_mm_s, current_a,
 def run(quick: bool = False) -> dict[str, Any]:
     """Load the tables, measure every method at every size, and return the numbers and ratios."""
     sizes = (200_000, 1_000_000) if quick else (1_000_000, 5_000_000)
-    result: dict[str, Any] = {"quick": quick, "host": _host(), "postgres": {}, "sqlite": {}}
-    with _throwaway_database() as url, tempfile.TemporaryDirectory() as tmp:
+    result: dict[str, Any] = {"quick": quick, "host": host_info(), "postgres": {}, "sqlite": {}}
+    with throwaway_database("bench_extract") as url, tempfile.TemporaryDirectory() as tmp:
         for rows in sizes:
             result["postgres"][str(rows)] = _postgres_size(url, rows, Path(tmp))
         result["sqlite"] = _sqlite_size(1_000_000, Path(tmp))
@@ -251,32 +248,6 @@ class _Frames:
             yield part
             if not left:
                 return
-
-
-@contextmanager
-def _throwaway_database() -> Iterator[str]:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_extract_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _host() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "python": sys.version.split()[0],
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def main() -> None:
