@@ -36,6 +36,9 @@ class Settings:
     beat_lock_ttl_s: float = 30.0
     schedule_missed_slots: str = "latest"
     schedule_grace_s: float = 300.0
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_s: float = 5.0
+    reaper_interval_s: float = 15.0
 
     @property
     def models_path(self) -> Path:
@@ -78,6 +81,9 @@ class Settings:
             beat_lock_ttl_s=_positive(env, "BEAT_LOCK_TTL_S", 30.0),
             schedule_missed_slots=_choice(env, "SCHEDULE_MISSED_SLOTS", MISSED_SLOT_POLICIES),
             schedule_grace_s=_positive(env, "SCHEDULE_GRACE_S", 300.0),
+            alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
+            alert_webhook_timeout_s=_positive(env, "ALERT_WEBHOOK_TIMEOUT_S", 5.0),
+            reaper_interval_s=_positive(env, "REAPER_INTERVAL_S", 15.0),
         )
 
 
@@ -125,6 +131,13 @@ def _database_url(value: str | None, base: Path) -> str:
         )
     if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
         value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return value
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name) or None
+    if value is not None and urlparse(value).scheme not in ("http", "https"):
+        raise SettingsError(name, f"{value!r} is not an http:// or https:// URL")
     return value
 
 
