@@ -60,6 +60,18 @@ class TrainingError(PermanentError):
     """The training script failed, timed out or broke the script contract."""
 
 
+class TrainingKilled(TransientError):
+    """The training process was killed by a signal it did not ask for (OOM killer, crash, kill)."""
+
+
+class Cancelled(PermanentError):
+    """Somebody cancelled the run; it stops where it is and is not retried."""
+
+
+class InsufficientDisk(PermanentError):
+    """The model store has too little free space for the run; nothing was started."""
+
+
 class ValidationRejected(PermanentError):
     """The trained model failed one or more validation checks; nothing was deployed."""
 

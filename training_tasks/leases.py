@@ -1,8 +1,9 @@
-"""Keeps the leases of the stages running in this process alive, from one background thread.
+"""Keeps the leases of the stages running in this process alive, and passes on cancel requests.
 
-A stage registers its run while it works; every third of the lease's lifetime the keeper
-renews all registered leases. One thread per process (started on first use, so after a fork)
-instead of one per stage keeps a stage's fixed cost low.
+A stage registers its run while it works. One background thread per process (started on first
+use, so after a fork) renews every registered lease each third of the lease's lifetime, and once
+a second asks the database whether any of those runs was cancelled; it then sets the stage's
+cancel event, which stops the training process or the extract within about a second.
 """
 
 from __future__ import annotations
@@ -11,29 +12,41 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from training_tasks.registry import runs
+from training_tasks.registry import run_control, runs
 from training_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 1.0
+
+
+@dataclass
+class _Held:
+    rt: Runtime
+    cancel: threading.Event | None
+    renewed_at: float
 
 
 class LeaseKeeper:
     """Renews registered run leases every `ttl_s / 3` seconds until they are released."""
 
     def __init__(self) -> None:
-        self._held: dict[tuple[str, str], Runtime] = {}
+        self._held: dict[tuple[str, str], _Held] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
     @contextlib.contextmanager
-    def hold(self, rt: Runtime, run_id: str, owner: str) -> Iterator[None]:
-        """Keep this owner's lease on the run alive for the duration of the block."""
+    def hold(
+        self, rt: Runtime, run_id: str, owner: str, cancel: threading.Event | None = None
+    ) -> Iterator[None]:
+        """Keep this owner's lease on the run alive (and watch for a cancel) during the block."""
         with self._lock:
-            self._held[(run_id, owner)] = rt
+            self._held[(run_id, owner)] = _Held(rt, cancel, time.monotonic())
             self._ensure_thread()
         try:
             yield
@@ -50,20 +63,43 @@ class LeaseKeeper:
     def _run(self) -> None:
         while True:
             with self._lock:
+                ttls = [entry.rt.settings.lease_ttl_s for entry in self._held.values()]
+            time.sleep(min([CANCEL_POLL_S, *(ttl / 3 for ttl in ttls)]))
+            with self._lock:
                 held = list(self._held.items())
-            interval_s = min((rt.settings.lease_ttl_s for _, rt in held), default=60.0) / 3
-            self._wake.wait(interval_s)
-            for (run_id, owner), rt in held:
-                self._renew(rt, run_id, owner)
+            if not held:
+                continue
+            self._pass_on_cancels(held)
+            for (run_id, owner), entry in held:
+                if time.monotonic() - entry.renewed_at >= entry.rt.settings.lease_ttl_s / 3:
+                    self._renew(entry, run_id, owner)
 
-    def _renew(self, rt: Runtime, run_id: str, owner: str) -> None:
+    def _pass_on_cancels(self, held: list[tuple[tuple[str, str], _Held]]) -> None:
+        watched = [(run_id, e) for (run_id, _), e in held if e.cancel and not e.cancel.is_set()]
+        if not watched:
+            return
+        try:
+            cancelled = run_control.cancel_requested(
+                watched[0][1].rt.engine, [run_id for run_id, _ in watched]
+            )
+        except Exception:  # the next poll asks again
+            log.warning("could not check for cancel requests", exc_info=True)
+            return
+        for run_id, entry in watched:
+            if run_id in cancelled and entry.cancel is not None:
+                log.warning("run %s: cancel requested; stopping it", run_id)
+                entry.cancel.set()
+
+    def _renew(self, entry: _Held, run_id: str, owner: str) -> None:
         with self._lock:
             if (run_id, owner) not in self._held:
                 return
         try:
+            rt = entry.rt
             runs.renew_lease(
                 rt.engine, run_id, owner=owner, now=rt.now(), ttl_s=rt.settings.lease_ttl_s
             )
+            entry.renewed_at = time.monotonic()
         except Exception:  # a missed renewal is retried on the next tick; the lease has slack
             log.warning("run %s: lease renewal failed", run_id, exc_info=True)
 

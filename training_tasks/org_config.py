@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from training_tasks import fields as f
 from training_tasks.errors import ConfigError
@@ -19,6 +20,7 @@ ORG_KEYS = (
     "trainingSchedule",
     "scadaDbConfig",
     "schemaConfig",
+    "alerts",
 )
 MODEL_KEYS = (
     "hyperparameters",
@@ -46,6 +48,7 @@ THRESHOLD_DEFAULTS: dict[str, Any] = {
 SCHEMA_KEYS = ("table", "schema", "timestampColumn", "assetColumn", "columnMappings")
 SCADA_KEYS = ("url", "urlEnv")
 SCHEDULE_KEYS = ("pattern", "timezone", "enabled")
+ALERT_KEYS = ("webhookUrl",)
 SCRIPT_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.py$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 
@@ -76,6 +79,7 @@ class OrgConfig:
     scada_url_env: str | None
     schema_config: SchemaConfig
     scada_url: str | None = field(default=None, repr=False)
+    alert_webhook_url: str | None = None
 
     @property
     def thresholds(self) -> dict[str, Any]:
@@ -106,7 +110,7 @@ class OrgConfig:
         if self.scada_url:
             scada["url"] = mask_url(self.scada_url)
         schema = self.schema_config
-        return {
+        public: dict[str, Any] = {
             "organizationId": self.organization_id,
             "name": self.name,
             "mlModelConfig": dict(self.ml_model_config),
@@ -120,6 +124,11 @@ class OrgConfig:
                 "columnMappings": dict(schema.column_mappings),
             },
         }
+        if self.alert_webhook_url:
+            # The registry stores this dict as the organization's config, so it must round-trip:
+            # parsing refuses credentials in the URL, which leaves mask_url nothing to change.
+            public["alerts"] = {"webhookUrl": mask_url(self.alert_webhook_url)}
+        return public
 
 
 def parse_org_config(raw: object, org_id: str) -> OrgConfig:
@@ -141,6 +150,7 @@ def parse_org_config(raw: object, org_id: str) -> OrgConfig:
         scada_url_env=url_env,
         schema_config=_schema(doc["schemaConfig"]),
         scada_url=url,
+        alert_webhook_url=_alert_webhook_url(doc.get("alerts")),
     )
 
 
@@ -238,6 +248,33 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
             f"{name}.url", f"backend {backend!r} is not supported; use postgresql or sqlite"
         )
     return url, None
+
+
+def _alert_webhook_url(raw: object) -> str | None:
+    """Check `alerts` (`webhookUrl`): an http(s) URL with a host and no credentials in it."""
+    if raw is None:
+        return None
+    cfg = f.require_mapping(raw, "alerts")
+    f.reject_unknown(cfg, ALERT_KEYS, "alerts")
+    if cfg.get("webhookUrl") is None:
+        return None
+    name = "alerts.webhookUrl"
+    url = f.string(cfg["webhookUrl"], name, max_len=2048)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigError(name, f"{mask_url(url)!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, f"{mask_url(url)!r} is not an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ConfigError(
+            name,
+            "must not hold a user or password: the organization config is shown by "
+            "`trainctl org show` and kept in the audit trail; set a URL with credentials "
+            "as ALERT_WEBHOOK_URL on the workers instead",
+        )
+    return url
 
 
 def _schema(raw: object) -> SchemaConfig:

@@ -126,6 +126,26 @@ class TrainingService(ScheduleApi):
         handle = TrainingHandle(self, queued["runId"], queued["version"], queued["queue"])
         return handle.wait(timeout_s, on_progress, poll_interval_s) if wait else handle
 
+    def cancel_training(
+        self, org_id: str, *, actor: str = "api", wait_s: float = 0.0
+    ) -> dict[str, Any]:
+        """Cancel the organization's queued or running run; returns `{runId, version, status}`.
+
+        A queued run is cancelled at once; a running one is stopped by its worker within about a
+        second. With `wait_s`, wait that long for the run to end (`status` is then `cancelled`,
+        or whatever the run ended as if it finished first).
+        """
+        from training_tasks.registry import run_control
+
+        check_org_id(org_id)
+        doc = run_control.request_cancel(self.rt.engine, org_id, actor=actor, now=self.rt.now())
+        deadline = time.monotonic() + wait_s
+        while doc["status"] == "cancelling" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = runs.get_run(self.rt.engine, doc["runId"])["status"]
+            doc["status"] = "cancelling" if status in ("queued", "running") else status
+        return doc
+
     def get_training_status(self, org_id: str) -> dict[str, Any]:
         """The deployed version, which prediction replicas confirm it, and the latest run."""
         row = orgs.get_org_row(self.rt.engine, org_id)

@@ -39,6 +39,8 @@ class Settings:
     alert_webhook_url: str | None = None
     alert_webhook_timeout_s: float = 5.0
     reaper_interval_s: float = 15.0
+    retry_backoff_s: float = 5.0
+    min_free_disk_mb: float = 1024.0
 
     @property
     def models_path(self) -> Path:
@@ -84,6 +86,8 @@ class Settings:
             alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
             alert_webhook_timeout_s=_positive(env, "ALERT_WEBHOOK_TIMEOUT_S", 5.0),
             reaper_interval_s=_positive(env, "REAPER_INTERVAL_S", 15.0),
+            retry_backoff_s=_positive(env, "RETRY_BACKOFF_S", 5.0),
+            min_free_disk_mb=_positive(env, "MIN_FREE_DISK_MB", 1024.0),
         )
 
 

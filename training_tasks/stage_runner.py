@@ -14,25 +14,27 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
 
+from training_tasks import scratch
 from training_tasks.errors import (
+    Cancelled,
     LeaseHeld,
     RunFinished,
     TrainingServiceError,
-    TransientError,
     ValidationRejected,
 )
+from training_tasks.failure_alerts import alert_run_end
 from training_tasks.ids import check_run_id
 from training_tasks.leases import keeper
-from training_tasks.registry import runs
+from training_tasks.registry import run_control, runs
+from training_tasks.registry.run_control import MAX_ATTEMPTS
 from training_tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
-MAX_RETRIES = 2
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -75,15 +77,23 @@ def run_stage(
     except (RunFinished, LeaseHeld) as exc:
         log.info("run %s: %s delivered again, nothing to do (%s)", run_id, stage, exc)
         raise Ignore() from exc
-    log.info("run %s of %s: %s started", run_id, run["organization_id"], stage)
+    if run["cancel_requested_at"] is not None:
+        _cancelled(rt, run, stage)
+    log.info(
+        "run %s of %s: %s started (attempt %s)",
+        run_id,
+        run["organization_id"],
+        stage,
+        run["attempt"],
+    )
     cancel = threading.Event()
-    ctx = StageContext(rt, run, _progress_sink(task, rt, run_id), cancel)
-    with keeper.hold(rt, run_id, owner):
+    ctx = StageContext(rt, run, _progress_sink(task, rt, run_id, stage, cancel), cancel)
+    with keeper.hold(rt, run_id, owner, cancel):
         work_started = time.perf_counter()
         try:
             outcome = body(ctx)
         except Exception as exc:
-            _on_error(task, rt, run, stage, owner, exc)
+            _on_error(task, rt, run, stage, owner, exc, cancel)
             raise
         work_s = time.perf_counter() - work_started
     runs.complete_stage(
@@ -99,29 +109,53 @@ def run_stage(
         claimed=run,
     )
     log.info("run %s of %s: %s done", run_id, run["organization_id"], stage)
+    if outcome.final_status is not None:
+        scratch.clean_after_success(rt, run)
     return run_id
 
 
+def _cancelled(rt: Runtime, run: dict[str, Any], stage: str) -> NoReturn:
+    """Finish a run whose cancel was requested, and end this task without continuing the chain."""
+    run_control.finish_cancelled(rt.engine, run["id"], stage=stage, now=rt.now())
+    log.warning("run %s of %s cancelled during %s", run["id"], run["organization_id"], stage)
+    raise Ignore()
+
+
 def _on_error(
-    task: Task, rt: Runtime, run: dict[str, Any], stage: str, owner: str, exc: Exception
+    task: Task,
+    rt: Runtime,
+    run: dict[str, Any],
+    stage: str,
+    owner: str,
+    exc: Exception,
+    cancel: threading.Event,
 ) -> None:
     run_id, org = run["id"], run["organization_id"]
-    if isinstance(exc, TransientError) and task.request.retries < MAX_RETRIES:
-        countdown_s = 5 * 4**task.request.retries
-        log.warning(
-            "run %s of %s: %s failed transiently (%s); retry in %ss",
-            run_id,
-            org,
-            stage,
-            exc,
-            countdown_s,
-        )
-        runs.renew_lease(rt.engine, run_id, owner=owner, now=rt.now(), ttl_s=0)
-        raise task.retry(exc=exc, countdown=countdown_s, max_retries=MAX_RETRIES)
-    status = "rejected" if isinstance(exc, ValidationRejected) else "failed"
+    if cancel.is_set() or isinstance(exc, Cancelled):
+        _cancelled(rt, run, stage)
     message = str(exc) if isinstance(exc, TrainingServiceError) else f"{type(exc).__name__}: {exc}"
+    if _transient(exc):
+        if run["attempt"] < MAX_ATTEMPTS:
+            attempt = run_control.record_retry(
+                rt.engine, run_id, owner=owner, stage=stage, error=message, now=rt.now()
+            )
+            if attempt is not None:
+                countdown_s = rt.settings.retry_backoff_s * 4 ** (attempt - 2)
+                log.warning(
+                    "run %s of %s: %s failed transiently (%s); attempt %d of %d in %gs",
+                    run_id,
+                    org,
+                    stage,
+                    message,
+                    attempt,
+                    MAX_ATTEMPTS,
+                    countdown_s,
+                )
+                raise task.retry(exc=exc, countdown=countdown_s, max_retries=MAX_ATTEMPTS)
+        message = f"{message} (gave up after {run['attempt']} attempts)"
+    status = "rejected" if isinstance(exc, ValidationRejected) else "failed"
     trace = None if isinstance(exc, TrainingServiceError) else traceback.format_exc()
-    runs.finish_failed(
+    finished = runs.finish_failed(
         rt.engine,
         run_id,
         status=status,
@@ -132,13 +166,34 @@ def _on_error(
         now=rt.now(),
     )
     log.error("run %s of %s %s at %s: %s", run_id, org, status, stage, message)
+    if finished:
+        alert_run_end(rt, run_id)
 
 
-def _progress_sink(task: Task, rt: Runtime, run_id: str) -> Callable[[dict[str, Any]], None]:
-    """Store progress on the run (and in the task state for Flower), at most twice a second."""
+def _transient(exc: Exception) -> bool:
+    """Worth another attempt: our transient errors, and lost connections to the service DB."""
+    if isinstance(exc, TrainingServiceError):
+        return exc.transient
+    from sqlalchemy.exc import DBAPIError
+
+    return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or isinstance(
+        exc, ConnectionError | TimeoutError
+    )
+
+
+def _progress_sink(
+    task: Task, rt: Runtime, run_id: str, stage: str, cancel: threading.Event
+) -> Callable[[dict[str, Any]], None]:
+    """Store progress on the run (and in the task state for Flower), at most twice a second.
+
+    Outside training (whose process the cancel event stops), a cancelled run stops at its next
+    progress report: the extract checks between record batches.
+    """
     last = [0.0]
 
     def report(progress: dict[str, Any]) -> None:
+        if cancel.is_set() and stage != "train":
+            raise Cancelled(f"run {run_id} was cancelled during {stage}")
         now = time.monotonic()
         final = progress.get("iteration") is not None and progress.get("iteration") == progress.get(
             "total"

@@ -39,6 +39,10 @@ def submit_training(
     now = rt.now()
     config = training_config.resolve(request, org_id, org.ml_model_config, now)
     _check_source(org, config)
+    if rt.settings.ml_base_path.exists():  # the model store is here: check it has room now
+        from training_tasks.pipeline import check_disk
+
+        check_disk(rt, config)
     now = rt.now()  # queued from here on: the checks above are the request's own time
     run_id, version = new_run_id(), new_version_id(now)
     runs.create_run(

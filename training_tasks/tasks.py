@@ -6,9 +6,11 @@ import logging
 from typing import Any
 
 from celery import Task, chain
+from celery.exceptions import WorkerLostError
 
 from training_tasks import pipeline
 from training_tasks.celery_app import app
+from training_tasks.failure_alerts import alert_run_end
 from training_tasks.ids import org_queue
 from training_tasks.registry import runs
 from training_tasks.runtime import get_runtime
@@ -56,9 +58,22 @@ def deploy(self: Task, run_id: str) -> str:
 
 @app.task(name="training.on_failure")
 def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
-    """Error handler of every chain: make sure the run is marked failed, and say so."""
+    """Error handler of every chain: make sure the run is marked failed, and say so.
+
+    A task whose worker process died (WorkerLostError: the OOM killer, a SIGKILL) is left to the
+    reaper, which gives the stage another attempt once the run's lease has expired.
+    """
     run_id = request.args[0] if request.args else None
     if not isinstance(run_id, str):
+        return
+    if isinstance(exc, WorkerLostError):
+        log.warning(
+            "run %s: the worker process running %s died (%s); the reaper retries the stage "
+            "once its lease expires",
+            run_id,
+            request.task,
+            exc,
+        )
         return
     rt = get_runtime()
     finished = runs.finish_failed(
@@ -81,6 +96,8 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
         run["error"],
         "" if not finished else " (marked by the error handler)",
     )
+    if finished:
+        alert_run_end(rt, run_id)
 
 
 _pools: dict[str, Any] = {}
@@ -94,17 +111,23 @@ def _connection_pool(broker_url: str) -> Any:
 
 
 def enqueue_chain(
-    run_id: str, org_id: str, auto_deploy: bool, *, broker_url: str | None = None
+    run_id: str,
+    org_id: str,
+    auto_deploy: bool,
+    *,
+    broker_url: str | None = None,
+    start: str = "extract",
 ) -> str:
     """Send extract | train | validate [| deploy] for a run to the organization's queue.
 
-    `broker_url` overrides the app's broker, for callers whose settings were not built from
-    this process's environment (an embedding application, tests).
+    `start` resumes a run at a later stage (the reaper's recovery). `broker_url` overrides the
+    app's broker, for callers whose settings were not built from this process's environment
+    (an embedding application, tests).
     """
     queue = org_queue(org_id)
-    steps = [extract.si(run_id), train.s(), validate.s()]
-    if auto_deploy:
-        steps.append(deploy.s())
+    stages = [extract, train, validate, *([deploy] if auto_deploy else [])]
+    first = [t.name for t in stages].index(f"training.{start}")
+    steps = [stages[first].si(run_id), *(t.s() for t in stages[first + 1 :])]
     workflow = chain(*(step.set(queue=queue, ignore_result=True) for step in steps))
     workflow.link_error(on_failure.s().set(queue=queue))
     if broker_url is None or broker_url == app.conf.broker_url:

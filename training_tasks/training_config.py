@@ -54,6 +54,7 @@ REQUEST_KEYS = (
     "validationSplit",
     "targetColumn",
     "featureColumns",
+    "keepScratch",  # keep the extracted training data after the run (for debugging)
 )
 
 
@@ -69,6 +70,7 @@ class TrainingConfig:
     target_column: str
     feature_columns: tuple[str, ...]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    keep_scratch: bool = False
 
     def lightgbm_params(self) -> dict[str, Any]:
         """The hyperparameters under LightGBM's own names."""
@@ -83,6 +85,7 @@ class TrainingConfig:
             "validationSplit": self.validation_split,
             "targetColumn": self.target_column,
             "featureColumns": list(self.feature_columns),
+            "keepScratch": self.keep_scratch,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +108,8 @@ def check_request(request: object) -> Mapping[str, Any]:
         f.string(req["targetColumn"], "targetColumn", max_len=128)
     if "featureColumns" in req:
         f.string_list(req["featureColumns"], "featureColumns")
+    if "keepScratch" in req:
+        f.boolean(req["keepScratch"], "keepScratch")
     return req
 
 
@@ -157,6 +162,7 @@ def resolve(
         validation_split=_split(split, "validationSplit"),
         target_column=f.string(target, "targetColumn", max_len=128),
         feature_columns=feature_tuple,
+        keep_scratch=bool(req.get("keepScratch", False)),
     )
 
 
@@ -171,6 +177,7 @@ def from_wire(wire: Mapping[str, Any]) -> TrainingConfig:
         validation_split=float(wire["validationSplit"]),
         target_column=wire["targetColumn"],
         feature_columns=tuple(wire["featureColumns"]),
+        keep_scratch=bool(wire.get("keepScratch", False)),
     )
 
 

@@ -14,8 +14,10 @@ log = logging.getLogger(__name__)
 def install(app: Celery) -> None:
     """Attach the hooks and the organization-queue bootstep to `app`."""
     from workers.org_queues import OrgQueueFollower
+    from workers.reaper import RunReaper
 
     app.steps["consumer"].add(OrgQueueFollower)
+    app.steps["consumer"].add(RunReaper)
     worker_init.connect(_check_settings_and_schema, weak=False)
     worker_process_init.connect(_fresh_handles_in_child, weak=False)
     worker_ready.connect(_reconcile_on_start, weak=False)

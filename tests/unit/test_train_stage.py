@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_train_script import FEATURES, TARGET, write_dataset
-from training_tasks.errors import TrainingError
+from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
 from training_tasks.sandbox import ResourceLimits
 from training_tasks.settings import BUNDLED_SCRIPT
 from training_tasks.stages.train import TrainResult, train
@@ -168,8 +168,26 @@ def test_a_cancelled_training_fails_as_cancelled(tmp_path: Path) -> None:
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()
 
-    with pytest.raises(TrainingError, match="cancelled after"):
+    with pytest.raises(Cancelled, match="cancelled after"):
         run_train(tmp_path, fake_script(tmp_path, "time.sleep(30)\n"), cancel=cancel)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGSEGV"])
+def test_a_script_killed_by_a_signal_is_worth_another_attempt(
+    tmp_path: Path, signal_name: str
+) -> None:
+    script = fake_script(
+        tmp_path, f"import os, signal\nos.kill(os.getpid(), signal.{signal_name})\n"
+    )
+    with pytest.raises(TrainingKilled, match=signal_name) as err:
+        run_train(tmp_path, script)
+    assert err.value.transient
+
+
+def test_a_script_that_exits_with_an_error_is_not_retried(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError) as err:
+        run_train(tmp_path, fake_script(tmp_path, "raise SystemExit('bad input')\n"))
+    assert not err.value.transient
 
 
 def test_exiting_zero_without_a_model_is_a_broken_contract(tmp_path: Path) -> None:

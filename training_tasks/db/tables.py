@@ -99,6 +99,12 @@ training_runs = Table(
     Column("lease_owner", String(255), nullable=True),
     Column("lease_expires_at", UtcDateTime, nullable=True),
     Column("schedule_slot", UtcDateTime, nullable=True),
+    # A stored cancel request: the worker holding the run stops it; a later claim or the reaper
+    # finishes it as cancelled, so the request survives a worker restart.
+    Column("cancel_requested_at", UtcDateTime, nullable=True),
+    Column("cancel_requested_by", String(255), nullable=True),
+    # One entry per attempt that ended without finishing the run: stage, why, worker, when.
+    Column("attempts", JSON, nullable=True),
     Index("ix_training_runs_org_queued", "organization_id", "queued_at"),
     # At most one queued or running run per organization, enforced by the database itself.
     Index(

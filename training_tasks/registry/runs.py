@@ -266,13 +266,18 @@ def finish_failed(
     actor: str,
     now: datetime,
     updates: dict[str, Any] | None = None,
+    only_if: dict[str, Any] | None = None,
 ) -> bool:
-    """Finish a run as failed, rejected or cancelled, unless it already finished; True if it did."""
+    """Finish a run as failed, rejected or cancelled, unless it already finished; True if it did.
+
+    `only_if` adds column conditions (for example that the run is still queued).
+    """
     c = training_runs.c
+    guards = [c[name] == value for name, value in (only_if or {}).items()]
     with engine.begin() as conn:
         result = conn.execute(
             update(training_runs)
-            .where(c.id == run_id, c.status.in_(ACTIVE_STATUSES))
+            .where(c.id == run_id, c.status.in_(ACTIVE_STATUSES), *guards)
             .values(
                 status=status,
                 error=error,

@@ -6,13 +6,14 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training_tasks.errors import TrainingError
+from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
 from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
 from training_tasks.training_config import TrainingConfig
 
@@ -106,7 +107,12 @@ def train(
         cancel=cancel,
     )
     if not result.ok:
-        raise failure.ran(result, lines.error)
+        if result.cancelled:
+            raise Cancelled(str(failure.ran(result, lines.error)))
+        error = failure.ran(result, lines.error)
+        if _killed_from_outside(result):
+            raise TrainingKilled(str(error))  # worth another attempt
+        raise error
     model_path = output_dir / MODEL_FILE
     if not model_path.is_file() or model_path.stat().st_size == 0:
         raise failure.broke_contract(f"it wrote no {MODEL_FILE} (or an empty one) in {output_dir}")
@@ -118,6 +124,15 @@ def train(
         elapsed_s=result.elapsed_s,
         cpu_s=result.cpu_s,
         peak_rss_mb=result.peak_rss_mb,
+    )
+
+
+def _killed_from_outside(result: SandboxResult) -> bool:
+    """A signal the script did not earn by its own limits: the OOM killer, a crash, a kill."""
+    return (
+        result.signal is not None
+        and not result.timed_out
+        and result.signal not in (signal.SIGXCPU, signal.SIGXFSZ)
     )
 
 

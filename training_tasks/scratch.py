@@ -1,0 +1,41 @@
+"""Scratch data of a run: the extracted training split is removed when the run succeeds.
+
+The holdout split stays with the version's artifacts (it is small, and `validate_model` and the
+not-worse-than-deployed check of later runs score models on it); retention removes it with the
+version. A failed run keeps all its files for inspection until retention removes them. A request
+with `"keepScratch": true` keeps the training split too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from training_tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def clean_after_success(rt: Runtime, run: dict[str, Any]) -> int:
+    """Remove the finished run's extracted training split; returns the bytes freed."""
+    if (run.get("config") or {}).get("keepScratch"):
+        return 0
+    stats = run.get("data_stats") or {}
+    if not stats.get("train_path"):
+        return 0
+    data_dir = rt.store.data_dir(run["organization_id"], run["version"]).resolve()
+    path = Path(stats["train_path"]).resolve()
+    if data_dir not in path.parents:  # only ever delete inside the run's own data folder
+        log.warning("run %s: scratch file %s is outside %s; left alone", run["id"], path, data_dir)
+        return 0
+    try:
+        freed = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log.warning("run %s: could not remove scratch file %s (%s)", run["id"], path, exc)
+        return 0
+    log.info("run %s: removed its training split %s (%d bytes)", run["id"], path, freed)
+    return freed
