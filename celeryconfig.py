@@ -26,12 +26,27 @@ result_extended = True
 
 task_acks_late = True
 worker_prefetch_multiplier = 1
+# A worker child killed mid-task (the OOM killer, SIGKILL) acks its message: re-queueing it here
+# would loop a task that kills its worker. The run's lease stops being renewed instead, and the
+# reaper gives the stage another attempt, at most three in all (training_tasks/recovery.py).
+task_reject_on_worker_lost = False
+# A hard backstop for a stage that hangs (training has its own, shorter timeout): the child is
+# killed and the run fails. Kept equal to the visibility timeout.
+task_time_limit = visibility_timeout_s
 # The run row in the database records every stage as it starts; a STARTED state in the result
 # backend would cost a Redis round trip per stage for nothing (Flower sees it through events).
 task_track_started = False
 task_send_sent_event = True
 worker_send_task_events = True
+# Connection loss: keep retrying the broker for ever, at start-up too, and let running stages
+# finish when the connection drops; their messages may be delivered again, and the run's lease
+# makes the copy do nothing. Storing a result or progress retries instead of failing the task.
 broker_connection_retry_on_startup = True
+broker_connection_retry = True
+broker_connection_max_retries = None
+worker_cancel_long_running_tasks_on_connection_loss = False
+result_backend_always_retry = True
+result_backend_max_retries = 10
 
 task_default_queue = "training.requests"
 task_create_missing_queues = True
