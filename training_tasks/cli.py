@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from training_tasks.cli_common import _echo_json, _service
+from training_tasks.cli_metrics import metrics_command
 from training_tasks.cli_schedule import schedule, schedules_command
 from training_tasks.errors import SettingsError, TrainingServiceError
 
@@ -147,6 +148,35 @@ def status(org_id: str, as_json: bool) -> None:
 
     doc = _service().get_training_status(org_id)
     _echo_json(doc) if as_json else print_status(doc)
+
+
+@cli.command()
+@click.argument("org_id")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the worker to stop the run (0: do not wait).",
+)
+def cancel(org_id: str, wait_s: float) -> None:
+    """Cancel the queued or running training of ORG_ID.
+
+    A queued run is cancelled at once. A running one is stopped by its worker within about a
+    second (the training process group is killed); the request is stored, so it also holds if
+    that worker restarts. Nothing is deployed, and other organizations' runs are not touched.
+    """
+    doc = _service().cancel_training(org_id, actor="trainctl", wait_s=wait_s)
+    if doc["status"] == "cancelled":
+        click.echo(f"cancelled run {doc['runId']} of {org_id} (version {doc['version']})")
+        return
+    click.echo(
+        f"asked the worker to stop run {doc['runId']} of {org_id}; it is still {doc['status']}. "
+        f"Follow it with `trainctl status {org_id}`"
+    )
+    sys.exit(1)
 
 
 @cli.command()
@@ -336,6 +366,7 @@ def demo(keep_running: bool, assets: int, days: int) -> None:
 
 cli.add_command(schedule)
 cli.add_command(schedules_command)
+cli.add_command(metrics_command)
 
 
 def main() -> None:

@@ -66,9 +66,15 @@ ENV_DENIED = re.compile(
 )
 MEMORY_SIGNS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
 
-# Runs in the child: apply the limits (never above the inherited hard limit), then exec.
+# Runs in the child: tie its life to the worker's, apply the limits (never above the inherited
+# hard limit), then exec.
 _LAUNCHER = """\
-import os, resource, sys
+import ctypes, os, resource, sys
+# PR_SET_PDEATHSIG: die with the worker process that started us, even if it is SIGKILLed.
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, 9)
+except (OSError, AttributeError):
+    pass
 for item in filter(None, sys.argv[1].split(",")):
     name, soft, hard = item.split(":")
     which = getattr(resource, "RLIMIT_" + name)

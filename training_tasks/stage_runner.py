@@ -7,6 +7,7 @@ held by a live worker and stops without doing anything (and without continuing t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -184,7 +185,7 @@ def _transient(exc: Exception) -> bool:
 def _progress_sink(
     task: Task, rt: Runtime, run_id: str, stage: str, cancel: threading.Event
 ) -> Callable[[dict[str, Any]], None]:
-    """Store progress on the run (and in the task state for Flower), at most twice a second.
+    """Store progress on the run (and send it to Flower as an event), at most twice a second.
 
     Outside training (whose process the cancel event stops), a cancelled run stops at its next
     progress report: the extract checks between record batches.
@@ -203,6 +204,18 @@ def _progress_sink(
         last[0] = now
         runs.set_progress(rt.engine, run_id, progress)
         if task.request.id:
-            task.update_state(state="PROGRESS", meta={"runId": run_id, **progress})
+            _show_in_flower(task, {"runId": run_id, **progress})
 
     return report
+
+
+def _show_in_flower(task: Task, progress: dict[str, Any]) -> None:
+    """Send a `task-progress` event: Flower shows the task as PROGRESS with this as its result.
+
+    Flower builds its task views from events only (a PROGRESS state in the result backend would
+    never show there, and would go stale as stage results are not stored); best effort.
+    """
+    try:
+        task.send_event("task-progress", retry=False, result=json.dumps(progress, sort_keys=True))
+    except Exception:
+        log.debug("run %s: progress event not sent", progress.get("runId"), exc_info=True)

@@ -10,6 +10,7 @@ from celery.exceptions import WorkerLostError
 
 from training_tasks import pipeline
 from training_tasks.celery_app import app
+from training_tasks.errors import NotFoundError
 from training_tasks.failure_alerts import alert_run_end
 from training_tasks.ids import org_queue
 from training_tasks.registry import runs
@@ -86,7 +87,11 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
         actor="error-handler",
         now=rt.now(),
     )
-    run = runs.get_run(rt.engine, run_id)
+    try:
+        run = runs.get_run(rt.engine, run_id)
+    except NotFoundError:
+        log.warning("a task failed for run %s, which this database does not know", run_id)
+        return
     log.error(
         "training run %s of %s ended %s at %s: %s%s",
         run_id,

@@ -44,8 +44,8 @@ def service_env(
         ML_BASE_PATH=str(ml_base_path),
         ORG_QUEUE_POLL_S="0.5",
         RUN_LEASE_TTL_S="30",
-        **(extra or {}),
     )
+    env.update(extra or {})
     return env
 
 
@@ -92,6 +92,7 @@ def celery_worker(
 
 
 def _wait_ready(worker: Worker, redis_url: str) -> None:
+    import redis
     from celery import Celery
 
     probe = Celery(broker=redis_url)
@@ -100,8 +101,12 @@ def _wait_ready(worker: Worker, redis_url: str) -> None:
         while time.monotonic() < deadline:
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{worker.log_tail()}")
-            if probe.control.ping(destination=[worker.name], timeout=0.5):
-                return
+            try:
+                if probe.control.ping(destination=[worker.name], timeout=0.5):
+                    return
+            except (ConnectionError, OSError, redis.RedisError):
+                # A connection kept from before a Redis restart fails once; ask again.
+                time.sleep(0.2)
         raise RuntimeError(f"worker not ready in {READY_TIMEOUT_S} s:\n{worker.log_tail()}")
     finally:
         probe.close()
@@ -118,6 +123,77 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+
+
+@dataclass
+class Flower:
+    """A running Flower: its base URL, process and log file."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def flower_process(
+    env: Mapping[str, str], log_dir: Path, *, unauthenticated_api: bool = True
+) -> Iterator[Flower]:
+    """Start `celery -A training_tasks flower` on a free loopback port; wait for /healthcheck.
+
+    With `unauthenticated_api` (the default, as the port is loopback only) its HTTP API answers
+    without credentials (FLOWER_UNAUTHENTICATED_API=true); Flower refuses it otherwise.
+    """
+    port = free_port()
+    log_path = log_dir / f"flower-{port}.log"
+    flower_env = dict(env)
+    if unauthenticated_api:
+        flower_env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    argv = [sys.executable, "-m", "celery", "-A", "training_tasks", "flower"]
+    argv += ["--address=127.0.0.1", f"--port={port}"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=flower_env,
+            cwd=log_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    flower = Flower(f"http://127.0.0.1:{port}", proc, log_path)
+    try:
+        _wait_flower_ready(flower)
+        yield flower
+    finally:
+        stop_group(proc)
+
+
+def _wait_flower_ready(flower: Flower) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if flower.proc.poll() is not None:
+            raise RuntimeError(f"flower exited early:\n{flower.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{flower.url}/healthcheck", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"flower not ready in {READY_TIMEOUT_S} s:\n{flower.log_tail()}")
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2):  # type: ignore[no-untyped-def]

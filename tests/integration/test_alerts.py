@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_lib
 
+from tests.integration.local_servers import Webhook
 from training_tasks.alerts import ALERT_CHANNEL, WEBHOOK_ATTEMPTS, Alert, send_alert
 from training_tasks.org_config import parse_org_config
 from training_tasks.paths import ModelStore
@@ -29,41 +28,6 @@ AT = datetime(2026, 6, 1, 12, 0, 5, tzinfo=UTC)
 TIMEOUT_S = 0.3
 # Three attempts cut off at TIMEOUT_S each, with 0.5 s and 1 s of backoff between them.
 BOUND_S = WEBHOOK_ATTEMPTS * TIMEOUT_S + 1.5
-
-
-class Webhook:
-    """A local HTTP receiver: answers each POST with the next scripted status, then 200."""
-
-    def __init__(self, *statuses: int) -> None:
-        self.statuses = list(statuses)
-        self.requests: list[dict[str, Any]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def url(self, path: str = "/hook", userinfo: str = "") -> str:
-        return f"http://{userinfo}127.0.0.1:{self.server.server_port}{path}"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(r["body"]) for r in self.requests]
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.requests.append({"path": self.path, "headers": self.headers, "body": body})
-                status = hook.statuses.pop(0) if hook.statuses else 200
-                self.send_response(status)
-                if 300 <= status < 400:
-                    self.send_header("Location", "/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
 
 
 @pytest.fixture

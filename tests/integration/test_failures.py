@@ -1,0 +1,322 @@
+"""Breaking things on purpose: killed workers and training processes, a visibility timeout
+shorter than training, Redis and the SCADA database going away, cancels, a segfaulting script.
+
+Every test ends with one run record per request, the right final status, no process left
+behind, no duplicate version, and (where the run failed) the previous model still deployed and
+the alert delivered to a local webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.integration.local_servers import RedisServer, TcpProxy, Webhook
+from tests.integration.processes import celery_worker, service_env, wait_for
+from training_tasks.demo import scada
+from training_tasks.registry import runs
+from training_tasks.runtime import build_runtime
+from training_tasks.service import TrainingService
+from training_tasks.settings import BUNDLED_SCRIPT, Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+RANGE = {"startDate": "2026-01-01T00:00:00Z", "endDate": "2026-02-15T00:00:00Z"}
+RUN_TIMEOUT_S = 180.0
+# Sleeps for as long as the file `delay_s` next to it says, then trains as the bundled script.
+SLOW_SCRIPT = f"""
+import pathlib, runpy, sys, time
+time.sleep(float((pathlib.Path(__file__).parent / "delay_s").read_text()))
+sys.argv[0] = {str(BUNDLED_SCRIPT)!r}
+runpy.run_path({str(BUNDLED_SCRIPT)!r}, run_name="__main__")
+"""
+SEGFAULT_SCRIPT = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+
+
+@dataclass
+class Chaos:
+    """A service on its own PostgreSQL databases, Redis and files; SCADA behind a proxy."""
+
+    env: dict[str, str]
+    base: Path
+    tmp: Path
+    service: TrainingService
+    proxy: TcpProxy
+    scada_url: str
+    webhook: Webhook
+
+    def register(self, org_id: str, layout: scada.ScadaLayout, **model: Any) -> None:
+        doc = scada.demo_org_config(org_id, self.scada_url, layout)
+        doc["mlModelConfig"].update(model)
+        self.service.register_organization(org_id, doc)
+
+    def use_script(self, org_id: str, layout: scada.ScadaLayout, script: str | None) -> None:
+        doc = scada.demo_org_config(org_id, self.scada_url, layout)
+        if script:
+            doc["mlModelConfig"]["script"] = script
+        self.service.update_organization(org_id, doc)
+
+    def delay(self, seconds: float) -> None:
+        (self.base / "scripts" / "delay_s").write_text(str(seconds))
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return runs.get_run(self.service.rt.engine, run_id)
+
+    def wait_stage(self, run_id: str, stage: str, timeout_s: float = 60) -> None:
+        wait_for(
+            lambda: (self.run(run_id)["progress"] or {}).get("stage") == stage,
+            timeout_s,
+            f"run {run_id} to reach {stage}",
+        )
+
+    def versions(self, org_id: str) -> list[str]:
+        return [v["version"] for v in self.service.list_versions(org_id)]
+
+    def leftovers(self) -> list[str]:
+        """Processes still running a script from this test's folder."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(self.base) in cmdline:
+                found.append(f"{proc.pid}: {cmdline}")
+        return found
+
+    def training_process(self, timeout_s: float = 30) -> psutil.Process:
+        def find() -> psutil.Process | None:
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = proc.info["cmdline"] or []
+                if any("slow_train.py" in part for part in cmdline) and str(self.base) in " ".join(
+                    cmdline
+                ):
+                    return proc
+            return None
+
+        return wait_for(find, timeout_s, "the training process")
+
+
+@pytest.fixture
+def chaos(tmp_path: Path, redis_url: str, postgres_factory: Any) -> Iterator[Chaos]:
+    service_db, scada_db = postgres_factory(), postgres_factory()
+    for seed, layout in ((7, scada.ACME_LAYOUT), (8, scada.GLOBEX_LAYOUT)):
+        frames = scada.iter_sensor_frames(
+            assets=6, days=45, interval_min=10, seed=seed, start=START
+        )
+        scada.write_scada_postgres(scada_db, frames, layout)
+    url = make_url(scada_db)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
+    webhook = Webhook()
+    base = tmp_path / "ml"
+    (base / "scripts").mkdir(parents=True)
+    (base / "scripts" / "slow_train.py").write_text(SLOW_SCRIPT)
+    (base / "scripts" / "segfault.py").write_text(SEGFAULT_SCRIPT)
+    env = service_env(
+        redis_url=redis_url,
+        database_url=service_db,
+        ml_base_path=base,
+        extra={
+            "RUN_LEASE_TTL_S": "3",
+            "REAPER_INTERVAL_S": "1",
+            "RETRY_BACKOFF_S": "0.5",
+            "ALERT_WEBHOOK_URL": webhook.url(),
+            "ALERT_WEBHOOK_TIMEOUT_S": "2",
+        },
+    )
+    service = TrainingService(build_runtime(Settings.from_env(env)))
+    chaos = Chaos(env, base, tmp_path, service, proxy, proxied, webhook)
+    chaos.delay(0)
+    yield chaos
+    service.close()
+    proxy.down()
+    webhook.server.shutdown()
+    webhook.server.server_close()
+    wait_for(lambda: not chaos.leftovers(), 10, "no training process left behind")
+
+
+def test_a_worker_killed_mid_training_is_recovered_and_the_run_succeeds_once(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(30)
+    handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+    with celery_worker(chaos.env, chaos.tmp) as doomed:
+        chaos.wait_stage(handle.run_id, "train")
+        trainer = chaos.training_process()
+        os.killpg(doomed.proc.pid, signal.SIGKILL)  # the worker and its pool, like the OOM killer
+        doomed.proc.wait(timeout=10)
+        trainer.wait(timeout=10)  # the training process dies with its worker
+    chaos.delay(0)
+    with celery_worker(chaos.env, chaos.tmp) as rescuer:
+        result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+    assert result["status"] == "succeeded", result["error"] or rescuer.log_tail()
+    run = chaos.run(handle.run_id)
+    assert run["attempt"] == 2
+    [lost] = run["attempts"]
+    assert (lost["kind"], lost["stage"]) == ("worker_lost", "train")
+    assert chaos.versions("acme-corp") == [result["version"]]
+    assert chaos.service.get_organization("acme-corp")["deploySequence"] == 1
+
+
+def test_killing_only_the_training_process_retries_the_training(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(30)
+    with celery_worker(chaos.env, chaos.tmp) as worker:
+        handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        trainer = chaos.training_process()
+        chaos.delay(0)
+        trainer.kill()
+        result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+    assert result["status"] == "succeeded", result["error"] or worker.log_tail()
+    run = chaos.run(handle.run_id)
+    [retried] = run["attempts"]
+    assert run["attempt"] == 2 and retried["kind"] == "retry" and "SIGKILL" in retried["error"]
+    assert chaos.versions("acme-corp") == [result["version"]]
+
+
+def test_training_longer_than_the_visibility_timeout_runs_once(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(10)
+    env = {**chaos.env, "BROKER_VISIBILITY_TIMEOUT_S": "2"}
+    with celery_worker(env, chaos.tmp) as first, celery_worker(env, chaos.tmp) as second:
+        handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+        logs = first.log_tail(400) + second.log_tail(400)
+    assert result["status"] == "succeeded", result["error"] or logs
+    assert chaos.run(handle.run_id)["attempt"] == 1
+    assert chaos.versions("acme-corp") == [result["version"]]
+    assert chaos.service.get_organization("acme-corp")["deploySequence"] == 1
+    assert logs.count("train started") == 1
+
+
+def test_redis_stopped_during_a_run_and_started_again(chaos, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    env = {**chaos.env, "REDIS_URL": server.url}
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(6)
+    service = TrainingService(build_runtime(Settings.from_env(env)))
+    try:
+        with celery_worker(env, chaos.tmp) as worker:
+            handle = service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+            chaos.wait_stage(handle.run_id, "train")
+            server.stop()
+            time.sleep(3)
+            server.start()
+            # kombu's consumer may give up on the lost connection ("Unrecoverable error"); the
+            # process supervisor (compose's restart policy) then starts the worker again.
+            wait_for(
+                lambda: (
+                    worker.proc.poll() is not None
+                    or chaos.run(handle.run_id)["status"] in ("succeeded", "failed")
+                ),
+                RUN_TIMEOUT_S,
+                "the run to finish or the worker to exit",
+            )
+        with celery_worker(env, chaos.tmp) as restarted:
+            result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+        assert result["status"] == "succeeded", result["error"] or restarted.log_tail(200)
+    finally:
+        service.close()
+        server.stop()
+    assert chaos.versions("acme-corp") == [result["version"]]
+    assert len(chaos.service.get_training_history("acme-corp")) == 1
+    assert chaos.service.get_organization("acme-corp")["deploySequence"] == 1
+
+
+def test_the_scada_database_going_away_during_extraction_is_retried(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT)
+    chaos.proxy.delay_s = 0.05  # a slow link, so the extract is still reading when it drops
+    with celery_worker(chaos.env, chaos.tmp) as worker:
+        handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        chaos.wait_stage(handle.run_id, "extract")
+        chaos.proxy.down()
+        wait_for(lambda: chaos.run(handle.run_id)["attempt"] == 2, 30, "the extract to fail")
+        chaos.proxy.delay_s = 0.0
+        chaos.proxy.up()
+        result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+    assert result["status"] == "succeeded", result["error"] or worker.log_tail()
+    [failed] = chaos.run(handle.run_id)["attempts"]
+    assert (failed["stage"], failed["kind"]) == ("extract", "retry")
+    assert "SCADA" in failed["error"]
+    assert chaos.versions("acme-corp") == [result["version"]]
+
+
+def test_cancel_during_training_stops_it_within_seconds_and_spares_other_orgs(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.register("globex", scada.GLOBEX_LAYOUT)
+    chaos.delay(60)
+    with celery_worker(chaos.env, chaos.tmp, concurrency=2) as worker:
+        doomed = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        trainer = chaos.training_process()
+        spared = chaos.service.train_model("globex", {"dataRange": RANGE}, wait=False)
+        chaos.wait_stage(spared.run_id, "train")
+        started = time.monotonic()
+        cancelled = chaos.service.cancel_training("acme-corp", actor="test", wait_s=15)
+        elapsed_s = time.monotonic() - started
+        other = spared.wait(timeout_s=RUN_TIMEOUT_S)
+    assert cancelled["status"] == "cancelled" and elapsed_s < 5, worker.log_tail()
+    assert not trainer.is_running()
+    run = chaos.run(doomed.run_id)
+    assert run["status"] == "cancelled" and "cancelled by test" in run["error"]
+    assert chaos.versions("acme-corp") == []
+    assert chaos.service.get_organization("acme-corp")["currentVersion"] is None
+    assert other["status"] == "succeeded", other["error"]
+    assert chaos.webhook.requests == []  # a cancel is not an alert
+
+
+def test_cancel_during_extraction_stops_the_extract(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT)
+    chaos.proxy.delay_s = 0.05
+    with celery_worker(chaos.env, chaos.tmp) as worker:
+        handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        chaos.wait_stage(handle.run_id, "extract")
+        cancelled = chaos.service.cancel_training("acme-corp", actor="test", wait_s=20)
+    assert cancelled["status"] == "cancelled", worker.log_tail()
+    run = chaos.run(handle.run_id)
+    assert run["status"] == "cancelled" and run["stages_done"] == 0
+    assert chaos.versions("acme-corp") == []
+
+
+def test_a_queued_run_is_cancelled_at_once_and_its_message_does_nothing(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT)
+    handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+    assert chaos.service.cancel_training("acme-corp")["status"] == "cancelled"
+    with celery_worker(chaos.env, chaos.tmp) as worker:
+        wait_for(lambda: "delivered again" in worker.log_tail(200), 30, "the message to be seen")
+    assert chaos.run(handle.run_id)["status"] == "cancelled"
+    assert chaos.versions("acme-corp") == []
+    events = [e["event"] for e in chaos.service.get_audit_trail("acme-corp")]
+    assert events[:2] == ["training.cancelled", "training.cancel_requested"]
+
+
+def test_a_script_that_always_segfaults_fails_after_three_attempts_and_alerts(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT)
+    with celery_worker(chaos.env, chaos.tmp) as worker:
+        good = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
+        assert good["status"] == "succeeded", good["error"] or worker.log_tail()
+        chaos.use_script("acme-corp", scada.ACME_LAYOUT, "segfault.py")
+        bad = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
+        wait_for(lambda: chaos.webhook.requests, 20, "the alert")
+    assert bad["status"] == "failed" and "SIGSEGV" in bad["error"]
+    run = chaos.run(bad["runId"])
+    assert run["attempt"] == 3 and [a["kind"] for a in run["attempts"]] == ["retry", "retry"]
+    assert chaos.service.get_organization("acme-corp")["currentVersion"] == good["version"]
+    assert chaos.versions("acme-corp") == [good["version"]]
+    [alert] = chaos.webhook.bodies()
+    assert (alert["event"], alert["organizationId"], alert["runId"], alert["stage"]) == (
+        "run.failed",
+        "acme-corp",
+        bad["runId"],
+        "train",
+    )
+    assert "SIGSEGV" in alert["reason"] and alert["attempt"] == 3
+    assert json.loads(json.dumps(alert))["version"] == bad["version"]
