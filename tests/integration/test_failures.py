@@ -286,6 +286,27 @@ def test_cancel_during_extraction_stops_the_extract(chaos) -> None:
     assert chaos.versions("acme-corp") == []
 
 
+def test_a_cancel_made_while_the_worker_is_down_holds_when_workers_come_back(chaos) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(30)
+    handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+    with celery_worker(chaos.env, chaos.tmp) as doomed:
+        chaos.wait_stage(handle.run_id, "train")
+        trainer = chaos.training_process()
+        os.killpg(doomed.proc.pid, signal.SIGKILL)
+        doomed.proc.wait(timeout=10)
+        trainer.wait(timeout=10)
+    asked = chaos.service.cancel_training("acme-corp", actor="ops")
+    assert asked["status"] == "cancelling"  # stored: no worker is there to be told
+    chaos.delay(0)
+    with celery_worker(chaos.env, chaos.tmp) as worker:
+        wait_for(lambda: chaos.run(handle.run_id)["status"] == "cancelled", 30, "the cancel")
+        time.sleep(2)  # a resent stage would show up in the log by now
+        log = worker.log_tail(300)
+    assert "train started" not in log
+    assert chaos.versions("acme-corp") == []
+
+
 def test_a_queued_run_is_cancelled_at_once_and_its_message_does_nothing(chaos) -> None:
     chaos.register("acme-corp", scada.ACME_LAYOUT)
     handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)

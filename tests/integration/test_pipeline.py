@@ -138,6 +138,10 @@ def test_a_celery_client_trains_and_deploys_a_model_that_scores_unseen_rows(stac
     [logged] = json.loads(history.stdout)
     assert logged["runId"] == queued["runId"] and logged["status"] == "succeeded"
     assert logged["metrics"]["recall"] >= 0.70
+    training = run["metrics"]["training"]  # what the training process cost, as measured
+    assert training["peakRssMb"] > 10 and training["cpuS"] > 0
+    stats = run["data_stats"]  # the training split is scratch; the holdout stays for validation
+    assert not Path(stats["train_path"]).exists() and Path(stats["holdout_path"]).is_file()
     artifacts = stack.base / "artifacts/acme-corp" / queued["version"]
     for name in (
         "metrics.json",

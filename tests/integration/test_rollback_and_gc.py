@@ -586,3 +586,46 @@ def test_a_deploy_committed_while_another_moves_the_pointer_is_not_overwritten(
         engine.dispose()
         client.close()
     setup.dispose()
+
+
+def failed_run(engine: Engine, store: ModelStore, *, offset_s: int, status: str = "failed") -> str:
+    """A run that failed (or was cancelled) before recording a model, with its files on disk."""
+    now = NOW + timedelta(seconds=offset_s)
+    run_id, version = new_run_id(), new_version_id(now)
+    runs.create_run(
+        engine,
+        run_id=run_id,
+        org_id="acme",
+        version=version,
+        config={},
+        trigger="t",
+        auto_deploy=True,
+        actor="t",
+        now=now,
+    )
+    runs.finish_failed(
+        engine, run_id, status=status, stage="extract", error="x", trace=None, actor="t", now=now
+    )
+    data = store.data_dir("acme", version)
+    data.mkdir(parents=True)
+    (data / "train.parquet").write_bytes(b"rows")
+    return version
+
+
+def test_gc_keeps_the_newest_failed_runs_files_for_inspection_and_removes_older_ones(
+    engine, store, service
+) -> None:
+    failed = [failed_run(engine, store, offset_s=60 * i) for i in range(3)]
+    cancelled = failed_run(engine, store, offset_s=300, status="cancelled")
+    removed = service.collect_garbage("acme", keep=2)
+    assert [(item["version"], item["status"]) for item in removed] == [
+        (failed[0], "failed-run"),
+        (failed[1], "failed-run"),
+    ]
+    assert not store.artifacts("acme", failed[0]).exists()
+    assert (
+        store.artifacts("acme", failed[2]).exists() and store.artifacts("acme", cancelled).exists()
+    )
+    events = [e for e in audit.list_events(engine, "acme") if e["event"] == "run.files_removed"]
+    assert sorted(e["details"]["version"] for e in events) == sorted(failed[:2])
+    assert service.collect_garbage("acme", keep=2) == []

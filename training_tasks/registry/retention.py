@@ -1,7 +1,9 @@
 """Retention: which model versions of an organization are kept, and removing the files of the rest.
 
 Kept are the deployed version, the previous one (the rollback target), the newest `keep`
-versions, and every version of a queued or running run. Each removal is decided again under the
+versions, and every version of a queued or running run. Runs that failed or were cancelled
+before recording a model keep their files (logs, extracted data) for inspection; beyond the
+newest `keep` of them, their artifacts folders are removed too. Each removal is decided again under the
 organization row's lock, marked `removed` (with `removed_at`) and audited in one transaction, and
 only then are its files deleted: a deploy or rollback that raced it either committed first (and
 the version is kept) or finds it removed and changes nothing. Files left behind by a crash after
@@ -24,6 +26,8 @@ from training_tasks.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
 DEFAULT_KEEP = 5
+# A run that failed or was cancelled before it produced a version: only its artifacts folder.
+FAILED_RUN = "failed-run"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ def plan(engine: Engine, store: ModelStore, org_id: str, keep: int) -> list[Remo
         left = _existing(version_files(store, org_id, version))
         if left:
             removals.append(Removal(org_id, version, versions.REMOVED, left))
+    with engine.connect() as conn:
+        unversioned = _unversioned_failed_runs(conn, org_id)
+    for version in reversed(unversioned[keep:]):
+        left = _existing((store.artifacts(org_id, version),))
+        if left:
+            removals.append(Removal(org_id, version, FAILED_RUN, left))
     return removals
 
 
@@ -102,7 +112,9 @@ def collect(
         return planned
     done: list[Removal] = []
     for removal in planned:
-        if removal.status != versions.REMOVED and not _mark(
+        if removal.status == FAILED_RUN:
+            _audit_failed_run(engine, removal, keep=keep, now=now, actor=actor)
+        elif removal.status != versions.REMOVED and not _mark(
             engine, removal, keep=keep, now=now, actor=actor
         ):
             continue
@@ -176,6 +188,39 @@ def _live_versions(conn: Connection, org_id: str) -> list[tuple[str, str]]:
         .order_by(model_versions.c.created_at.desc(), model_versions.c.version.desc())
     )
     return [(row.version, row.status) for row in conn.execute(query)]
+
+
+def _unversioned_failed_runs(conn: Connection, org_id: str) -> list[str]:
+    """Versions of the org's failed or cancelled runs that never recorded a model, newest first."""
+    r = training_runs.c
+    query = (
+        select(r.version)
+        .where(
+            r.organization_id == org_id,
+            r.status.in_(("failed", "cancelled")),
+            r.version.not_in(select(model_versions.c.version)),
+        )
+        .order_by(r.queued_at.desc())
+    )
+    return list(conn.execute(query).scalars())
+
+
+def _audit_failed_run(
+    engine: Engine, removal: Removal, *, keep: int, now: datetime, actor: str
+) -> None:
+    with engine.begin() as conn:
+        audit.record(
+            conn,
+            removal.organization_id,
+            "run.files_removed",
+            actor=actor,
+            now=now,
+            details={
+                "version": removal.version,
+                "keep": keep,
+                "paths": [str(path) for path in removal.paths],
+            },
+        )
 
 
 def _active_versions(conn: Connection, org_id: str) -> set[str]:

@@ -160,6 +160,15 @@ def claim_stage(
     )
     with engine.begin() as conn:
         row = conn.execute(claimed).first()
+        if row is not None and index == 0:
+            audit.record(
+                conn,
+                row.organization_id,
+                "training.started",
+                actor=owner,
+                now=now,
+                details={"runId": run_id, "worker": worker, "attempt": row.attempt},
+            )
     if row is not None:
         return dict(row._mapping)
     run = get_run(engine, run_id)
