@@ -73,7 +73,8 @@ def _reap_one(rt: Runtime, run: dict[str, Any], stage: str, enqueue_from: Enqueu
         return ""
     runs.set_task_id(rt.engine, run_id, task_id)
     log.warning(
-        "run %s of %s: its worker died during %s; sent the stage again (attempt %d of %d)",
+        "run %s of %s: the lease of %s expired (its worker died or lost the database); sent "
+        "the stage again (attempt %d of %d)",
         run_id,
         org,
         stage,

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
+from sqlalchemy.exc import DBAPIError
 
 from training_tasks import scratch
 from training_tasks.errors import (
@@ -97,18 +98,29 @@ def run_stage(
             _on_error(task, rt, run, stage, owner, exc, cancel)
             raise
         work_s = time.perf_counter() - work_started
-    runs.complete_stage(
-        rt.engine,
-        run_id,
-        stage,
-        owner=owner,
-        started_at=started,
-        now=rt.now(),
-        updates=outcome.updates,
-        final_status=outcome.final_status,
-        work_s=work_s,
-        claimed=run,
-    )
+    try:
+        runs.complete_stage(
+            rt.engine,
+            run_id,
+            stage,
+            owner=owner,
+            started_at=started,
+            now=rt.now(),
+            updates=outcome.updates,
+            final_status=outcome.final_status,
+            work_s=work_s,
+            claimed=run,
+        )
+    except DBAPIError as exc:
+        # The work is done but cannot be recorded: leave the lease to expire, and the reaper
+        # runs the stage again when the database is back (failing the run needs it too).
+        log.warning(
+            "run %s: could not record the end of %s (%s); the reaper retries it",
+            run_id,
+            stage,
+            str(exc).splitlines()[0],
+        )
+        raise Ignore() from exc
     log.info("run %s of %s: %s done", run_id, run["organization_id"], stage)
     if outcome.final_status is not None:
         scratch.clean_after_success(rt, run)
@@ -175,11 +187,10 @@ def _transient(exc: Exception) -> bool:
     """Worth another attempt: our transient errors, and lost connections to the service DB."""
     if isinstance(exc, TrainingServiceError):
         return exc.transient
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import OperationalError
 
-    return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or isinstance(
-        exc, ConnectionError | TimeoutError
-    )
+    # OperationalError: the database went away, refused the connection or dropped it.
+    return isinstance(exc, OperationalError | ConnectionError | TimeoutError)
 
 
 def _progress_sink(
@@ -202,7 +213,10 @@ def _progress_sink(
         if now - last[0] < PROGRESS_INTERVAL_S and not final:
             return
         last[0] = now
-        runs.set_progress(rt.engine, run_id, progress)
+        try:
+            runs.set_progress(rt.engine, run_id, progress)
+        except DBAPIError as exc:  # progress is best effort; the stage's own work goes on
+            log.warning("run %s: progress not stored (%s)", run_id, str(exc).splitlines()[0])
         if task.request.id:
             _show_in_flower(task, {"runId": run_id, **progress})
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Task, chain
 from celery.exceptions import WorkerLostError
+from sqlalchemy.exc import SQLAlchemyError
 
 from training_tasks import pipeline
 from training_tasks.celery_app import app
@@ -77,16 +78,25 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
         )
         return
     rt = get_runtime()
-    finished = runs.finish_failed(
-        rt.engine,
-        run_id,
-        status="failed",
-        stage=None,
-        error=f"{type(exc).__name__}: {exc}",
-        trace=None,
-        actor="error-handler",
-        now=rt.now(),
-    )
+    try:
+        finished = runs.finish_failed(
+            rt.engine,
+            run_id,
+            status="failed",
+            stage=None,
+            error=f"{type(exc).__name__}: {exc}",
+            trace=None,
+            actor="error-handler",
+            now=rt.now(),
+        )
+    except SQLAlchemyError as db_exc:
+        log.warning(
+            "run %s: could not record its failure (%s); the reaper retries the stage once the "
+            "run's lease expires",
+            run_id,
+            str(db_exc).splitlines()[0],
+        )
+        return
     try:
         run = runs.get_run(rt.engine, run_id)
     except NotFoundError:

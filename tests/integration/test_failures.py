@@ -250,6 +250,30 @@ def test_the_scada_database_going_away_during_extraction_is_retried(chaos) -> No
     assert chaos.versions("acme-corp") == [result["version"]]
 
 
+def test_the_service_database_going_away_during_extraction_loses_nothing(chaos) -> None:
+    service_db = make_url(chaos.env["DATABASE_URL"])
+    db_proxy = TcpProxy((service_db.host or "127.0.0.1", service_db.port or 5432))
+    proxied = service_db.set(port=db_proxy.port).render_as_string(hide_password=False)
+    env = {**chaos.env, "DATABASE_URL": proxied}
+    chaos.register("acme-corp", scada.ACME_LAYOUT)
+    chaos.proxy.delay_s = 0.05  # the extract reads slowly enough to be cut in the middle
+    try:
+        with celery_worker(env, chaos.tmp) as worker:
+            handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+            chaos.wait_stage(handle.run_id, "extract")
+            db_proxy.down()
+            time.sleep(4)  # longer than the lease: the worker can neither renew nor record
+            db_proxy.up()
+            chaos.proxy.delay_s = 0.0
+            result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+    finally:
+        db_proxy.down()
+    assert result["status"] == "succeeded", result["error"] or worker.log_tail(200)
+    assert chaos.versions("acme-corp") == [result["version"]]
+    assert len(chaos.service.get_training_history("acme-corp")) == 1
+    assert chaos.service.get_organization("acme-corp")["deploySequence"] == 1
+
+
 def test_cancel_during_training_stops_it_within_seconds_and_spares_other_orgs(chaos) -> None:
     chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
     chaos.register("globex", scada.GLOBEX_LAYOUT)
