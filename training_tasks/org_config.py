@@ -202,7 +202,7 @@ def parse_schedule(raw: object) -> dict[str, Any]:
 
 def mask_url(url: str) -> str:
     """A connection URL with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _thresholds(raw: object, name: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from training_tasks.runtime import Runtime
 log = logging.getLogger(__name__)
 
 SCHEMA_CHECK_TIMEOUT_S = 5.0
+TRIGGER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,31}$")
 # enqueue(run_id, org_id, auto_deploy) sends the chain and returns the first task's id.
 Enqueue = Callable[[str, str, bool], str]
 
@@ -35,6 +37,11 @@ def submit_training(
     a run already active) raises before anything is written.
     """
     org_id = _org_of(request, org_id)
+    if not isinstance(trigger, str) or not TRIGGER_PATTERN.match(trigger):
+        raise ConfigError(
+            "trigger",
+            f"{trigger!r} is not a trigger name: 1 to 32 letters, digits, '.', ':', '_' or '-'",
+        )
     org = orgs.get_org(rt.engine, org_id)
     now = rt.now()
     config = training_config.resolve(request, org_id, org.ml_model_config, now)

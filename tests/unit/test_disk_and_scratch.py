@@ -92,3 +92,12 @@ def test_scratch_cleaning_never_deletes_outside_the_runs_data_folder(
     outside.write_bytes(b"keep me")
     run["data_stats"] = {"train_path": str(outside)}
     assert scratch.clean_after_success(svc.rt, run) == 0 and outside.exists()
+
+
+def test_a_trigger_that_is_not_a_short_name_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    from training_tasks.errors import ConfigError
+
+    svc = service(tmp_path, sqlite_url)
+    with pytest.raises(ConfigError, match="trigger"):
+        svc.train_model("acme", wait=False, trigger="x" * 40)
+    assert svc.get_training_history("acme") == []

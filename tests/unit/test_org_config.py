@@ -69,3 +69,10 @@ def test_a_bad_section_is_refused_with_the_field_named(patch: dict, field: str) 
 def test_mask_url_hides_only_the_password() -> None:
     assert mask_url("postgresql://u:p%40ss@h:5/db") == "postgresql://u:***@h:5/db"
     assert mask_url("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+
+
+def test_a_password_is_masked_also_without_a_user_name() -> None:
+    from training_tasks.org_config import mask_url
+
+    assert mask_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert mask_url("postgresql://scada:s3cret@db/plant") == "postgresql://scada:***@db/plant"

@@ -147,6 +147,7 @@ audit_events = Table(
     Column("at", UtcDateTime, nullable=False),
     Column("details", JSON, nullable=True),
     Index("ix_audit_events_org_at", "organization_id", "at"),
+    Index("ix_audit_events_event", "event"),  # metrics count deployments by event
 )
 
 training_schedules = Table(

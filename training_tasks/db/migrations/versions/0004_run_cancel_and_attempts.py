@@ -1,4 +1,4 @@
-"""training_runs: a stored cancel request and the log of failed attempts
+"""training_runs: a stored cancel request and the log of failed attempts; audit events by event
 
 Revision ID: 0004
 Revises: 0003
@@ -21,9 +21,11 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("cancel_requested_by", sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column("attempts", sa.JSON(), nullable=True))
+    op.create_index("ix_audit_events_event", "audit_events", ["event"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_events_event", table_name="audit_events")
     with op.batch_alter_table("training_runs", schema=None) as batch_op:
         batch_op.drop_column("attempts")
         batch_op.drop_column("cancel_requested_by")
