@@ -8,6 +8,9 @@ the longest allowed training, or Redis would hand a still-running task to a seco
 import os
 
 broker_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+# kombu's Redis transport, except that an item on a queue that is not a Celery message is
+# dropped with a log line instead of stopping the worker (training_tasks/broker_transport.py).
+broker_transport = "training_tasks.broker_transport:Transport"
 result_backend = broker_url
 
 # The longest a training subprocess may run (TRAINING_TIMEOUT_S), plus room for extract and

@@ -16,7 +16,7 @@ RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 def check_org_id(org_id: object, field: str = "organizationId") -> str:
     """Return `org_id` if it is a safe organization id, else raise ConfigError naming `field`."""
-    if not isinstance(org_id, str) or not ORG_ID_PATTERN.match(org_id):
+    if not isinstance(org_id, str) or not ORG_ID_PATTERN.fullmatch(org_id):
         raise ConfigError(
             field,
             f"{org_id!r} is not a valid organization id; use 1-63 lowercase letters, digits "
@@ -34,7 +34,7 @@ def new_version_id(now: datetime) -> str:
 
 def check_version_id(version: object, field: str = "version") -> str:
     """Return `version` if it has the version-id shape, else raise ConfigError naming `field`."""
-    if not isinstance(version, str) or not VERSION_PATTERN.match(version):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise ConfigError(
             field,
             f"{version!r} is not a version id; expected the form v2024-01-15T10-30-00-000Z_a1b2c3d4",
@@ -49,7 +49,7 @@ def new_run_id() -> str:
 
 def check_run_id(run_id: object, field: str = "runId") -> str:
     """Return `run_id` if it has the run-id shape, else raise ConfigError naming `field`."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
         raise ConfigError(field, f"{run_id!r} is not a run id (32 lowercase hex characters)")
     return run_id
 

@@ -173,7 +173,7 @@ def parse_model_config(raw: object) -> dict[str, Any]:
         f.integer(cfg["dataWindowDays"], f"{name}.dataWindowDays", 1, 3650)
     if "thresholds" in cfg:
         cfg["thresholds"] = _thresholds(cfg["thresholds"], f"{name}.thresholds")
-    if cfg.get("script") is not None and not SCRIPT_PATTERN.match(str(cfg["script"])):
+    if cfg.get("script") is not None and not SCRIPT_PATTERN.fullmatch(str(cfg["script"])):
         raise ConfigError(
             f"{name}.script",
             f"{cfg['script']!r} must be a file name ending in .py inside <ML_BASE_PATH>/scripts",
@@ -230,7 +230,7 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
         )
     if "urlEnv" in cfg:
         env = f.string(cfg["urlEnv"], f"{name}.urlEnv", max_len=128)
-        if not ENV_NAME_PATTERN.match(env):
+        if not ENV_NAME_PATTERN.fullmatch(env):
             raise ConfigError(f"{name}.urlEnv", f"{env!r} is not an environment variable name")
         return None, env
     url = f.string(cfg["url"], f"{name}.url", max_len=2048)

@@ -37,7 +37,7 @@ def submit_training(
     a run already active) raises before anything is written.
     """
     org_id = _org_of(request, org_id)
-    if not isinstance(trigger, str) or not TRIGGER_PATTERN.match(trigger):
+    if not isinstance(trigger, str) or not TRIGGER_PATTERN.fullmatch(trigger):
         raise ConfigError(
             "trigger",
             f"{trigger!r} is not a trigger name: 1 to 32 letters, digits, '.', ':', '_' or '-'",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from training_tasks import pipeline
 from training_tasks.celery_app import app
-from training_tasks.errors import NotFoundError
+from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.failure_alerts import alert_run_end
 from training_tasks.ids import org_queue
 from training_tasks.registry import runs
@@ -20,11 +21,18 @@ from training_tasks.stage_runner import run_stage
 from training_tasks.submit import submit_training
 
 log = logging.getLogger(__name__)
+MAX_REQUEST_BYTES = 64 * 1024  # a request names columns and hyperparameters, never data
 
 
 @app.task(name="training.submit", bind=True)
 def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[str, Any]:
     """Public entry: check a camelCase training config, record the run, enqueue its chain."""
+    size = len(json.dumps(config, default=str))
+    if size > MAX_REQUEST_BYTES:
+        raise ConfigError(
+            "config",
+            f"is {size} bytes of JSON; a training request is at most {MAX_REQUEST_BYTES} bytes",
+        )
     return submit_training(
         get_runtime(),
         config,

@@ -1,0 +1,164 @@
+"""Generated input against every parser an organization or client can reach.
+
+The only allowed failure is the project's own ConfigError naming a field; anything accepted must
+be safe to build paths, queue names, Redis keys and SQL from.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from training_tasks import training_config
+from training_tasks.errors import ConfigError
+from training_tasks.ids import (
+    ORG_ID_PATTERN,
+    check_org_id,
+    check_run_id,
+    check_version_id,
+    org_queue,
+)
+from training_tasks.org_config import parse_org_config, parse_schedule
+from training_tasks.paths import ModelStore
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+hostile_text = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(
+        [
+            "../etc",
+            "acme/../globex",
+            "acme\n",
+            "acme\x00",
+            "ACME",
+            "acme corp",
+            "-acme",
+            "acme-",
+            "\u0430cme",  # a Cyrillic a
+            "a" * 64,
+            "acme;rm -rf /",
+            "org.acme",
+            "*",
+            "",
+        ]
+    ),
+)
+VALID_ORG = {
+    "mlModelConfig": {"featureColumns": ["temperature"], "targetColumn": "failure"},
+    "scadaDbConfig": {"urlEnv": "ACME_SCADA_URL"},
+    "schemaConfig": {"table": "sensor_readings", "timestampColumn": "ts"},
+}
+
+
+@FUZZ
+@given(hostile_text)
+def test_an_accepted_organization_id_is_safe_for_paths_queues_and_keys(text: str) -> None:
+    try:
+        org_id = check_org_id(text)
+    except ConfigError as err:
+        assert err.field == "organizationId"
+        return
+    assert ORG_ID_PATTERN.fullmatch(org_id) and len(org_id) <= 63
+    assert not set(org_id) & set("/\\.\n\r\x00 :*?")
+    store = ModelStore(Path("/srv/ml"))
+    assert store.org_models(org_id).parent == store.base / "models"
+    assert org_queue(org_id) == f"org.{org_id}"
+
+
+@FUZZ
+@given(hostile_text)
+def test_version_and_run_ids_accept_only_their_own_shape(text: str) -> None:
+    for check in (check_version_id, check_run_id):
+        try:
+            accepted = check(text)
+        except ConfigError:
+            continue
+        assert "/" not in accepted and "\n" not in accepted and ".." not in accepted
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from([*VALID_ORG, "trainingSchedule", "alerts", "name", "x"]),
+        json_values,
+        max_size=6,
+    )
+)
+def test_an_organization_config_of_any_shape_is_accepted_or_refused_by_field(
+    doc: dict[str, Any],
+) -> None:
+    try:
+        parse_org_config(doc, "acme")
+    except ConfigError as err:
+        assert err.field and err.problem
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["table", "schema", "timestampColumn", "assetColumn", "columnMappings", "x"]
+        ),
+        json_values | hostile_text,
+        max_size=5,
+    )
+)
+def test_schema_config_and_column_mappings_of_any_shape_are_refused_by_field(
+    schema: dict[str, Any],
+) -> None:
+    doc = {**VALID_ORG, "schemaConfig": {**VALID_ORG["schemaConfig"], **schema}}
+    try:
+        org = parse_org_config(doc, "acme")
+    except ConfigError as err:
+        assert err.field.startswith(("schemaConfig", "mlModelConfig"))
+        return
+    for name in (org.schema_config.table, org.schema_config.timestamp_column):
+        assert isinstance(name, str) and 0 < len(name) <= 128
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from([*training_config.REQUEST_KEYS, "x"]), json_values, max_size=6)
+)
+def test_a_training_request_of_any_shape_resolves_or_is_refused_by_field(
+    request: dict[str, Any],
+) -> None:
+    try:
+        config = training_config.resolve(request, "acme", VALID_ORG["mlModelConfig"], NOW)
+    except ConfigError as err:
+        assert err.field is not None
+        return
+    json.dumps(config.to_wire())  # what is accepted travels as JSON
+    assert config.start < config.end
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(["pattern", "timezone", "enabled", "x"]),
+        json_values | hostile_text,
+        max_size=4,
+    )
+)
+def test_a_schedule_of_any_shape_is_accepted_or_refused_by_field(schedule: dict[str, Any]) -> None:
+    try:
+        parsed = parse_schedule(schedule)
+    except ConfigError as err:
+        assert err.field.startswith("trainingSchedule")
+        return
+    assert set(parsed) == {"pattern", "timezone", "enabled"}
