@@ -1,8 +1,29 @@
-"""Run an untrusted program in its own session with an allow-listed environment and rlimits.
+"""Run an untrusted program with rlimits, an allow-listed environment and what isolation Linux allows.
 
-Limits are applied by a tiny launcher (`python -I -S -c ...`) that calls setrlimit and then execs
-the program, so no Python code runs between fork and exec in this process: that keeps
-`run_sandboxed` safe to call from several threads at once, and it installs no signal handlers.
+The child is a launcher (`python -I -S sandbox_launcher.py ...`, see that module) that sets the limits,
+isolates, runs the program and exits as it did, so no Python code runs between fork and exec in
+this process: `run_sandboxed` is safe to call from several threads and installs no handlers.
+
+Isolation. Where the kernel lets this process (as root, or through an unprivileged user
+namespace) the program runs as pid 2 of a new PID namespace with the launcher's tiny init as
+pid 1, in its own mount and network namespaces: no network (not even loopback), a /proc that
+shows only its own processes (so not the worker's environment with database and SCADA URLs),
+every file read-only except its working folder and the temporary folders, no capabilities even
+as root (so it cannot raise its rlimits or leave its namespaces), and a seccomp filter that
+refuses `socket()`, which also shuts Unix sockets such as PostgreSQL's. Where namespaces are
+not allowed (Docker's default seccomp profile refuses them) the seccomp filter alone keeps the
+network shut, and the sandbox logs once at WARNING what scripts can reach instead.
+
+Processes. RLIMIT_NPROC counts every process and thread of the user and does not apply to
+root, so the process limit is enforced twice: inside the PID namespace by its own pid_max
+(`processes` + 300, Linux 6.14 and later; a fork then fails with EAGAIN), and everywhere by this
+process, which counts the program's processes every `poll_interval_s` and stops the run past
+`processes`. Stopping kills every descendant of the launcher, scanning /proc until none is
+left. With a PID namespace killing its init makes the kernel kill everything in it at once,
+with no race against fork, and a process that calls setsid cannot leave it; without one the
+launcher is a child subreaper, so orphans that started their own session still come under it.
+When the program ends on its own, whatever it left running is killed the same way, so a
+grandchild holding stdout open cannot keep a run waiting.
 
 Memory (RLIMIT_AS) bounds *virtual* memory, which glibc, OpenMP and Arrow reserve well beyond what
 they touch: glibc gives each thread a malloc arena of 64 MB address space (up to 8 per core) and
@@ -11,18 +32,15 @@ count and failures come at random points. The sandbox therefore sets MALLOC_AREN
 ARROW_DEFAULT_MEMORY_POOL=system (a caller's own values win). Measured on 2 cores, the bundled
 script training 1M rows x 10 features x 100 iterations then peaks at about 330 MB resident and
 510 MB of address space and runs reliably from 640 MB (without the two settings it reserves 930 MB
-to 1.9 GB and failed at random even at 1.5 GB). The default of 8192 MB leaves room for roughly 10x those rows; raise it
-for bigger data. A process at the limit usually raises MemoryError, but native code may crash
-(SIGSEGV/SIGABRT) instead.
-
-Each limit bounds one process (RLIMIT_NPROC counts every process and thread of the user and does
-not apply to root). A grandchild that starts its own session escapes the group kill but keeps
-the limits, including the CPU-time backstop.
+to 1.9 GB and failed at random even at 1.5 GB). The default of 8192 MB leaves room for roughly
+10x those rows; raise it for bigger data. A process at the limit usually raises MemoryError, but
+native code may crash (SIGSEGV/SIGABRT) instead. Each rlimit bounds one process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -37,7 +55,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from training_tasks import sandbox_launcher
 from training_tasks.sandbox_io import BoundedLog, Streams
+from training_tasks.sandbox_launcher import kill_processes_below, processes_below
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_MB = 8192
 KILL_GRACE_S = 1.0
@@ -61,35 +83,18 @@ ENV_DEFAULTS = {
     "ARROW_DEFAULT_MEMORY_POOL": "system",
 }
 ENV_DENIED = re.compile(
-    r"(^DATABASE_URL$|^REDIS_URL$|_KEY$|^KEY$|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|SCADA|_DSN$)",
+    r"(^DATABASE_URL$|^REDIS_URL$|_KEYS?$|^KEYS?$|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|SCADA|_DSN$)",
     re.IGNORECASE,
 )
 MEMORY_SIGNS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
-
-# Runs in the child: tie its life to the worker's, apply the limits (never above the inherited
-# hard limit), then exec.
-_LAUNCHER = """\
-import ctypes, os, resource, sys
-# PR_SET_PDEATHSIG: die with the worker process that started us, even if it is SIGKILLed.
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, 9)
-except (OSError, AttributeError):
-    pass
-for item in filter(None, sys.argv[1].split(",")):
-    name, soft, hard = item.split(":")
-    which = getattr(resource, "RLIMIT_" + name)
-    ceiling = resource.getrlimit(which)[1]
-    soft, hard = int(soft), int(hard)
-    if ceiling != resource.RLIM_INFINITY:
-        hard = min(hard, ceiling)
-        soft = min(soft, hard)
-    resource.setrlimit(which, (soft, hard))
-try:
-    os.execvp(sys.argv[2], sys.argv[2:])
-except OSError as exc:
-    sys.stderr.write("sandbox: cannot run %r: %s\\n" % (sys.argv[2], exc))
-    sys.exit(127)
-"""
+# Isolation a host may not allow, and what a training script can do without it.
+ISOLATION_GAPS = {
+    "network": "training scripts can reach the network (and local Unix sockets)",
+    "proc": "training scripts can read /proc of this user's other processes, such as the "
+    "worker's environment with its database and SCADA URLs",
+    "readonly": "training scripts can write every file this user can, not only their own folder",
+}
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,16 @@ class ResourceLimits:
     """Per-process limits for the child; None leaves a limit as inherited.
 
     `cpu_s=None` means wall timeout x CPU count: a backstop for anything that escapes the kill.
+    `processes` bounds the program's processes at once (see the module docstring); `network=True`
+    lets it use the network (and sockets at all).
     """
 
     memory_mb: int | None = DEFAULT_MEMORY_MB
     cpu_s: int | None = None
     file_size_mb: int | None = 1024
-    processes: int | None = 2048
+    processes: int | None = 1024
     open_files: int | None = 1024
+    network: bool = False
 
     def launcher_arg(self, timeout_s: float) -> str:
         """The limits as `NAME:soft:hard,...` for the launcher."""
@@ -123,7 +131,12 @@ class ResourceLimits:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """How a sandboxed run ended and what it cost."""
+    """How a sandboxed run ended and what it cost.
+
+    `signal` is the signal that ended the program, None if it exited or if the sandbox stopped
+    it for going over its process limit (`process_limit_hit`). `isolation` holds what the
+    launcher reported as in effect (`pid`, `net`, `proc`, `readonly`, `seccomp`, ...).
+    """
 
     pid: int
     returncode: int
@@ -136,11 +149,15 @@ class SandboxResult:
     stderr_tail: tuple[str, ...]
     timeout_s: float
     limits: ResourceLimits
+    process_limit_hit: bool = False
+    isolation: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
         """True when the program exited with status 0 on its own."""
-        return self.returncode == 0 and not (self.timed_out or self.cancelled)
+        return self.returncode == 0 and not (
+            self.timed_out or self.cancelled or self.process_limit_hit
+        )
 
     def reason(self) -> str:
         """A sentence saying how the run ended, for error messages and logs."""
@@ -148,26 +165,40 @@ class SandboxResult:
             return f"cancelled after {self.elapsed_s:.1f} s"
         if self.timed_out:
             return f"killed after {self.timeout_s:g} s timeout"
+        if self.process_limit_hit:
+            return (
+                f"was killed with all its processes for starting more than "
+                f"{self.limits.processes} at once (the process limit; a fork bomb?)"
+            )
         if self.signal is not None:
             return self._signal_reason(self.signal)
         if self.returncode == 0:
             return f"finished in {self.elapsed_s:.1f} s"
         line = self.last_error_line() or "no error output"
-        tail = "\n".join(self.stderr_tail)
-        if any(sign in tail for sign in MEMORY_SIGNS):
-            limit = self.limits.memory_mb
-            what = f"hit the memory limit of {limit} MB" if limit else "ran out of memory"
-            return f"{what} — exited with code {self.returncode}: {line}"
-        if "File too large" in tail:
-            return (
-                f"wrote a file past the file size limit of {self.limits.file_size_mb} MB — "
-                f"exited with code {self.returncode}: {line}"
-            )
-        return f"exited with code {self.returncode}: {line}"
+        return f"{self._cause()}exited with code {self.returncode}: {line}"
 
     def last_error_line(self) -> str:
         """The last non-blank line the program wrote on stderr."""
         return next((line.strip() for line in reversed(self.stderr_tail) if line.strip()), "")
+
+    def _cause(self) -> str:
+        """What the error output says the program ran into, as `... — `, or nothing."""
+        tail = "\n".join(self.stderr_tail)
+        limits = self.limits
+        if any(sign in tail for sign in MEMORY_SIGNS):
+            limit = limits.memory_mb
+            return f"hit the memory limit of {limit} MB — " if limit else "ran out of memory — "
+        if "File too large" in tail:
+            return f"wrote a file past the file size limit of {limits.file_size_mb} MB — "
+        if "Read-only file system" in tail:
+            return "wrote outside its working folder, which training scripts may not — "
+        if "Resource temporarily unavailable" in tail and "fork" in tail:
+            return f"hit the process limit of {limits.processes} — "
+        if not limits.network and (
+            "Network is unreachable" in tail or ("socket" in tail and "Permission denied" in tail)
+        ):
+            return "tried to use the network, which training scripts may not — "
+        return ""
 
     def _signal_reason(self, number: int) -> str:
         name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
@@ -216,26 +247,33 @@ def run_sandboxed(
     poll_interval_s: float = 0.2,
     max_log_mb: float = 20.0,
 ) -> SandboxResult:
-    """Run argv in a new session with exactly `env` and `limits`; never outlives `timeout_s`."""
+    """Run argv sandboxed with exactly `env` and `limits`; never outlives `timeout_s`."""
     if timeout_s <= 0 or not argv:
         raise ValueError("run_sandboxed needs a program to run and a timeout_s above 0")
     started = time.monotonic()
     log = BoundedLog(log_path, int(max_log_mb * MB)) if log_path else None
+    report_r, report_w = os.pipe()
     try:
-        proc = _spawn(argv, cwd, env, limits.launcher_arg(timeout_s))
+        proc = _spawn(argv, cwd, env, limits, timeout_s, report_w)
     except OSError as exc:
+        os.close(report_r)
         if log:
             log.close(f"[sandbox] could not start {argv[0]}: {exc}")
         raise
+    finally:
+        os.close(report_w)
     assert proc.stdout is not None and proc.stderr is not None
     streams = Streams(proc.stdout, proc.stderr, on_line, log)
     watcher = _ExitWatcher(proc.pid)
     streams.wake_on(watcher.fd)
     outcome = "error"
     try:
-        outcome = _watch(watcher, streams, started + timeout_s, cancel, poll_interval_s)
+        outcome = _watch(watcher, streams, started + timeout_s, cancel, poll_interval_s, limits)
     finally:
-        result = _finish(proc, watcher, streams, outcome, started, timeout_s, limits)
+        try:
+            result = _finish(proc, watcher, streams, outcome, started, timeout_s, limits, report_r)
+        finally:
+            os.close(report_r)
     return result
 
 
@@ -247,6 +285,7 @@ def _finish(
     started: float,
     timeout_s: float,
     limits: ResourceLimits,
+    report_fd: int,
 ) -> SandboxResult:
     """Kill what is left, reap the child, drain the pipes and describe the run."""
     status, rusage = _stop(proc, watcher, graceful=outcome in ("timed_out", "cancelled"))
@@ -254,10 +293,13 @@ def _finish(
         streams.on_line = None
     streams.drain(time.monotonic() + DRAIN_S)
     returncode, killed_by = _exit_status(status)
+    isolation = sandbox_launcher.read_report(report_fd)
+    if isolation is not None:
+        _warn_about_gaps(isolation, limits)
     result = SandboxResult(
         pid=proc.pid,
         returncode=returncode,
-        signal=killed_by,
+        signal=None if outcome == "too_many_processes" else killed_by,
         timed_out=outcome == "timed_out",
         cancelled=outcome == "cancelled",
         elapsed_s=time.monotonic() - started,
@@ -266,6 +308,8 @@ def _finish(
         stderr_tail=tuple(streams.stderr_tail),
         timeout_s=timeout_s,
         limits=limits,
+        process_limit_hit=outcome == "too_many_processes",
+        isolation=isolation or frozenset(),
     )
     streams.close(
         f"[sandbox] {result.reason()}; cpu {result.cpu_s:.1f} s, "
@@ -274,19 +318,48 @@ def _finish(
     return result
 
 
+def _warn_about_gaps(isolation: frozenset[str], limits: ResourceLimits) -> None:
+    """Log once per process each way this host lets training scripts out of the sandbox."""
+    missing = {"proc", "readonly"} - isolation
+    if not limits.network and not {"net", "seccomp"} & isolation:
+        missing.add("network")
+    for gap in sorted(missing - _warned):
+        _warned.add(gap)
+        log.warning(
+            "training sandbox: %s: this host does not let the worker create namespaces "
+            "(run as root or allow unprivileged user namespaces; in Docker, a seccomp profile "
+            "that allows unshare); isolation in effect: %s",
+            ISOLATION_GAPS[gap],
+            " ".join(sorted(isolation)) or "none",
+        )
+
+
 def _spawn(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str], limits_arg: str
+    argv: Sequence[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    limits: ResourceLimits,
+    timeout_s: float,
+    report_fd: int,
 ) -> subprocess.Popen[bytes]:
-    """Start the launcher, which applies the limits and execs argv, in a new session."""
-    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, limits_arg]
+    """Start the launcher, which applies the limits, isolates and runs argv, in a new session."""
+    mode = "network" if limits.network else "isolated"
+    launcher = [
+        sys.executable,
+        "-I",
+        "-S",
+        sandbox_launcher.__file__,
+        limits.launcher_arg(timeout_s),
+    ]
     return subprocess.Popen(
-        [*launcher, *argv],
+        [*launcher, mode, str(report_fd), *argv],
         cwd=cwd,
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        pass_fds=(report_fd,),
     )
 
 
@@ -296,28 +369,37 @@ def _watch(
     deadline: float,
     cancel: threading.Event | None,
     poll_interval_s: float,
+    limits: ResourceLimits,
 ) -> str:
-    """Pump output until the child exits, the deadline passes or `cancel` is set."""
+    """Pump output until the child exits, the deadline passes, `cancel` is set or it forks
+    past its process limit."""
+    next_count = time.monotonic() + poll_interval_s
     while True:
         if watcher.exited():
             return "exited"
         if cancel is not None and cancel.is_set():
             return "cancelled"
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
+        now = time.monotonic()
+        if now >= deadline:
             return "timed_out"
-        streams.pump(min(poll_interval_s, remaining_s))
+        if limits.processes is not None and now >= next_count:
+            # The launcher and, in a PID namespace, its init are not the program's.
+            if len(processes_below(watcher.pid)) > limits.processes + 1:
+                return "too_many_processes"
+            next_count = now + poll_interval_s
+        streams.pump(min(poll_interval_s, deadline - now))
 
 
 def _stop(
     proc: subprocess.Popen[bytes], watcher: _ExitWatcher, *, graceful: bool
 ) -> tuple[int, resource.struct_rusage | None]:
-    """Kill the whole process group (politely first if asked), then reap the child."""
+    """Stop the program and everything it started (politely first if asked), then reap."""
     if graceful:
         _killpg(proc.pid, signal.SIGTERM)
-        grace_end = time.monotonic() + KILL_GRACE_S
-        while not watcher.exited() and time.monotonic() < grace_end:
-            watcher.wait(min(0.05, grace_end - time.monotonic()))
+        _wait_exit(watcher, KILL_GRACE_S)
+    # The launcher survives this, reaps the program (so its cost is counted) and exits.
+    kill_processes_below(proc.pid)
+    _wait_exit(watcher, KILL_GRACE_S)
     # The unreaped child still holds the group id, so this cannot hit a recycled group.
     _killpg(proc.pid, signal.SIGKILL)
     watcher.close()
@@ -328,6 +410,12 @@ def _stop(
         return -1, None
     proc.returncode = os.waitstatus_to_exitcode(status)
     return status, rusage
+
+
+def _wait_exit(watcher: _ExitWatcher, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while not watcher.exited() and time.monotonic() < end:
+        watcher.wait(min(0.05, end - time.monotonic()))
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -1,4 +1,4 @@
-"""Output of a sandboxed program: non-blocking reads of its pipes and a size-bounded log file."""
+"""Output of a sandboxed program: its stdout and stderr pumped line by line, and a bounded log."""
 
 from __future__ import annotations
 

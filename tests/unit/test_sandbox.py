@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
@@ -37,64 +41,54 @@ def run_script(
     )
 
 
-def live_members(pgid: int) -> list[int]:
-    """Processes of the group that still run (zombies waiting for init count as gone)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
+def leftovers(marker: str) -> list[str]:
+    """Processes (zombies aside) whose command line holds `marker`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(
+            proc.info["cmdline"] or []
+        ):
+            found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'])}")
+    return found
 
 
-def is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_until_gone(pgid: int, timeout_s: float = 2.0) -> list[int]:
+def wait_until_gone(marker: str, timeout_s: float = 2.0) -> list[str]:
     deadline = time.monotonic() + timeout_s
-    while (left := live_members(pgid)) and time.monotonic() < deadline:
+    while (left := leftovers(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
 
-SPAWN_GRANDCHILD = (
-    "import subprocess, sys, time\n"
-    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-    "print('grandchild', child.pid, flush=True)\n"
-)
+def spawn_grandchild(marker: str) -> str:
+    """Script lines that start a 60 s sleeper with `marker` in its command line."""
+    return (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
+        "print('started', flush=True)\n"
+    )
 
 
 def test_a_timeout_kills_the_script_and_its_grandchild(tmp_path: Path) -> None:
-    lines: list[str] = []
-    result = run_script(
-        tmp_path, SPAWN_GRANDCHILD + "time.sleep(60)\n", timeout_s=1.0, on_line=lines.append
-    )
+    marker = f"grandchild-{uuid.uuid4()}"
+    result = run_script(tmp_path, spawn_grandchild(marker) + "time.sleep(60)\n", timeout_s=1.0)
 
-    grandchild = int(lines[0].split()[1])
     assert result.timed_out
     assert result.reason() == "killed after 1 s timeout"
     assert result.elapsed_s < 4.0
-    assert wait_until_gone(result.pid) == []
-    assert not is_running(grandchild)
+    assert wait_until_gone(marker) == []
+    assert wait_until_gone(str(tmp_path)) == []
 
 
 def test_a_grandchild_holding_stdout_open_does_not_keep_the_run_waiting(tmp_path: Path) -> None:
+    marker = f"grandchild-{uuid.uuid4()}"
     lines: list[str] = []
     started = time.monotonic()
-    result = run_script(tmp_path, SPAWN_GRANDCHILD + "print('bye')\n", on_line=lines.append)
+    result = run_script(tmp_path, spawn_grandchild(marker) + "print('bye')\n", on_line=lines.append)
 
     assert time.monotonic() - started < 3.0
     assert result.ok, result.reason()
     assert lines[-1] == "bye"
-    assert wait_until_gone(result.pid) == []
+    assert wait_until_gone(marker) == []
 
 
 def test_the_environment_holds_no_database_redis_or_secret_variables(
@@ -108,6 +102,7 @@ def test_the_environment_holds_no_database_redis_or_secret_variables(
         "GITHUB_TOKEN": "t",
         "PGPASSWORD": "p",
         "ACME_SCADA_URL": "postgresql://scada/x",
+        "ML_MASTER_KEYS": "k1:AAAA",
     }
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
@@ -125,9 +120,12 @@ def test_the_environment_holds_no_database_redis_or_secret_variables(
     assert "PATH" in seen
 
 
-def test_passing_a_secret_on_purpose_is_refused() -> None:
-    with pytest.raises(ValueError, match="DATABASE_URL"):
-        allowed_env({"DATABASE_URL": "sqlite:///x.db"})
+@pytest.mark.parametrize(
+    "name", ["DATABASE_URL", "ML_MASTER_KEYS", "SIGNING_KEY", "ACME_SCADA_URL", "PGPASSWORD"]
+)
+def test_passing_a_secret_on_purpose_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        allowed_env({name: "x"})
 
 
 def test_a_memory_bomb_dies_and_the_reason_mentions_memory(tmp_path: Path) -> None:
@@ -168,12 +166,13 @@ def test_cancel_stops_a_running_program_within_a_second(tmp_path: Path) -> None:
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
 
-    result = run_script(tmp_path, SPAWN_GRANDCHILD + "time.sleep(60)\n", cancel=cancel)
+    marker = f"grandchild-{uuid.uuid4()}"
+    result = run_script(tmp_path, spawn_grandchild(marker) + "time.sleep(60)\n", cancel=cancel)
 
     assert result.cancelled
     assert result.elapsed_s < 1.5
     assert result.reason().startswith("cancelled after")
-    assert wait_until_gone(result.pid) == []
+    assert wait_until_gone(marker) == []
 
 
 def test_a_failing_program_is_explained_by_its_last_error_line(tmp_path: Path) -> None:
@@ -260,3 +259,100 @@ def test_the_sandbox_reports_cost_of_a_finished_run(tmp_path: Path) -> None:
     assert result.ok
     assert result.peak_rss_mb > 200
     assert result.reason().startswith("finished in")
+
+
+def test_without_network_allowed_a_program_cannot_open_a_socket(tmp_path: Path) -> None:
+    result = run_script(tmp_path, "import socket; socket.socket()")
+
+    assert result.reason().startswith("tried to use the network, which training scripts may not")
+    assert {"net", "seccomp"} & result.isolation
+
+
+def test_with_network_allowed_a_program_may_open_sockets(tmp_path: Path) -> None:
+    result = run_script(
+        tmp_path, "import socket; socket.socket().close()", limits=ResourceLimits(network=True)
+    )
+
+    assert result.ok, result.reason()
+    assert not {"net", "seccomp"} & result.isolation
+
+
+def test_where_the_host_allows_the_program_is_pid_2_of_its_own_namespace(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = run_script(
+        tmp_path,
+        "import os; print(os.getpid(), os.listdir('/proc').count('1'))",
+        on_line=lines.append,
+    )
+
+    if "pid" not in result.isolation:
+        pytest.skip(f"this host allows no PID namespace (isolation: {sorted(result.isolation)})")
+    assert result.ok and lines == ["2 1"]
+
+
+# Runs run_sandboxed where unshare() fails, as in Docker's default seccomp profile.
+WITHOUT_NAMESPACES = """
+import ctypes, json, logging, sys, time
+from pathlib import Path
+from training_tasks import sandbox_launcher as io
+from training_tasks.sandbox import ResourceLimits, allowed_env, run_sandboxed
+
+logging.basicConfig(format="%(levelname)s %(message)s")
+program = [(0x20, 0, 0, 0), (0x15, 0, 1, int(sys.argv[1])), (0x06, 0, 0, 0x50001), (0x06, 0, 0, 0x7FFF0000)]
+filters = (io._SockFilter * 4)(*(io._SockFilter(*line) for line in program))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)
+assert libc.prctl(22, 2, ctypes.byref(io._SockFprog(4, filters)), 0, 0) == 0
+folder = Path(sys.argv[2])
+out = {}
+for name in ("network", "grandchild"):
+    script = folder / f"{name}.py"
+    started = time.monotonic()
+    result = run_sandboxed([sys.executable, str(script)], cwd=folder, env=allowed_env(),
+                           timeout_s=10, limits=ResourceLimits(memory_mb=1024))
+    out[name] = [result.reason(), sorted(result.isolation), time.monotonic() - started]
+print(json.dumps(out))
+"""
+UNSHARE_SYSCALL = {"x86_64": 272, "aarch64": 97}
+
+
+@pytest.mark.skipif(os.uname().machine not in UNSHARE_SYSCALL, reason="needs x86_64 or aarch64")
+def test_without_namespaces_sockets_stay_shut_leftovers_die_and_a_warning_says_so_once(
+    tmp_path: Path,
+) -> None:
+    marker = f"grandchild-{uuid.uuid4()}"
+    (tmp_path / "network.py").write_text(
+        "import socket; socket.create_connection(('127.0.0.1', 9))"
+    )
+    (tmp_path / "grandchild.py").write_text(
+        "import os, sys\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
+        "    os._exit(0)\n"
+    )
+    harness = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WITHOUT_NAMESPACES,
+            str(UNSHARE_SYSCALL[os.uname().machine]),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).parents[2],
+    )
+
+    out = json.loads(harness.stdout)
+    network, network_isolation, _ = out["network"]
+    assert network.startswith("tried to use the network") and "seccomp" in network_isolation
+    assert "pid" not in network_isolation
+    _, _, grandchild_s = out["grandchild"]
+    assert grandchild_s < 3.0 and wait_until_gone(marker) == []
+    warnings = [line for line in harness.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2, harness.stderr  # /proc and read-only files, once each
+    assert "worker's environment" in warnings[0] or "worker's environment" in warnings[1]
