@@ -14,6 +14,7 @@ import click
 from training_tasks.cli_common import _echo_json, _service
 from training_tasks.cli_metrics import metrics_command
 from training_tasks.cli_schedule import schedule, schedules_command
+from training_tasks.cli_secrets import secrets as secrets_group
 from training_tasks.errors import SettingsError, TrainingServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -367,6 +368,7 @@ def demo(keep_running: bool, assets: int, days: int) -> None:
 cli.add_command(schedule)
 cli.add_command(schedules_command)
 cli.add_command(metrics_command)
+cli.add_command(secrets_group)
 
 
 def main() -> None:

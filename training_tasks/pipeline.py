@@ -42,7 +42,8 @@ def extract_body(ctx: StageContext) -> StageOutcome:
 
 
 def train_body(ctx: StageContext) -> StageOutcome:
-    """Run the training script in its sandbox and file the model under the version's name."""
+    """Run the training script in its sandbox and file the model (sealed if a key is set)."""
+    from training_tasks.crypto import Keyring
     from training_tasks.stages.extract import ExtractResult
     from training_tasks.stages.train import train
 
@@ -68,6 +69,9 @@ def train_body(ctx: StageContext) -> StageOutcome:
         cancel=ctx.cancel,
     )
     model_path = store.version_model(org_id, version)
+    keyring = Keyring.parse(settings.master_keys)
+    if keyring.enabled:  # sealed where the script wrote it: no plain copy reaches the store
+        keyring.seal_file(Path(result.model_path), org_id, version)
     atomic_move(Path(result.model_path), model_path)
     versions.record_trained(
         ctx.rt.engine,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,6 +41,8 @@ class Settings:
     reaper_interval_s: float = 15.0
     retry_backoff_s: float = 5.0
     min_free_disk_mb: float = 1024.0
+    # ML_MASTER_KEYS as given (checked by parsing); never shown, see training_tasks.crypto.
+    master_keys: str | None = field(default=None, repr=False)
 
     @property
     def models_path(self) -> Path:
@@ -88,6 +90,7 @@ class Settings:
             reaper_interval_s=_positive(env, "REAPER_INTERVAL_S", 15.0),
             retry_backoff_s=_positive(env, "RETRY_BACKOFF_S", 5.0),
             min_free_disk_mb=_positive(env, "MIN_FREE_DISK_MB", 1024.0),
+            master_keys=_master_keys(env),
         )
 
 
@@ -136,6 +139,15 @@ def _database_url(value: str | None, base: Path) -> str:
     if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
         value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return value
+
+
+def _master_keys(env: Mapping[str, str]) -> str | None:
+    raw = env.get("ML_MASTER_KEYS") or None
+    if raw is not None:
+        from training_tasks.crypto import parse_master_keys
+
+        parse_master_keys(raw)  # a bad key fails start-up, naming the entry but not the key
+    return raw
 
 
 def _http_url(env: Mapping[str, str], name: str) -> str | None:

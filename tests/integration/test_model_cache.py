@@ -140,7 +140,7 @@ def test_a_stale_or_repeated_announcement_is_ignored_and_counted(
 
 @pytest.mark.parametrize(
     ("damage", "reason"),
-    [({"sha256": "0" * 64}, "sha256"), ({"data": b"not an onnx model"}, "not a loadable ONNX")],
+    [({"sha256": "0" * 64}, "sha256"), ({"data": b"not an onnx model"}, "is not an ONNX model")],
 )
 def test_a_model_that_fails_verification_is_not_served_and_the_old_one_stays(
     redis: redis_lib.Redis,

@@ -170,7 +170,7 @@ def test_a_model_whose_metadata_names_another_org_or_version_is_refused(
 
 
 def test_a_corrupt_model_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelRejected, match="not a loadable ONNX model"):
+    with pytest.raises(ModelRejected, match="is not an ONNX model"):
         load_model(tmp_path, ORG, deploy_file(tmp_path, b"\x08\x07garbage"))
 
 

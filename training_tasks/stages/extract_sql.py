@@ -83,7 +83,7 @@ def plan_source(
         )
     else:
         driver_uri = _libpq_uri(url, connect_timeout_s)
-        timeout = {"connect_timeout": max(1, round(connect_timeout_s))}
+        timeout = {"connect_timeout": max(1, round(connect_timeout_s)), "options": READ_ONLY}
         engine = sa.create_engine(
             url.set(drivername="postgresql+psycopg"), connect_args=timeout, poolclass=NullPool
         )
@@ -129,10 +129,22 @@ def _sqlite_uri(url: URL, org: str) -> str:
 
 
 def _libpq_uri(url: URL, connect_timeout_s: float) -> str:
-    """The SQLAlchemy URL as a libpq URI: no `+driver` part, plus a connect timeout."""
+    """The SQLAlchemy URL as a libpq URI: no `+driver` part, a connect timeout, read-only."""
     query = dict(url.query)
     query.setdefault("connect_timeout", str(max(1, round(connect_timeout_s))))
-    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
+    query["options"] = _read_only_options(query.get("options"))
+    base = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    # libpq decodes %20 but not `+`, which SQLAlchemy would write for a space.
+    return f"{base}?{urllib.parse.urlencode(query, doseq=True, quote_via=urllib.parse.quote)}"
+
+
+READ_ONLY = "--default_transaction_read_only=on"
+
+
+def _read_only_options(given: object) -> str:
+    """libpq `options` that make every transaction of the extract read-only (kept: the user's)."""
+    text = given if isinstance(given, str) else " ".join(given) if isinstance(given, tuple) else ""
+    return f"{text} {READ_ONLY}".strip()
 
 
 def _checked_columns(

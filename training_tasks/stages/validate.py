@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from training_tasks.crypto import Keyring, SealedDataError
 from training_tasks.errors import ValidationRejected
 from training_tasks.files import fsync_dir, write_json_atomic
+from training_tasks.onnx_checks import UnsafeModel, check_model_bytes
 from training_tasks.org_config import THRESHOLD_DEFAULTS
 from training_tasks.stages.validate_checks import (
     BYTES_PER_MB,
@@ -151,7 +153,7 @@ def validate(
     parity_limit = float(limits["maxParityDiff"])
     native, parity_check = open_native(native_model_path, len(features), parity_limit)
     enabled = bool(limits["notWorseThanDeployed"])
-    deployed, comparison = open_deployed(deployed_model_path, features, enabled)
+    deployed, comparison = open_deployed(deployed_model_path, features, enabled, org_id=org_id)
     predictors = _predictors(loaded.model, native, deployed)
     scored, scoring_checks = score_and_check(holdout, holdout_problem, predictors, _blocker(checks))
     checks += scoring_checks
@@ -212,14 +214,23 @@ def _load_model(
     loaded = _Loaded(
         [], sha256=hashlib.sha256(model_bytes).hexdigest(), size_bytes=len(model_bytes)
     )
+    blocked = [not_run(name, "load") for name in AFTER_LOAD]
+    onnx_bytes, problem = _open_file(model_bytes, path, org_id, version)
+    if onnx_bytes is not None:
+        try:  # no external data, no custom operators, the contract's shape: before onnxruntime
+            check_model_bytes(onnx_bytes, label=f"organization {org_id} version {version} ({path})")
+        except UnsafeModel as exc:
+            onnx_bytes, problem = None, str(exc)
+    if onnx_bytes is None:
+        loaded.checks = [Check("load", False, None, None, problem), size, *blocked]
+        return loaded
     prime_runtime()
     release_free_heap()
     rss_before = rss_bytes()
     try:
-        session = open_session(model_bytes)
+        session = open_session(onnx_bytes)
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         detail = f"onnxruntime cannot load the model {path}: {str(exc).strip()}"
-        blocked = [not_run(name, "load") for name in AFTER_LOAD]
         loaded.checks = [Check("load", False, None, None, detail), size, *blocked]
         return loaded
     loaded.model, contract = bind_contract(session, len(features))
@@ -235,6 +246,15 @@ def _load_model(
         at_most("memory", "the ONNX session's memory", memory_mb, memory_limit_mb, "MB"),
     ]
     return loaded
+
+
+def _open_file(data: bytes, path: Path, org_id: str, version: str) -> tuple[bytes | None, str]:
+    """The ONNX bytes of a model file (a sealed one is opened in memory), or why it cannot be."""
+    # The sha256 and size of the report stay those of the file as stored, as recorded at training.
+    try:
+        return Keyring.from_env().open_model(data, org_id, version), ""
+    except SealedDataError as exc:
+        return None, f"the model file {path} cannot be opened: {exc}"
 
 
 def _warm_up(

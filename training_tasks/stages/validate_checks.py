@@ -19,6 +19,8 @@ import onnx
 import onnxruntime as ort
 import psutil
 
+from training_tasks.crypto import Keyring, is_sealed
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
 BATCH_ROWS = 1_000
@@ -263,7 +265,7 @@ def open_native(
 
 
 def open_deployed(
-    path: Path | None, features: list[str], enabled: bool
+    path: Path | None, features: list[str], enabled: bool, *, org_id: str
 ) -> tuple[OnnxModel | None, dict[str, Any]]:
     """The deployed model to compare with, or the reason the comparison is skipped."""
     info: dict[str, Any] = {"deployedModelPath": None if path is None else str(path)}
@@ -272,12 +274,12 @@ def open_deployed(
     if path is None:
         return None, {**info, "status": "skipped (no deployed model)"}
     try:
-        model_bytes = Path(path).read_bytes()
-        session = open_session(model_bytes)
+        stored = Path(path).read_bytes()
+        session = open_session(_deployed_onnx(stored, Path(path), org_id))
     except Exception as exc:  # a broken deployed model must not block its replacement
         status = "skipped (deployed model cannot be loaded)"
         return None, {**info, "status": status, "reason": str(exc).strip()}
-    info["deployedSha256"] = hashlib.sha256(model_bytes).hexdigest()
+    info["deployedSha256"] = hashlib.sha256(stored).hexdigest()
     recorded = recorded_features(session)
     if recorded != features:
         reason = f"the deployed model uses {recorded}, this model {features}"
@@ -287,3 +289,11 @@ def open_deployed(
         status = "skipped (deployed model breaks the model contract)"
         return None, {**info, "status": status, "reason": contract.detail}
     return model, {**info, "status": "compared"}
+
+
+def _deployed_onnx(stored: bytes, path: Path, org_id: str) -> bytes:
+    """The ONNX bytes of a deployed copy `models/<org>/deployed_<version>/model.onnx`."""
+    if not is_sealed(stored):
+        return stored
+    version = path.parent.name.removeprefix("deployed_")
+    return Keyring.from_env().open_model(stored, org_id, version)

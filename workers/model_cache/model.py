@@ -1,7 +1,9 @@
 """Load one deployed ONNX model: path and sha256 checks, metadata checks, warm-up, inference.
 
 The file is read once into memory; the sha256 is computed over those bytes and the session is
-built from the same bytes, so the file cannot change between the check and the load.
+built from the same bytes, so the file cannot change between the check and the load. A file
+sealed by the training service (ML_MASTER_KEYS set there) is opened in memory with the keys in
+this process's own ML_MASTER_KEYS; its organization and version must match the deployment's.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from training_tasks.crypto import Keyring, SealedDataError
+from training_tasks.errors import SettingsError
 from training_tasks.hotswap import Deployment
 from training_tasks.ids import ORG_ID_PATTERN
+from training_tasks.onnx_checks import UnsafeModel, check_model_bytes
 from workers.model_cache.errors import ModelRejected
 
 PROBABILITY_OUTPUT = "failure_probability"
@@ -26,7 +31,7 @@ INPUT_NAME = "input"
 
 def check_org_id(org_id: str) -> str:
     """Return `org_id` if it is a safe organization id, else raise ValueError."""
-    if not isinstance(org_id, str) or not ORG_ID_PATTERN.match(org_id):
+    if not isinstance(org_id, str) or not ORG_ID_PATTERN.fullmatch(org_id):
         raise ValueError(
             f"{org_id!r} is not a valid organization id; use 1-63 lowercase letters, digits "
             "and inner hyphens (for example 'acme-corp')"
@@ -98,9 +103,17 @@ class LoadedModel:
 
 
 def load_model(
-    ml_base_path: Path, org_id: str, deployment: Deployment, *, intra_op_threads: int = 1
+    ml_base_path: Path,
+    org_id: str,
+    deployment: Deployment,
+    *,
+    intra_op_threads: int = 1,
+    keyring: Keyring | None = None,
 ) -> LoadedModel:
-    """Check, load and warm the model of `deployment`; raise ModelRejected saying why not."""
+    """Check, open, load and warm the model of `deployment`; raise ModelRejected saying why not.
+
+    A sealed file is opened with `keyring` (default: ML_MASTER_KEYS of this process).
+    """
     if deployment.organizationId != org_id:
         raise ModelRejected(
             f"the deployment names organization {deployment.organizationId}, not {org_id}; "
@@ -112,7 +125,14 @@ def load_model(
     except OSError as exc:
         raise ModelRejected(f"cannot read model file {path}: {exc}; check its permissions") from exc
     check_sha256(data, deployment.sha256, path)
-    session = _session(data, path, intra_op_threads)
+    onnx_bytes = _open(data, path, deployment, keyring)
+    try:  # no external data, no custom operators, the contract's shape: before onnxruntime
+        check_model_bytes(
+            onnx_bytes, label=f"organization {org_id} version {deployment.version} ({path})"
+        )
+    except UnsafeModel as exc:
+        raise ModelRejected(f"{exc}; deploy a valid version") from None
+    session = _session(onnx_bytes, path, intra_op_threads)
     columns = _check_metadata(session, org_id, deployment, path)
     input_name = _input_name(session, path, len(columns))
     output_name, pair = _output(session, path)
@@ -130,6 +150,15 @@ def load_model(
     )
     _warm(model)
     return model
+
+
+def _open(data: bytes, path: Path, deployment: Deployment, keyring: Keyring | None) -> bytes:
+    """The ONNX bytes of the file's contents: a sealed file is decrypted in memory only."""
+    try:
+        keyring = keyring or Keyring.from_env()
+        return keyring.open_model(data, deployment.organizationId, deployment.version)
+    except (SealedDataError, SettingsError) as exc:
+        raise ModelRejected(f"model file {path} cannot be opened: {exc}") from None
 
 
 def _session(data: bytes, path: Path, intra_op_threads: int) -> ort.InferenceSession:
