@@ -64,3 +64,26 @@ def record_model(
             engine, version, report=report, passed=report["passed"], actor="t", now=now
         )
     return path
+
+
+def finished_run(engine: Engine, org_id: str, now: datetime) -> tuple[str, str]:
+    """A run of `org_id` that already ended, so the org may start more; returns (run id, version)."""
+    from training_tasks.ids import new_run_id, new_version_id
+    from training_tasks.registry import runs
+
+    run_id, version = new_run_id(), new_version_id(now)
+    runs.create_run(
+        engine,
+        run_id=run_id,
+        org_id=org_id,
+        version=version,
+        config={},
+        trigger="t",
+        auto_deploy=True,
+        actor="t",
+        now=now,
+    )
+    runs.finish_failed(
+        engine, run_id, status="failed", stage=None, error="-", trace=None, actor="t", now=now
+    )
+    return run_id, version

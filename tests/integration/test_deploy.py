@@ -12,13 +12,12 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine
 
-from tests.registry_fixtures import NOW, migrated_engine, record_model, register
+from tests.registry_fixtures import NOW, finished_run, migrated_engine, record_model, register
 from training_tasks import hotswap
 from training_tasks.errors import DeployError
 from training_tasks.files import sha256_file
-from training_tasks.ids import new_run_id, new_version_id
 from training_tasks.paths import ModelStore
-from training_tasks.registry import orgs, runs, versions
+from training_tasks.registry import orgs, versions
 from training_tasks.stages.deploy import deploy, reconcile
 
 
@@ -50,21 +49,7 @@ def trained(
     engine: Engine, store: ModelStore, org: str, *, passed: bool = True, offset_s: int = 0
 ) -> str:
     now = NOW + timedelta(seconds=offset_s)
-    run_id, version = new_run_id(), new_version_id(now)
-    runs.create_run(
-        engine,
-        run_id=run_id,
-        org_id=org,
-        version=version,
-        config={},
-        trigger="t",
-        auto_deploy=True,
-        actor="t",
-        now=now,
-    )
-    runs.finish_failed(
-        engine, run_id, status="failed", stage=None, error="-", trace=None, actor="t", now=now
-    )
+    run_id, version = finished_run(engine, org, now)
     record_model(engine, store, org, version, run_id, now=now, report={"passed": passed})
     return version
 

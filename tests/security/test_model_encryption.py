@@ -21,7 +21,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine, select
 
-from tests.registry_fixtures import NOW, migrated_engine, record_model, register
+from tests.registry_fixtures import NOW, finished_run, migrated_engine, record_model, register
 from tests.unit.onnx_fixtures import (
     FEATURES,
     TARGET,
@@ -32,9 +32,7 @@ from tests.unit.onnx_fixtures import (
 )
 from training_tasks.crypto import MODEL_MAGIC, Keyring, is_sealed
 from training_tasks.hotswap import Deployment
-from training_tasks.ids import new_run_id, new_version_id
 from training_tasks.paths import ModelStore
-from training_tasks.registry import runs
 from training_tasks.stages.deploy import deploy
 from training_tasks.stages.validate import validate
 from workers.model_cache import ModelCache, ModelRejected, read_replicas
@@ -224,21 +222,7 @@ def trained(
 ) -> str:
     """Record a validated version whose model file is filed as the train stage files it."""
     now = NOW + timedelta(seconds=n)
-    run_id, version = new_run_id(), new_version_id(now)
-    runs.create_run(
-        engine,
-        run_id=run_id,
-        org_id=org,
-        version=version,
-        config={},
-        trigger="t",
-        auto_deploy=True,
-        actor="t",
-        now=now,
-    )
-    runs.finish_failed(
-        engine, run_id, status="failed", stage=None, error="-", trace=None, actor="t", now=now
-    )
+    run_id, version = finished_run(engine, org, now)
     data = onnx_bytes(booster, org, version)
     if keys is not None:
         data = Keyring.parse(keys).seal_model(data, org, version)

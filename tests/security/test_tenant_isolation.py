@@ -12,12 +12,17 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, record_model, register
+from tests.registry_fixtures import (
+    NOW,
+    ORG_DOC,
+    finished_run,
+    migrated_engine,
+    record_model,
+    register,
+)
 from training_tasks.errors import ConfigError, ExtractError, NotFoundError, TrainingServiceError
-from training_tasks.ids import new_run_id, new_version_id
 from training_tasks.org_config import parse_org_config
 from training_tasks.paths import ModelStore
-from training_tasks.registry import runs
 from training_tasks.runtime import Runtime
 from training_tasks.service import TrainingService
 from training_tasks.settings import Settings
@@ -41,22 +46,7 @@ def svc(tmp_path: Path, sqlite_url: str) -> Iterator[TrainingService]:
 
 def version_of(svc: TrainingService, org: str, offset_s: int = 0) -> tuple[str, Path]:
     """A validated version of `org` with its model file."""
-    run_id = new_run_id()
-    version = new_version_id(NOW.replace(second=offset_s))
-    runs.create_run(
-        svc.rt.engine,
-        run_id=run_id,
-        org_id=org,
-        version=version,
-        config={},
-        trigger="t",
-        auto_deploy=True,
-        actor="t",
-        now=NOW,
-    )
-    runs.finish_failed(
-        svc.rt.engine, run_id, status="failed", stage="x", error="-", trace=None, actor="t", now=NOW
-    )  # finished, so the org may have more runs
+    run_id, version = finished_run(svc.rt.engine, org, NOW.replace(second=offset_s))
     path = record_model(svc.rt.engine, svc.rt.store, org, version, run_id, now=NOW, report=PASSED)
     return version, path
 
