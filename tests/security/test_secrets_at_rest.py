@@ -251,3 +251,15 @@ def test_the_training_scripts_config_file_holds_no_scada_url(tmp_path: Path) -> 
     )
     text = json.dumps(doc)
     assert PASSWORD not in text and "10.0.0.7" not in text
+
+
+def test_a_url_without_a_password_is_stored_plain_without_a_warning(
+    engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(orgs, "_warned_plain", False)
+    doc = {**ORG_DOC, "scadaDbConfig": {"url": "sqlite:////srv/plant/scada.db"}}
+    with caplog.at_level(logging.WARNING, logger="training_tasks.registry.orgs"):
+        orgs.create_org(
+            engine, parse_org_config(doc, "acme-corp"), actor="t", now=NOW, keyring=Keyring()
+        )
+    assert [r for r in caplog.records if r.name == "training_tasks.registry.orgs"] == []

@@ -13,7 +13,7 @@ from training_tasks.crypto import ENV_NAME, Keyring, SealedDataError, is_encrypt
 from training_tasks.db.tables import organizations
 from training_tasks.errors import ConflictError, NotFoundError
 from training_tasks.ids import check_org_id
-from training_tasks.org_config import OrgConfig, parse_org_config
+from training_tasks.org_config import OrgConfig, mask_url, parse_org_config
 from training_tasks.registry import audit, schedules
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,8 @@ def _seal_url(org: OrgConfig, keyring: Keyring | None) -> str | None:
     if keyring.enabled:
         return keyring.encrypt_text(org.scada_url, scada_aad(org.organization_id))
     global _warned_plain
-    if not _warned_plain:
+    # A URL without a password (a local SQLite file, trust auth) has nothing to hide.
+    if not _warned_plain and mask_url(org.scada_url) != org.scada_url:
         _warned_plain = True
         log.warning(
             "organization %s: its SCADA URL is stored unencrypted because %s is not set; make a "
