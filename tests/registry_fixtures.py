@@ -66,23 +66,30 @@ def record_model(
     return path
 
 
-def finished_run(engine: Engine, org_id: str, now: datetime) -> tuple[str, str]:
-    """A run of `org_id` that already ended, so the org may start more; returns (run id, version)."""
+def queued_run(engine: Engine, org_id: str, now: datetime) -> dict[str, Any]:
+    """A new queued run of `org_id` with an empty config, as the run row stands."""
     from training_tasks.ids import new_run_id, new_version_id
     from training_tasks.registry import runs
 
-    run_id, version = new_run_id(), new_version_id(now)
-    runs.create_run(
+    return runs.create_run(
         engine,
-        run_id=run_id,
+        run_id=new_run_id(),
         org_id=org_id,
-        version=version,
+        version=new_version_id(now),
         config={},
         trigger="t",
         auto_deploy=True,
         actor="t",
         now=now,
     )
+
+
+def finished_run(engine: Engine, org_id: str, now: datetime) -> tuple[str, str]:
+    """A run of `org_id` that already ended, so the org may start more; returns (run id, version)."""
+    from training_tasks.registry import runs
+
+    run = queued_run(engine, org_id, now)
+    run_id, version = run["id"], run["version"]
     runs.finish_failed(
         engine, run_id, status="failed", stage=None, error="-", trace=None, actor="t", now=now
     )

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 
 from training_tasks.db.tables import training_runs
 from training_tasks.errors import ConfigError, InsufficientDisk
+from training_tasks.runtime import Runtime
 from training_tasks.training_config import TrainingConfig
 
 MB = 1024 * 1024
@@ -37,6 +38,16 @@ def estimate_run_mb(engine: Engine, config: TrainingConfig) -> float:
     rows = _rows_per_day(last.data_stats, last.config) * _days(config.start, config.end)
     columns = len(config.feature_columns) + 3  # target, timestamp, asset
     return 2 * rows * columns * BYTES_PER_VALUE / MB
+
+
+def check_run_fits(rt: Runtime, config: TrainingConfig) -> None:
+    """Refuse to start a run whose files would not fit under ML_BASE_PATH."""
+    check_free_space(
+        rt.settings.ml_base_path,
+        estimate_run_mb(rt.engine, config),
+        org_id=config.organization_id,
+        min_free_mb=rt.settings.min_free_disk_mb,
+    )
 
 
 def check_free_space(path: Path, need_mb: float, *, org_id: str, min_free_mb: float) -> None:

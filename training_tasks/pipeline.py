@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training_tasks.disk import check_run_fits
 from training_tasks.errors import ConfigError
 from training_tasks.fields import iso
 from training_tasks.files import atomic_move, sha256_file, write_json_atomic
@@ -15,7 +16,6 @@ from training_tasks.stage_runner import StageContext, StageOutcome
 from training_tasks.training_config import TrainingConfig, from_wire
 
 if TYPE_CHECKING:
-    from training_tasks.runtime import Runtime
     from training_tasks.sandbox import ResourceLimits
 
 
@@ -30,7 +30,7 @@ def extract_body(ctx: StageContext) -> StageOutcome:
     from training_tasks.stages.extract import extract
 
     org, config, org_id, version = _load(ctx)
-    check_disk(ctx.rt, config)
+    check_run_fits(ctx.rt, config)
     result = extract(
         org.resolve_scada_url(),
         org.schema_config,
@@ -148,18 +148,6 @@ def deploy_body(ctx: StageContext) -> StageOutcome:
     return StageOutcome(
         updates={"data_stats": {**ctx.run["data_stats"], "deployedSequence": deployment.sequence}},
         final_status="succeeded",
-    )
-
-
-def check_disk(rt: Runtime, config: TrainingConfig) -> None:
-    """Refuse to start a run whose files would not fit under ML_BASE_PATH."""
-    from training_tasks.disk import check_free_space, estimate_run_mb
-
-    check_free_space(
-        rt.settings.ml_base_path,
-        estimate_run_mb(rt.engine, config),
-        org_id=config.organization_id,
-        min_free_mb=rt.settings.min_free_disk_mb,
     )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from training_tasks import org_config
 from training_tasks.errors import NotFoundError, TrainingServiceError
-from training_tasks.fields import iso
+from training_tasks.fields import iso, iso_or_none
 from training_tasks.ids import VERSION_PATTERN, check_org_id, check_version_id
 from training_tasks.registry import audit, orgs, retention, runs, versions
 from training_tasks.runtime import Runtime, build_runtime
@@ -348,10 +348,10 @@ def run_summary(run: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
         "metrics": run["metrics"],
         "error": run["error"],
         "trigger": run["trigger"],
-        "scheduleSlot": _iso(run["schedule_slot"]),
-        "queuedAt": _iso(run["queued_at"]),
-        "startedAt": _iso(run["started_at"]),
-        "finishedAt": _iso(run["finished_at"]),
+        "scheduleSlot": iso_or_none(run["schedule_slot"]),
+        "queuedAt": iso_or_none(run["queued_at"]),
+        "startedAt": iso_or_none(run["started_at"]),
+        "finishedAt": iso_or_none(run["finished_at"]),
         "stageTimings": run["stage_timings"],
         "data": run["data_stats"],
         "worker": run["worker"],
@@ -410,14 +410,10 @@ def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]
         "metrics": validation.get("metrics") or {},
         "validationPassed": validation.get("passed"),
         "validationFailures": validation.get("failures") or [],
-        "createdAt": _iso(v["created_at"]),
-        "deployedAt": _iso(v["deployed_at"]),
-        "removedAt": _iso(v["removed_at"]),
+        "createdAt": iso_or_none(v["created_at"]),
+        "deployedAt": iso_or_none(v["deployed_at"]),
+        "removedAt": iso_or_none(v["removed_at"]),
     }
-
-
-def _iso(value: Any) -> str | None:
-    return None if value is None else iso(value)
 
 
 __all__ = ["TrainingHandle", "TrainingService", "TrainingServiceError"]

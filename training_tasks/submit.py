@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from training_tasks import training_config
+from training_tasks.disk import check_run_fits
 from training_tasks.errors import ConfigError, SourceUnavailableError, TransientError
 from training_tasks.ids import check_org_id, new_run_id, new_version_id, org_queue
 from training_tasks.org_config import OrgConfig
@@ -47,9 +48,7 @@ def submit_training(
     config = training_config.resolve(request, org_id, org.ml_model_config, now)
     _check_source(org, config)
     if rt.settings.ml_base_path.exists():  # the model store is here: check it has room now
-        from training_tasks.pipeline import check_disk
-
-        check_disk(rt, config)
+        check_run_fits(rt, config)
     now = rt.now()  # queued from here on: the checks above are the request's own time
     run_id, version = new_run_id(), new_version_id(now)
     runs.create_run(

@@ -42,10 +42,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _setup(base: Path, redis_url: str) -> tuple[Any, dict[str, str], list[str]]:
-    from tests.registry_fixtures import ORG_DOC, record_model
+    from tests.registry_fixtures import ORG_DOC, finished_run, record_model
     from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
-    from training_tasks.ids import new_run_id, new_version_id
-    from training_tasks.registry import runs
     from training_tasks.runtime import build_runtime
     from training_tasks.service import TrainingService
     from training_tasks.settings import Settings
@@ -62,28 +60,7 @@ def _setup(base: Path, redis_url: str) -> tuple[Any, dict[str, str], list[str]]:
     made = []
     for n in range(2):
         now = datetime(2026, 6, 1, 12, 0, n, tzinfo=UTC)
-        run_id, version = new_run_id(), new_version_id(now)
-        runs.create_run(
-            svc.rt.engine,
-            run_id=run_id,
-            org_id=ORG,
-            version=version,
-            config={},
-            trigger="bench",
-            auto_deploy=True,
-            actor="bench",
-            now=now,
-        )
-        runs.finish_failed(
-            svc.rt.engine,
-            run_id,
-            status="failed",
-            stage=None,
-            error="-",
-            trace=None,
-            actor="bench",
-            now=now,
-        )
+        run_id, version = finished_run(svc.rt.engine, ORG, now)
         onnx_bytes = to_onnx(booster, org_id=ORG, version=version).SerializeToString()
         record_model(
             svc.rt.engine,

@@ -17,8 +17,7 @@ from pathlib import Path
 import redis as redis_lib
 
 from beat_schedules.leader import LOCK_KEY, read_status
-from tests.integration.processes import stop_group, wait_for
-from training_tasks.child_process import die_with_parent
+from tests.integration.processes import spawn_logged, stop_group, wait_for
 from training_tasks.fields import iso
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -93,16 +92,7 @@ def beat_process(
         **(extra_env or {}),
         "PYTHONPATH": str(PROJECT_ROOT),
     }
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            env=environ,
-            cwd=PROJECT_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    proc = spawn_logged(argv, environ, log_path, cwd=PROJECT_ROOT)
     beat = Beat(proc, log_path)
     try:
         yield beat

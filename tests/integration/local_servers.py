@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.integration.processes import free_port
 from training_tasks.child_process import die_with_parent
 
 
@@ -57,7 +58,7 @@ class TcpProxy:
     def __init__(self, target: tuple[str, int], *, delay_s: float = 0.0) -> None:
         self.target = target
         self.delay_s = delay_s  # slept before forwarding each chunk from the target
-        self.port = _free_port()
+        self.port = free_port()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -118,7 +119,7 @@ class RedisServer:
     """A redis-server of the test's own, with an append-only file, that can be stopped and started."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -157,9 +158,3 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

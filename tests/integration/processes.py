@@ -74,15 +74,7 @@ def celery_worker(
     ]
     if queues:
         argv += ["--queues", queues]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            env=dict(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    proc = spawn_logged(argv, env, log_path)
     worker = Worker(name, proc, log_path)
     try:
         _wait_ready(worker, env["REDIS_URL"])
@@ -110,6 +102,22 @@ def _wait_ready(worker: Worker, redis_url: str) -> None:
         raise RuntimeError(f"worker not ready in {READY_TIMEOUT_S} s:\n{worker.log_tail()}")
     finally:
         probe.close()
+
+
+def spawn_logged(
+    argv: list[str], env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a service process in its own session, output to `log_path`; it dies with us."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -161,16 +169,7 @@ def flower_process(
         flower_env["FLOWER_UNAUTHENTICATED_API"] = "true"
     argv = [sys.executable, "-m", "celery", "-A", "training_tasks", "flower"]
     argv += ["--address=127.0.0.1", f"--port={port}"]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            argv,
-            env=flower_env,
-            cwd=log_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    proc = spawn_logged(argv, flower_env, log_path, cwd=log_dir)
     flower = Flower(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         _wait_flower_ready(flower)

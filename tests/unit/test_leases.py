@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.registry_fixtures import NOW, register
-from training_tasks.ids import new_run_id, new_version_id
+from tests.registry_fixtures import NOW, queued_run, register
 from training_tasks.leases import LeaseKeeper
 from training_tasks.registry import runs
 from training_tasks.runtime import build_runtime
@@ -23,17 +22,7 @@ def test_a_held_lease_is_renewed_and_a_released_one_is_left_to_expire(tmp_path: 
     )
     rt = build_runtime(settings)
     register(rt.engine, "acme")
-    run = runs.create_run(
-        rt.engine,
-        run_id=new_run_id(),
-        org_id="acme",
-        version=new_version_id(NOW),
-        config={},
-        trigger="t",
-        auto_deploy=True,
-        actor="t",
-        now=NOW,
-    )
+    run = queued_run(rt.engine, "acme", NOW)
     claimed = runs.claim_stage(
         rt.engine, run["id"], "extract", owner="w1", worker="w1", now=rt.now(), ttl_s=0.3
     )

@@ -12,11 +12,10 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, register
+from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, queued_run, register
 from training_tasks.alerts import ALERT_CHANNEL
 from training_tasks.errors import NotFoundError
 from training_tasks.failure_alerts import alert_run_end
-from training_tasks.ids import new_run_id, new_version_id
 from training_tasks.paths import ModelStore
 from training_tasks.recovery import reap
 from training_tasks.registry import run_control, runs
@@ -62,17 +61,7 @@ def rt(sqlite_url: str, tmp_path: Path, clock: Clock) -> Iterator[Runtime]:
 
 def started_run(rt: Runtime, stage: str = "extract", *, attempt: int = 1) -> dict[str, Any]:
     """A run whose `stage` was claimed by worker w1 with a 60 s lease."""
-    run = runs.create_run(
-        rt.engine,
-        run_id=new_run_id(),
-        org_id="acme",
-        version=new_version_id(NOW),
-        config={},
-        trigger="test",
-        auto_deploy=True,
-        actor="test",
-        now=rt.now(),
-    )
+    run = queued_run(rt.engine, "acme", rt.now())
     index = runs.STAGES.index(stage)
     with rt.engine.begin() as conn:
         conn.execute(
@@ -154,17 +143,7 @@ def test_when_the_broker_refuses_the_resend_the_next_pass_tries_again(
 
 
 def test_a_queued_run_is_cancelled_at_once_and_audited(rt: Runtime) -> None:
-    run = runs.create_run(
-        rt.engine,
-        run_id=new_run_id(),
-        org_id="acme",
-        version=new_version_id(NOW),
-        config={},
-        trigger="test",
-        auto_deploy=True,
-        actor="test",
-        now=NOW,
-    )
+    run = queued_run(rt.engine, "acme", NOW)
     doc = run_control.request_cancel(rt.engine, "acme", actor="ops", now=NOW)
     assert doc == {"runId": run["id"], "version": run["version"], "status": "cancelled"}
     after = runs.get_run(rt.engine, run["id"])

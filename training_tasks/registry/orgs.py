@@ -79,7 +79,7 @@ def update_org(
             .values(name=org.name, config=_stored_config(org), scada_url=scada_url, updated_at=now)
         )
         if result.rowcount == 0:
-            raise NotFoundError(_missing(org.organization_id))
+            raise NotFoundError(not_registered(org.organization_id))
         _write_schedule(conn, org, actor, now)
         audit.record(
             conn,
@@ -113,7 +113,7 @@ def get_org_row(engine: Engine, org_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(organizations).where(organizations.c.id == org_id)).first()
     if row is None:
-        raise NotFoundError(_missing(org_id))
+        raise NotFoundError(not_registered(org_id))
     return dict(row._mapping)
 
 
@@ -214,7 +214,8 @@ def _write_schedule(conn: Any, org: OrgConfig, actor: str, now: datetime) -> Non
         schedules.record_change(conn, org.organization_id, change, actor=actor, now=now)
 
 
-def _missing(org_id: str) -> str:
+def not_registered(org_id: str) -> str:
+    """Why an unknown organization id is refused, and how to register it."""
     return (
         f"organization {org_id} is not registered; register it with "
         f"`trainctl org create {org_id} --config org.json`"

@@ -27,7 +27,7 @@ from training_tasks.db.tables import (
 from training_tasks.errors import NotFoundError
 from training_tasks.fields import iso, iso_or_none
 from training_tasks.ids import check_org_id
-from training_tasks.registry import audit, runs
+from training_tasks.registry import audit, orgs, runs
 
 
 @dataclass(frozen=True)
@@ -168,10 +168,7 @@ def set_schedule(
             query = query.with_for_update()
         config = conn.execute(query).scalar()
         if config is None:
-            raise NotFoundError(
-                f"organization {org_id} is not registered; register it with "
-                f"`trainctl org create {org_id} --config org.json`"
-            )
+            raise NotFoundError(orgs.not_registered(org_id))
         change = write_schedule(conn, org_id, spec, now=now)
         if change is not None:
             doc = {k: v for k, v in config.items() if k != "trainingSchedule"}
