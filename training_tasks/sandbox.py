@@ -1,18 +1,29 @@
 """Run an untrusted program with rlimits, an allow-listed environment and what isolation Linux allows.
 
-The child is a launcher (`python -I -S sandbox_launcher.py ...`, see that module) that sets the limits,
+The child is a launcher (`python -I -S -c ...`, see `sandbox_launcher`) that sets the limits,
 isolates, runs the program and exits as it did, so no Python code runs between fork and exec in
 this process: `run_sandboxed` is safe to call from several threads and installs no handlers.
+The limits and the description of how a run ended live in `sandbox_result`.
 
 Isolation. Where the kernel lets this process (as root, or through an unprivileged user
 namespace) the program runs as pid 2 of a new PID namespace with the launcher's tiny init as
 pid 1, in its own mount and network namespaces: no network (not even loopback), a /proc that
 shows only its own processes (so not the worker's environment with database and SCADA URLs),
-every file read-only except its working folder and the temporary folders, no capabilities even
-as root (so it cannot raise its rlimits or leave its namespaces), and a seccomp filter that
-refuses `socket()`, which also shuts Unix sockets such as PostgreSQL's. Where namespaces are
-not allowed (Docker's default seccomp profile refuses them) the seccomp filter alone keeps the
-network shut, and the sandbox logs once at WARNING what scripts can reach instead.
+no capabilities even as root (so it cannot raise its rlimits or leave its namespaces), and a
+seccomp filter that refuses `socket()`, which also shuts Unix sockets such as PostgreSQL's.
+
+Files (see `sandbox_mounts`). The program can write only into its working folder and into a
+private /tmp, /var/tmp and /dev/shm: one fresh tmpfs of at most `tmp_size_mb`, which no other
+run and not the host ever see, and which TMPDIR (if set) names. Everything else is read-only,
+wherever the service is installed: its code, its virtualenv, `ML_BASE_PATH` with every
+organization's models, data and scripts, and whatever the host keeps in /tmp and /var/tmp (the
+top entries of those show, read-only, at their usual paths, so a checkout, a venv or data files
+under /tmp stay readable). It can still *read* whatever its user can read.
+
+Where namespaces are not allowed (Docker's default seccomp profile refuses them) the seccomp
+filter alone keeps the network shut, and the sandbox logs once at WARNING what scripts can
+reach instead: /proc, every file its user may write, and the host's /tmp shared with every
+other process (so, where the checkout, the venv or `ML_BASE_PATH` lie under /tmp, those too).
 
 Processes. RLIMIT_NPROC counts every process and thread of the user and does not apply to
 root, so the process limit is enforced twice: inside the PID namespace by its own pid_max
@@ -34,14 +45,14 @@ script training 1M rows x 10 features x 100 iterations then peaks at about 330 M
 510 MB of address space and runs reliably from 640 MB (without the two settings it reserves 930 MB
 to 1.9 GB and failed at random even at 1.5 GB). The default of 8192 MB leaves room for roughly
 10x those rows; raise it for bigger data. A process at the limit usually raises MemoryError, but
-native code may crash (SIGSEGV/SIGABRT) instead. Each rlimit bounds one process.
+native code may crash (SIGSEGV/SIGABRT) instead. Each rlimit bounds one process. The private
+/tmp is memory too (tmpfs), on top of `memory_mb`; it defaults to the file size limit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
 import resource
@@ -52,19 +63,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from training_tasks import sandbox_launcher
 from training_tasks.sandbox_io import BoundedLog, Streams
 from training_tasks.sandbox_launcher import kill_processes_below, processes_below
+from training_tasks.sandbox_result import MB, ResourceLimits, SandboxResult
+
+__all__ = ["KILL_GRACE_S", "ResourceLimits", "SandboxResult", "allowed_env", "run_sandboxed"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_MB = 8192
 KILL_GRACE_S = 1.0
 DRAIN_S = 0.5
-MB = 1024 * 1024
 
 ENV_ALLOWED = frozenset(
     {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "USER", "LOGNAME"}
@@ -86,135 +97,23 @@ ENV_DENIED = re.compile(
     r"(^DATABASE_URL$|^REDIS_URL$|_KEYS?$|^KEYS?$|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|SCADA|_DSN$)",
     re.IGNORECASE,
 )
-MEMORY_SIGNS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
 # Isolation a host may not allow, and what a training script can do without it.
 ISOLATION_GAPS = {
     "network": "training scripts can reach the network (and local Unix sockets)",
     "proc": "training scripts can read /proc of this user's other processes, such as the "
     "worker's environment with its database and SCADA URLs",
     "readonly": "training scripts can write every file this user can, not only their own folder",
+    "tmp": "training scripts share the host's /tmp, /var/tmp and /dev/shm with every process: they "
+    "can read and replace other runs' temporary files, and anything of the service that lies "
+    "under /tmp (its code, its virtualenv, ML_BASE_PATH)",
 }
+# When the files are read-only but the kernel refused the private tmpfs.
+NO_PRIVATE_TMP = (
+    "training scripts get no private /tmp: the host's /tmp, /var/tmp and /dev/shm are read-only "
+    "to them, so tempfile fails (the kernel refused a tmpfs mount in the sandbox)"
+)
+PACKAGE_ROOT = Path(sandbox_launcher.__file__).resolve().parents[1]
 _warned: set[str] = set()
-
-
-@dataclass(frozen=True)
-class ResourceLimits:
-    """Per-process limits for the child; None leaves a limit as inherited.
-
-    `cpu_s=None` means wall timeout x CPU count: a backstop for anything that escapes the kill.
-    `processes` bounds the program's processes at once (see the module docstring); `network=True`
-    lets it use the network (and sockets at all).
-    """
-
-    memory_mb: int | None = DEFAULT_MEMORY_MB
-    cpu_s: int | None = None
-    file_size_mb: int | None = 1024
-    processes: int | None = 1024
-    open_files: int | None = 1024
-    network: bool = False
-
-    def launcher_arg(self, timeout_s: float) -> str:
-        """The limits as `NAME:soft:hard,...` for the launcher."""
-        cpu_s = self.cpu_s or math.ceil(timeout_s * (os.cpu_count() or 1)) + 60
-        # SIGXCPU at the soft limit lets the program say why; SIGKILL follows at the hard one.
-        items = [("CPU", cpu_s, cpu_s + 5)]
-        for name, value in (
-            ("AS", self.memory_mb and self.memory_mb * MB),
-            ("FSIZE", self.file_size_mb and self.file_size_mb * MB),
-            ("NPROC", self.processes),
-            ("NOFILE", self.open_files),
-        ):
-            if value is not None:
-                items.append((name, value, value))
-        return ",".join(f"{n}:{soft}:{hard}" for n, soft, hard in items)
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """How a sandboxed run ended and what it cost.
-
-    `signal` is the signal that ended the program, None if it exited or if the sandbox stopped
-    it for going over its process limit (`process_limit_hit`). `isolation` holds what the
-    launcher reported as in effect (`pid`, `net`, `proc`, `readonly`, `seccomp`, ...).
-    """
-
-    pid: int
-    returncode: int
-    signal: int | None
-    timed_out: bool
-    cancelled: bool
-    elapsed_s: float
-    cpu_s: float
-    peak_rss_mb: float
-    stderr_tail: tuple[str, ...]
-    timeout_s: float
-    limits: ResourceLimits
-    process_limit_hit: bool = False
-    isolation: frozenset[str] = frozenset()
-
-    @property
-    def ok(self) -> bool:
-        """True when the program exited with status 0 on its own."""
-        return self.returncode == 0 and not (
-            self.timed_out or self.cancelled or self.process_limit_hit
-        )
-
-    def reason(self) -> str:
-        """A sentence saying how the run ended, for error messages and logs."""
-        if self.cancelled:
-            return f"cancelled after {self.elapsed_s:.1f} s"
-        if self.timed_out:
-            return f"killed after {self.timeout_s:g} s timeout"
-        if self.process_limit_hit:
-            return (
-                f"was killed with all its processes for starting more than "
-                f"{self.limits.processes} at once (the process limit; a fork bomb?)"
-            )
-        if self.signal is not None:
-            return self._signal_reason(self.signal)
-        if self.returncode == 0:
-            return f"finished in {self.elapsed_s:.1f} s"
-        line = self.last_error_line() or "no error output"
-        return f"{self._cause()}exited with code {self.returncode}: {line}"
-
-    def last_error_line(self) -> str:
-        """The last non-blank line the program wrote on stderr."""
-        return next((line.strip() for line in reversed(self.stderr_tail) if line.strip()), "")
-
-    def _cause(self) -> str:
-        """What the error output says the program ran into, as `... — `, or nothing."""
-        tail = "\n".join(self.stderr_tail)
-        limits = self.limits
-        if any(sign in tail for sign in MEMORY_SIGNS):
-            limit = limits.memory_mb
-            return f"hit the memory limit of {limit} MB — " if limit else "ran out of memory — "
-        if "File too large" in tail:
-            return f"wrote a file past the file size limit of {limits.file_size_mb} MB — "
-        if "Read-only file system" in tail:
-            return "wrote outside its working folder, which training scripts may not — "
-        if "Resource temporarily unavailable" in tail and "fork" in tail:
-            return f"hit the process limit of {limits.processes} — "
-        if not limits.network and (
-            "Network is unreachable" in tail or ("socket" in tail and "Permission denied" in tail)
-        ):
-            return "tried to use the network, which training scripts may not — "
-        return ""
-
-    def _signal_reason(self, number: int) -> str:
-        name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
-        if number == signal.SIGKILL:
-            return f"killed by SIGKILL — most likely {self._memory_cause()}"
-        if number == signal.SIGXCPU:
-            return f"stopped by SIGXCPU: it used up its CPU time limit ({self.elapsed_s:.0f} s in)"
-        if number == signal.SIGXFSZ:
-            return f"stopped by SIGXFSZ: a file outgrew the limit of {self.limits.file_size_mb} MB"
-        if number in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
-            return f"crashed with {name}; {self._memory_cause()} can cause this"
-        return f"killed by {name}"
-
-    def _memory_cause(self) -> str:
-        limit = self.limits.memory_mb
-        return f"the memory limit of {limit} MB" if limit else "the machine's out-of-memory killer"
 
 
 def allowed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -320,17 +219,21 @@ def _finish(
 
 def _warn_about_gaps(isolation: frozenset[str], limits: ResourceLimits) -> None:
     """Log once per process each way this host lets training scripts out of the sandbox."""
-    missing = {"proc", "readonly"} - isolation
+    missing = {"proc", "readonly", "tmp"} - isolation
     if not limits.network and not {"net", "seccomp"} & isolation:
         missing.add("network")
     for gap in sorted(missing - _warned):
         _warned.add(gap)
+        in_effect = " ".join(sorted(isolation)) or "none"
+        if gap == "tmp" and "readonly" in isolation:
+            log.warning("training sandbox: %s; isolation in effect: %s", NO_PRIVATE_TMP, in_effect)
+            continue
         log.warning(
             "training sandbox: %s: this host does not let the worker create namespaces "
             "(run as root or allow unprivileged user namespaces; in Docker, a seccomp profile "
             "that allows unshare); isolation in effect: %s",
             ISOLATION_GAPS[gap],
-            " ".join(sorted(isolation)) or "none",
+            in_effect,
         )
 
 
@@ -348,7 +251,9 @@ def _spawn(
         sys.executable,
         "-I",
         "-S",
-        sandbox_launcher.__file__,
+        "-c",
+        sandbox_launcher.LAUNCH,
+        str(PACKAGE_ROOT),
         limits.launcher_arg(timeout_s),
     ]
     return subprocess.Popen(

@@ -1,22 +1,25 @@
 """The launcher of a sandboxed program, and finding and killing the processes it leaves.
 
-Run as `python -I -S sandbox_launcher.py LIMITS MODE REPORT_FD PROGRAM [ARG...]`, this file is the
-launcher (so it imports only the standard library). It applies the limits, isolates what the
-kernel lets it, starts the program and exits the way the program did. Isolation, where allowed:
+Started as `python -I -S -c LAUNCH ROOT LIMITS MODE REPORT_FD PROGRAM [ARG...]` (see
+`sandbox.run_sandboxed`), `launch` is the launcher: with ROOT (the folder holding `training_tasks`)
+on sys.path it imports only the standard library and `sandbox_mounts`. It applies the limits,
+isolates what the kernel lets it, starts the program and exits the way the program did.
+Isolation, where allowed:
 
 - new PID, mount and (unless MODE is `network`) network namespaces, as root directly, otherwise
   inside a new user namespace that maps only the caller's own uid and gid;
 - in the PID namespace a tiny init runs the program and reaps; when the program ends the init
   exits, and the kernel kills every process left in the namespace, whatever session it started;
 - a fresh /proc that shows only the namespace (not the worker's environment), the whole
-  filesystem read-only except the working folder, /tmp, /var/tmp, /dev/shm and TMPDIR, and at
-  most `processes` + 300 pids (the per-namespace pid_max of Linux 6.14 and later);
+  filesystem read-only except the working folder and a private tmpfs on /tmp, /var/tmp and
+  /dev/shm, with TMPDIR (if set) pointing at it (see `sandbox_mounts`), and at most
+  `processes` + 300 pids (the per-namespace pid_max of Linux 6.14 and later);
 - for the program itself: no capabilities (also as root), no_new_privs, and (without network) a
   seccomp filter that refuses `socket()` and `io_uring_setup()`, which also shuts the database's
   Unix socket, that a network namespace does not;
 - without a PID namespace the launcher is a child subreaper and kills whatever the program left.
 
-What took effect goes to REPORT_FD as words (`pid net proc readonly pidmax nocaps seccomp ...`).
+What took effect goes to REPORT_FD as words (`pid net proc readonly tmp pidmax nocaps ...`).
 """
 
 from __future__ import annotations
@@ -30,17 +33,21 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Iterable
 from typing import NoReturn
+
+from training_tasks import sandbox_mounts
+from training_tasks.sandbox_mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 22, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1
 # (audit arch, socket syscall number); io_uring_setup is 425 on both.
 SECCOMP_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
-WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# Launched as `python -I -S -c LAUNCH ROOT ...`: -I leaves the service's folder off sys.path.
+LAUNCH = (
+    "import sys; sys.path.append(sys.argv[1]); "
+    "from training_tasks.sandbox_launcher import launch; launch(sys.argv[2:])"
+)
 EXTRA_PIDS = 300  # pids below 300 are not reused after a wrap, so pid_max needs this headroom
 
 
@@ -132,7 +139,7 @@ def launch(args: list[str]) -> NoReturn:
     libc = ctypes.CDLL(None, use_errno=True)
     # Die with the worker process that started us, even if it is SIGKILLed.
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    max_processes = _apply_limits(limits)
+    max_processes, tmp_bytes = _apply_limits(limits)
     done = _isolate(libc, network)
     _report(report_fd, done)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the program come to us, not to init
@@ -144,7 +151,9 @@ def launch(args: list[str]) -> NoReturn:
         os.close(life_w)
         os.close(status_r)
         if "pid" in done:
-            _init(libc, argv, network, report_fd, (life_r, status_w), max_processes, done)
+            _init(
+                libc, argv, network, report_fd, (life_r, status_w), (max_processes, tmp_bytes), done
+            )
         _exec(libc, argv, network, report_fd)
     for fd in (report_fd, life_r, status_w):
         os.close(fd)
@@ -156,11 +165,15 @@ def launch(args: list[str]) -> NoReturn:
     _exit_like(status)
 
 
-def _apply_limits(arg: str) -> int | None:
-    """Set each `NAME:soft:hard` (never above the inherited hard limit); returns NPROC."""
-    processes = None
+def _apply_limits(arg: str) -> tuple[int | None, int]:
+    """Set each `NAME:soft:hard` (never above the inherited hard limit); returns NPROC and the
+    size of the private /tmp in bytes (`TMP`, not an rlimit)."""
+    processes, tmp_bytes = None, sandbox_mounts.DEFAULT_TMP_MB << 20
     for item in filter(None, arg.split(",")):
         name, soft_text, hard_text = item.split(":")
+        if name == "TMP":
+            tmp_bytes = int(hard_text)
+            continue
         which = getattr(resource, "RLIMIT_" + name)
         ceiling = resource.getrlimit(which)[1]
         soft, hard = int(soft_text), int(hard_text)
@@ -170,7 +183,7 @@ def _apply_limits(arg: str) -> int | None:
         resource.setrlimit(which, (soft, hard))
         if name == "NPROC":
             processes = soft
-    return processes
+    return processes, tmp_bytes
 
 
 def _isolate(libc: ctypes.CDLL, network: bool) -> list[str]:
@@ -204,7 +217,7 @@ def _init(
     network: bool,
     report_fd: int,
     pipes: tuple[int, int],
-    max_processes: int | None,
+    sizes: tuple[int | None, int],
     done: list[str],
 ) -> NoReturn:
     """Pid 1 of the namespace: prepare it, run the program, reap, report its status."""
@@ -212,8 +225,10 @@ def _init(
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if select.select([life_r], [], [], 0)[0]:
         os._exit(1)  # the launcher died before we could tie our life to it
-    made = _prepare_namespace(libc, done, max_processes)
+    made = _prepare_namespace(libc, done, *sizes)
     _report(report_fd, made)
+    if "tmp" in made:
+        sandbox_mounts.point_temp_vars_at_private_tmp(os.environ)
     child = os.fork()
     if child == 0:
         _exec(libc, argv, network, report_fd)
@@ -222,8 +237,10 @@ def _init(
     os._exit(0)  # the kernel now kills whatever is left in the namespace
 
 
-def _prepare_namespace(libc: ctypes.CDLL, done: list[str], max_processes: int | None) -> list[str]:
-    """Our own /proc, pid_max and read-only mounts, as far as allowed; returns what worked."""
+def _prepare_namespace(
+    libc: ctypes.CDLL, done: list[str], max_processes: int | None, tmp_bytes: int
+) -> list[str]:
+    """Our own /proc, pid_max and filesystem view, as far as allowed; returns what worked."""
     made = []
     private = "private" in done
     if (
@@ -234,9 +251,8 @@ def _prepare_namespace(libc: ctypes.CDLL, done: list[str], max_processes: int | 
     # Before the read-only remount, which covers /proc/sys too.
     if max_processes and _set_pid_max(max_processes + EXTRA_PIDS):
         made.append("pidmax")
-    writable = [os.getcwd(), *WRITABLE_DIRS, os.environ.get("TMPDIR", "")]
-    if private and _read_only_outside(libc, writable):
-        made.append("readonly")
+    if private:
+        made += sandbox_mounts.restrict_filesystem(libc, tmp_bytes)
     return made
 
 
@@ -250,35 +266,6 @@ def _set_pid_max(value: int) -> bool:
     except (ValueError, OSError):
         return False
     return True
-
-
-def _read_only_outside(libc: ctypes.CDLL, writable: Iterable[str]) -> bool:
-    """Remount everything read-only but `writable` (bound onto themselves first)."""
-    cwd = os.getcwd()
-    paths = sorted({os.path.realpath(p) for p in writable if p and os.path.isdir(p)}, key=len)
-    for path in paths:
-        if libc.mount(path.encode(), path.encode(), None, MS_BIND | MS_REC, None) != 0:
-            return False
-    if _mount_setattr(libc, "/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY) != 0:
-        return False
-    for path in paths:
-        if _mount_setattr(libc, path, 0, clear=MOUNT_ATTR_RDONLY) != 0:
-            sys.stderr.write(f"sandbox: cannot keep {path} writable\n")
-            os._exit(127)
-    os.chdir(cwd)  # onto the writable bind mount, not the folder beneath it
-    return True
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_uint64) for n in ("attr_set", "attr_clr", "propagation", "userns")]
-
-
-def _mount_setattr(libc: ctypes.CDLL, path: str, flags: int, set_: int = 0, clear: int = 0) -> int:
-    attr = _MountAttr(set_, clear, 0, 0)
-    result: int = libc.syscall(
-        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
-    )
-    return result
 
 
 def _exec(libc: ctypes.CDLL, argv: list[str], network: bool, report_fd: int) -> NoReturn:
@@ -381,7 +368,3 @@ def _report(fd: int, words: list[str]) -> None:
 def _write(path: str, text: str) -> None:
     with open(path, "w") as handle:
         handle.write(text)
-
-
-if __name__ == "__main__":
-    launch(sys.argv[1:])

@@ -27,11 +27,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.integration.processes import celery_worker, service_env
+from tests.security.conftest import needs
 from tests.unit.test_train_stage import VERSION, training_config
 from training_tasks.demo import scada
 from training_tasks.errors import TrainingError, TrainingKilled
 from training_tasks.runtime import build_runtime
-from training_tasks.sandbox import KILL_GRACE_S, ResourceLimits, allowed_env, run_sandboxed
+from training_tasks.sandbox import KILL_GRACE_S, ResourceLimits
 from training_tasks.service import TrainingService
 from training_tasks.settings import BUNDLED_SCRIPT, Settings
 from training_tasks.stages.train import TrainResult, train
@@ -121,24 +122,6 @@ def attack(tmp_path: Path) -> Iterator[Attack]:
     yield attacker
     for line in attacker.leftovers():  # never leave a failed test's processes running
         psutil.Process(int(line.split(":")[0])).kill()
-
-
-@pytest.fixture(scope="module")
-def isolation(tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
-    """What the sandbox manages to isolate on this host."""
-    result = run_sandboxed(
-        ["true"],
-        cwd=tmp_path_factory.mktemp("probe"),
-        env=allowed_env(),
-        timeout_s=10,
-        limits=LIMITS,
-    )
-    return result.isolation
-
-
-def needs(isolation: frozenset[str], *parts: str) -> None:
-    if missing := set(parts) - isolation:
-        pytest.skip(f"this host does not allow {', '.join(sorted(missing))} isolation")
 
 
 def test_a_memory_bomb_fails_naming_the_memory_limit(attack: Attack) -> None:

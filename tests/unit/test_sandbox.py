@@ -354,5 +354,6 @@ def test_without_namespaces_sockets_stay_shut_leftovers_die_and_a_warning_says_s
     _, _, grandchild_s = out["grandchild"]
     assert grandchild_s < 3.0 and wait_until_gone(marker) == []
     warnings = [line for line in harness.stderr.splitlines() if line.startswith("WARNING")]
-    assert len(warnings) == 2, harness.stderr  # /proc and read-only files, once each
-    assert "worker's environment" in warnings[0] or "worker's environment" in warnings[1]
+    assert len(warnings) == 3, harness.stderr  # /proc, read-only files and /tmp, once each
+    assert any("worker's environment" in line for line in warnings)
+    assert any("share the host's /tmp" in line for line in warnings)
