@@ -2,8 +2,10 @@
 
 `ml:model:<org>:current` holds the deployment as JSON; the same JSON plus an `event` field
 (`deployed` or `rolled_back`) is published on `ml:models:<org>`. `sequence` grows by one on every
-deploy or rollback, so a reader ignores stale or repeated messages. This module imports neither
-Celery nor SQLAlchemy: prediction services embed it through the model cache.
+deploy or rollback, so a reader ignores stale or repeated messages. A reader that finds no key
+falls back on the `models/<org>/current` link, and on `deployed_<version>/deployment.json` (the
+key's JSON, `DEPLOYMENT_FILE`) where deploy wrote one. This module imports neither Celery nor
+SQLAlchemy: prediction services embed it through the model cache.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 EVENTS = ("deployed", "rolled_back")
+# Beside a deployed model: the deployment as the current key holds it, for readers without Redis.
+DEPLOYMENT_FILE = "deployment.json"
 
 # Set the key and publish only if the sequence is newer than the one stored: a late or repeated
 # publish can never move a reader backwards.

@@ -6,15 +6,21 @@ It exists so the hot-swap can be exercised the way prediction services use it. E
                                                                "probabilities": [...]}
     GET  /health          {"status": "ok", "replicaId", "versions": {org: version}}
 
+Connections are HTTP/1.1 keep-alive. Each response leaves in one send (status line, headers and
+body are buffered and flushed together) on a socket with TCP_NODELAY: a response split in two small
+sends would otherwise wait for the client's delayed ACK (Nagle), about 40 ms per request.
+
 It binds to loopback unless told otherwise and imports neither Celery nor SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import signal
+import socket
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -22,27 +28,65 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from workers.model_cache import ModelCache, ModelUnavailable
+from workers.model_cache import Fallback, ModelCache, ModelUnavailable
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ROWS = 100_000
 PREDICT_PATH = re.compile(r"^/predict/([a-z0-9][a-z0-9-]{0,62})$")
+# Most replies (a few hundred rows) fit, so they leave in one send; a larger one is sent in pieces,
+# which TCP_NODELAY keeps from waiting on ACKs.
+RESPONSE_BUFFER_BYTES = 64 * 1024
+# An idle keep-alive connection holds a thread; a client that went quiet this long reconnects.
+IDLE_TIMEOUT_S = 75.0
 
 
 class PredictionServer(ThreadingHTTPServer):
-    """A threading HTTP server that owns a model cache."""
+    """A threading HTTP server that owns a model cache and closes its keep-alive connections."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], cache: ModelCache) -> None:
         super().__init__(address, _Handler)
         self.cache = cache
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection and remember it until its handler is done."""
+        conn, address = super().get_request()
+        with self._open_lock:
+            self._open.add(conn)
+        return conn, address
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget and close a connection whose handler is done."""
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Close the listening socket, then end the idle keep-alive connections."""
+        super().server_close()
+        with self._open_lock:
+            still_open = list(self._open)
+        for conn in still_open:  # the handler blocked on the next request sees EOF and ends
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: PredictionServer
     protocol_version = "HTTP/1.1"
+    wbufsize = RESPONSE_BUFFER_BYTES  # handle_one_request flushes once the reply is written
+    disable_nagle_algorithm = True
+    timeout = IDLE_TIMEOUT_S
+
+    def handle_expect_100(self) -> bool:
+        """Send the 100 Continue now: the buffer would hold it while the client waits for it."""
+        answered = super().handle_expect_100()
+        self.wfile.flush()
+        return answered
 
     def do_GET(self) -> None:
         if self.path != "/health":
@@ -55,16 +99,21 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self) -> None:
+        try:
+            body = self._body()  # read first, so the connection is ready for the next request
+        except _BadRequest as exc:
+            self.close_connection = True  # an unread body would be taken for the next request
+            self._reply(exc.status, {"error": str(exc)})
+            return
         match = PREDICT_PATH.match(self.path)
         if match is None:
             self._reply(HTTPStatus.NOT_FOUND, {"error": "POST /predict/<organizationId>"})
             return
         org_id = match.group(1)
         try:
-            rows = self._rows()
-            prediction = self.server.cache.predict(org_id, rows)
+            prediction = self.server.cache.predict(org_id, _rows(body))
         except _BadRequest as exc:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            self._reply(exc.status, {"error": str(exc)})
             return
         except ModelUnavailable as exc:
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
@@ -81,28 +130,33 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _rows(self) -> list[list[float]]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_BODY_BYTES:
-            raise _BadRequest(f"send a JSON body of 1 to {MAX_BODY_BYTES} bytes")
+    def _body(self) -> bytes:
+        raw = self.headers.get("Content-Length")
+        if raw is None:  # also a chunked body: this service reads Content-Length bodies only
+            raise _BadRequest(
+                "send the JSON body with a Content-Length header", HTTPStatus.LENGTH_REQUIRED
+            )
         try:
-            body = json.loads(self.rfile.read(length))
-        except json.JSONDecodeError as exc:
-            raise _BadRequest(f"the body is not JSON ({exc.msg})") from None
-        rows = body.get("rows") if isinstance(body, dict) else None
-        if not isinstance(rows, list) or not rows or len(rows) > MAX_ROWS:
-            raise _BadRequest(f'rows: give {{"rows": [[...], ...]}} with 1 to {MAX_ROWS} rows')
-        if not all(isinstance(row, list) for row in rows):
-            raise _BadRequest("rows: every row must be a list of numbers in feature order")
-        return rows
+            length = int(raw)
+        except ValueError:
+            raise _BadRequest(f"Content-Length {raw!r} is not a number of bytes") from None
+        if length <= 0 or length > MAX_BODY_BYTES:
+            status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > 0 else HTTPStatus.BAD_REQUEST
+            raise _BadRequest(f"send a JSON body of 1 to {MAX_BODY_BYTES} bytes", status)
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise _BadRequest(f"the body ended after {len(body)} of {length} bytes")
+        return body
 
     def _reply(self, status: HTTPStatus, doc: dict[str, Any]) -> None:
         data = json.dumps(doc).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(data)  # into the same buffer as the headers: one send
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -110,6 +164,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _BadRequest(Exception):
     """The request body is not what /predict takes; the message says what is."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _rows(body: bytes) -> list[list[float]]:
+    """The rows of a /predict body, or _BadRequest saying what the body should be."""
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise _BadRequest(f"the body is not JSON ({reason})") from None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not rows or len(rows) > MAX_ROWS:
+        raise _BadRequest(f'rows: give {{"rows": [[...], ...]}} with 1 to {MAX_ROWS} rows')
+    if not all(isinstance(row, list) for row in rows):
+        raise _BadRequest("rows: every row must be a list of numbers in feature order")
+    return rows
 
 
 class PredictionService:
@@ -124,8 +197,11 @@ class PredictionService:
         host: str = "127.0.0.1",
         port: int = 8080,
         replica_id: str | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
-        self.cache = ModelCache(redis_url, ml_base_path, organizations, replica_id=replica_id)
+        self.cache = ModelCache(
+            redis_url, ml_base_path, organizations, replica_id=replica_id, fallback=fallback
+        )
         self.address = (host, port)
         self.server: PredictionServer | None = None
         self._thread: threading.Thread | None = None
@@ -166,8 +242,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     replica_id: str | None = None,
+    fallback: Fallback | None = None,
 ) -> None:
-    """Run the service until SIGTERM or SIGINT."""
+    """Run the service until SIGTERM or SIGINT.
+
+    `fallback` finds an organization's deployment while Redis holds no announcement of it
+    (default: the `models/<org>/current` link, see workers.model_cache.fallback).
+    """
     stop = threading.Event()
 
     def shutdown(signum: int, _frame: Any) -> None:
@@ -177,7 +258,13 @@ def serve(
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     service = PredictionService(
-        redis_url, ml_base_path, organizations, host=host, port=port, replica_id=replica_id
+        redis_url,
+        ml_base_path,
+        organizations,
+        host=host,
+        port=port,
+        replica_id=replica_id,
+        fallback=fallback,
     )
     with service:
         log.info("serving %s on http://%s:%s", ", ".join(organizations), host, service.port)

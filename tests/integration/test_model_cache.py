@@ -177,6 +177,81 @@ def test_a_path_into_another_organizations_folder_is_refused(
         assert cache.version(org) == version_id(1)
 
 
+def _point_current(base: Path, org: str, version: str) -> None:
+    """Move `models/<org>/current` as deploy does, after the database commit."""
+    from training_tasks.files import replace_symlink
+
+    replace_symlink(base / "models" / org / "current", f"deployed_{version}")
+
+
+def test_a_cache_started_while_redis_announces_nothing_serves_the_linked_version_until_a_deploy(
+    redis: redis_lib.Redis,
+    redis_url: str,
+    base: Path,
+    org: str,
+    deploy: Callable[..., Deployment],
+) -> None:
+    deploy(org, 1)
+    _point_current(base, org, version_id(1))
+    redis.delete(hotswap.current_key(org))  # Redis restarted without persistence
+    with running(redis_url, base, [org], resync_interval_s=0.3) as cache:
+        assert cache.predict(org, ROWS).version == version_id(1)
+        assert read_replicas(redis, org)[cache.replica_id]["sequence"] == 0
+        time.sleep(1.0)  # a few re-reads while the key is still missing: nothing is reloaded
+        assert cache.stats()[org].loads == 1
+        deploy(org, 2)
+        wait_until(lambda: cache.version(org) == version_id(2), "the announced version 2")
+        _point_current(base, org, version_id(2))
+        redis.flushdb()  # the key goes away again: the served model stays
+        time.sleep(1.0)
+        assert cache.predict(org, ROWS).version == version_id(2)
+        assert cache.stats()[org].loads == 2
+
+
+def test_with_deploys_record_a_stale_key_that_reappears_is_ignored(
+    redis: redis_lib.Redis,
+    redis_url: str,
+    base: Path,
+    org: str,
+    deploy: Callable[..., Deployment],
+) -> None:
+    old = deploy(org, 3, publish=False)
+    newest = deploy(org, 5, publish=False)
+    (Path(newest.modelPath).parent / hotswap.DEPLOYMENT_FILE).write_text(newest.to_json())
+    _point_current(base, org, newest.version)
+    redis.delete(hotswap.current_key(org))
+    with running(redis_url, base, [org], resync_interval_s=0.3) as cache:
+        assert cache.predict(org, ROWS).version == version_id(5)
+        assert read_replicas(redis, org)[cache.replica_id]["sequence"] == 5
+        redis.set(hotswap.current_key(org), old.to_json())  # an old snapshot comes back
+        time.sleep(1.0)
+        assert cache.version(org) == version_id(5)
+        deploy(org, 6)
+        wait_until(lambda: cache.version(org) == version_id(6), "the announced version 6")
+        assert cache.stats()[org].loads == 2
+
+
+def test_a_linked_model_that_fails_its_checks_is_not_served_and_the_503_says_why(
+    redis: redis_lib.Redis,
+    redis_url: str,
+    base: Path,
+    org: str,
+    deploy: Callable[..., Deployment],
+) -> None:
+    first = deploy(org, 1)
+    renamed = base / "models" / org / f"deployed_{version_id(2)}" / "model.onnx"
+    renamed.parent.mkdir(parents=True)
+    renamed.write_bytes(Path(first.modelPath).read_bytes())  # version 1's file as version 2
+    _point_current(base, org, version_id(2))
+    redis.delete(hotswap.current_key(org))
+    with running(redis_url, base, [org]) as cache:
+        with pytest.raises(ModelUnavailable, match=f"metadata version='{version_id(1)}'"):
+            cache.predict(org, ROWS)
+        # Each re-read of the missing key tries the link again (the subscription's first one too).
+        assert cache.stats()[org].load_failures >= 1
+        assert cache.version(org) is None
+
+
 def _kill_subscriber(redis: redis_lib.Redis, cache: ModelCache) -> None:
     name = f"model-cache:{cache.replica_id}"
     ids = [c["id"] for c in redis.client_list(_type="pubsub") if c.get("name") == name]
@@ -272,6 +347,9 @@ def test_a_cache_in_another_process_swaps_and_its_entry_expires_when_it_dies(
     reader.start()
     try:
         wait_until(lambda: "child" in read_replicas(redis, org), "the child's entry", 30.0)
+        # Its entry is written before its first prediction: wait for that one, or a loaded
+        # machine lets version 2 arrive first.
+        wait_until(lambda: version_id(1) in lines, "the child's predictions by version 1")
         deploy(org, 2)
         wait_until(
             lambda: read_replicas(redis, org)["child"]["version"] == version_id(2),

@@ -1,27 +1,49 @@
-"""The reference prediction service answers through every swap: no failed or wrong-version reply."""
+"""The reference prediction service: it answers through every swap, answers keep-alive requests
+as fast as fresh connections, and serves the deployed model while Redis announces none."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import pytest
+import redis as redis_lib
 
 from tests.integration.conftest import version_id
-from tests.unit.onnx_fixtures import FEATURES
+from tests.integration.processes import free_port, spawn_logged, stop_group, wait_for
+from tests.registry_fixtures import finished_run, migrated_engine, record_model, register
+from tests.unit.onnx_fixtures import FEATURES, to_onnx
+from training_tasks import hotswap
 from training_tasks.hotswap import Deployment
-from workers.prediction_service import PredictionService
+from workers.model_cache import read_replicas
+from workers.prediction_service import MAX_BODY_BYTES, PredictionService
 
 pytestmark = pytest.mark.integration
 ROW = [0.5] * len(FEATURES)
+BODY = json.dumps({"rows": [ROW]})
+TRAINCTL = [sys.executable, "-m", "training_tasks.cli"]
+READY_TIMEOUT_S = 60.0
+SWAP_TIMEOUT_S = 10.0
 
 
-def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+def call(
+    port: int, method: str, path: str, body: Any = None, *, timeout_s: float = 5
+) -> tuple[int, dict[str, Any]]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",
@@ -30,10 +52,12 @@ def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, dict
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+    except OSError:  # not listening yet, or gone
+        return 0, {}
 
 
 @pytest.fixture
@@ -94,8 +118,6 @@ def test_deploys_and_rollbacks_under_load_fail_no_request(service, org, deploy) 
 
 
 def _wait_served(service: PredictionService, org: str, version: str) -> None:
-    import time
-
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if service.cache.version(org) == version:
@@ -104,48 +126,230 @@ def _wait_served(service: PredictionService, org: str, version: str) -> None:
     raise AssertionError(f"{version} not served within 5 s")
 
 
-def test_trainctl_serve_answers_and_status_shows_its_confirmation(
-    tmp_path: Path, redis_url: str, base: Path, org: str, deploy: Callable[..., Deployment]
+def test_a_refused_request_leaves_the_keep_alive_connection_usable(service, org) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=5)
+    try:
+        answers = [
+            _post(conn, f"/predict/{org}", BODY)[0],
+            _post(conn, f"/predict/{org}", "{not json")[0],
+            _post(conn, "/nowhere", BODY)[0],  # its body is read, not taken for the next request
+            _post(conn, f"/predict/{org}", BODY)[0],
+        ]
+        local_ports = {conn.sock.getsockname()[1]} if conn.sock else set()
+        # A body too large is not read: the reply closes the connection instead.
+        conn.putrequest("POST", f"/predict/{org}")
+        conn.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+        conn.endheaders()
+        too_large = conn.getresponse()
+        too_large.read()
+    finally:
+        conn.close()
+    assert answers == [200, 400, 404, 200]
+    assert len(local_ports) == 1
+    assert (too_large.status, too_large.getheader("Connection")) == (413, "close")
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_the_body(service, org) -> None:
+    body = BODY.encode()
+    head = (
+        f"POST /predict/{org} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", service.port), timeout=2) as sock:
+        sock.sendall(head.encode())
+        interim = sock.recv(4096)  # times out (2 s) if the 100 stays in the server's buffer
+        sock.sendall(body)
+        final = sock.makefile("rb").readline()
+    assert interim.startswith(b"HTTP/1.1 100")
+    assert final.startswith(b"HTTP/1.1 200")
+
+
+def test_closing_the_service_ends_its_idle_keep_alive_connections(
+    redis_url: str, base: Path, org: str, deploy: Callable[..., Deployment]
 ) -> None:
-    import os
-    import subprocess
-    import sys
+    deploy(org, 1)
+    service = PredictionService(redis_url, base, [org], port=0).start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", service.port), timeout=5)
+        request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        conn.sendall(request)
+        reply = conn.makefile("rb")
+        assert reply.readline().startswith(b"HTTP/1.1 200")
+    finally:
+        service.close()
+    with conn, reply:
+        rest = reply.read()  # up to EOF: the server closed the kept connection (5 s timeout)
+    assert b'"status": "ok"' in rest
 
-    from tests.registry_fixtures import migrated_engine, register
-    from training_tasks.child_process import die_with_parent
 
-    database_url = f"sqlite:///{tmp_path / 'svc.db'}"
-    engine = migrated_engine(database_url)
+# -- `trainctl serve` as a process -------------------------------------------------------------
+
+
+@pytest.fixture
+def serve_env(tmp_path: Path, redis_url: str, base: Path) -> dict[str, str]:
+    """The environment of a `trainctl serve` on this test's Redis, SQLite database and ML folder."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}",
+        "ML_BASE_PATH": str(base),
+    }
+
+
+@contextlib.contextmanager
+def trainctl_serve(env: dict[str, str], org: str, *options: str) -> Iterator[int]:
+    """Run `trainctl serve` for `org` until the block ends; yields its port once /health answers."""
+    port = free_port()
+    log_path = Path(env["ML_BASE_PATH"]).parent / f"serve-{port}.log"
+    argv = [*TRAINCTL, "serve", "--port", str(port), "--org", org, *options]
+    proc = spawn_logged(argv, env, log_path)
+
+    def log_tail() -> str:
+        return log_path.read_text(errors="replace")[-4000:]
+
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or call(port, "GET", "/health", timeout_s=1)[0] == 200,
+            READY_TIMEOUT_S,
+            f"trainctl serve on port {port}",
+        )
+        assert proc.poll() is None, f"trainctl serve exited {proc.returncode}:\n{log_tail()}"
+        yield port
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, f"trainctl serve did not stop cleanly:\n{log_tail()}"
+
+
+def test_trainctl_serve_answers_and_status_shows_its_confirmation(
+    serve_env: dict[str, str], org: str, deploy: Callable[..., Deployment]
+) -> None:
+    engine = migrated_engine(serve_env["DATABASE_URL"])
     register(engine, org)
     engine.dispose()
     deployed = deploy(org, 1)
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "ML_BASE_PATH": str(base),
-    }
-    trainctl = [sys.executable, "-m", "training_tasks.cli"]
-    proc = subprocess.Popen(
-        [*trainctl, "serve", "--port", "0", "--org", org, "--replica-id", "replica-a"],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "serving" in line, line
-        port = int(line.rsplit(":", 1)[1])
+    with trainctl_serve(serve_env, org, "--replica-id", "replica-a") as port:
         status, doc = call(port, "POST", f"/predict/{org}", {"rows": [ROW]})
         assert (status, doc["version"]) == (200, deployed.version)
         shown = subprocess.run(
-            [*trainctl, "status", org], env=env, capture_output=True, text=True, timeout=60
+            [*TRAINCTL, "status", org], env=serve_env, capture_output=True, text=True, timeout=60
         )
         assert "replica-a" in shown.stdout and deployed.version in shown.stdout, (
             shown.stdout + shown.stderr
         )
+
+
+def test_keep_alive_requests_are_answered_as_fast_as_fresh_connections(
+    serve_env: dict[str, str], org: str, deploy: Callable[..., Deployment]
+) -> None:
+    engine = migrated_engine(serve_env["DATABASE_URL"])
+    register(engine, org)
+    engine.dispose()
+    deploy(org, 1)
+    with trainctl_serve(serve_env, org) as port:
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        kept_ms, fresh_ms, local_ports = [], [], set()
+        try:
+            _post(kept, f"/predict/{org}", BODY)  # the first request pays for the connect
+            for _ in range(40):  # interleaved, so both see the same load on the machine
+                kept_ms.append(_timed_post(kept, org))
+                local_ports.add(kept.sock.getsockname()[1] if kept.sock else None)
+                fresh = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    fresh_ms.append(_timed_post(fresh, org))
+                finally:
+                    fresh.close()
+        finally:
+            kept.close()
+    kept_p50, fresh_p50 = statistics.median(kept_ms), statistics.median(fresh_ms)
+    print(f"p50 keep-alive {kept_p50:.2f} ms, fresh connection {fresh_p50:.2f} ms")
+    assert len(local_ports) == 1, f"the connection was not kept: local ports {local_ports}"
+    assert kept_p50 < 10.0
+    assert kept_p50 <= 3 * fresh_p50
+
+
+@pytest.mark.parametrize(
+    ("fallback", "status", "sequence"),
+    [("database", 200, 1), ("disk", 200, 0), ("none", 503, None)],
+)
+def test_trainctl_serve_started_while_redis_announces_nothing_serves_the_deployed_version(
+    serve_env: dict[str, str],
+    redis: redis_lib.Redis,
+    org: str,
+    booster: lgb.Booster,
+    fallback: str,
+    status: int,
+    sequence: int | None,
+) -> None:
+    svc, (first, second) = _registry_with_versions(serve_env, org, booster)
+    try:
+        recorded = svc.rt.store.deployed_dir(org, first)
+        svc.deploy_model(org, first, actor="test")
+        redis.delete(hotswap.current_key(org))  # as after a restart of a Redis without persistence
+        replica = f"replica-{fallback}"
+        with trainctl_serve(
+            serve_env, org, "--fallback", fallback, "--replica-id", replica
+        ) as port:
+            answer, doc = call(port, "POST", f"/predict/{org}", {"rows": [ROW]})
+            assert answer == status, doc
+            if status == 200:
+                assert doc["version"] == first
+            else:
+                assert org in doc["error"] and "no deployment" in doc["error"]
+            if fallback == "disk" and (recorded / hotswap.DEPLOYMENT_FILE).exists():
+                sequence = 1  # deploy's record beside the model gives the link its sequence
+            assert read_replicas(redis, org)[replica]["sequence"] == sequence
+            svc.deploy_model(org, second, actor="test")  # announced: it replaces the fallback
+            wait_for(
+                lambda: (
+                    call(port, "POST", f"/predict/{org}", {"rows": [ROW]})[1].get("version")
+                    == second
+                ),
+                SWAP_TIMEOUT_S,
+                f"{org} served by {second}",
+                interval_s=0.05,
+            )
+            wait_for(
+                lambda: read_replicas(redis, org)[replica]["sequence"] == 2,
+                SWAP_TIMEOUT_S,
+                "the confirmation of sequence 2",
+                interval_s=0.05,
+            )
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
+        svc.close()
+
+
+def _registry_with_versions(
+    env: dict[str, str], org: str, booster: lgb.Booster
+) -> tuple[Any, tuple[str, str]]:
+    """A service on the test's database with `org` registered and two validated versions."""
+    from training_tasks.runtime import build_runtime
+    from training_tasks.service import TrainingService
+    from training_tasks.settings import Settings
+
+    svc = TrainingService(build_runtime(Settings.from_env(env)))
+    register(svc.rt.engine, org)
+    made = []
+    for n in range(2):
+        now = datetime(2026, 6, 1, 12, 0, n, tzinfo=UTC)
+        run_id, version = finished_run(svc.rt.engine, org, now)
+        data = to_onnx(booster, org_id=org, version=version).SerializeToString()
+        report = {"passed": True}
+        record_model(
+            svc.rt.engine, svc.rt.store, org, version, run_id, now=now, data=data, report=report
+        )
+        made.append(version)
+    return svc, (made[0], made[1])
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: str) -> tuple[int, bytes]:
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    return reply.status, reply.read()
+
+
+def _timed_post(conn: http.client.HTTPConnection, org: str) -> float:
+    started = time.perf_counter()
+    status, _ = _post(conn, f"/predict/{org}", BODY)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    assert status == 200
+    return elapsed_ms

@@ -3,22 +3,29 @@
     with ModelCache(redis_url, ml_base_path, ["acme-corp"]) as cache:
         prediction = cache.predict("acme-corp", [[71.5, 2.1, 0.03, 1480.0]])
 
+While Redis holds no announcement of an organization it serves the deployment the
+`models/<org>/current` link names, verified like an announced one (see `fallback`).
+
 It imports neither Celery nor SQLAlchemy: only redis, onnxruntime, numpy, the standard library
 and the hot-swap protocol module `training_tasks.hotswap`.
 """
 
 from workers.model_cache.cache import ModelCache, Prediction
 from workers.model_cache.errors import ModelCacheError, ModelRejected, ModelUnavailable
+from workers.model_cache.fallback import Fallback, LinkFallback, no_fallback
 from workers.model_cache.replicas import read_replicas, replicas_key
 from workers.model_cache.slots import OrgStats
 
 __all__ = [
+    "Fallback",
+    "LinkFallback",
     "ModelCache",
     "ModelCacheError",
     "ModelRejected",
     "ModelUnavailable",
     "OrgStats",
     "Prediction",
+    "no_fallback",
     "read_replicas",
     "replicas_key",
 ]

@@ -10,6 +10,11 @@ confirmed, which happens at start and after every reconnection, whether redis-py
 its own or the listener built a new subscription after an error, (2) every `resync_interval_s`
 anyway. A connection that stays open but answers nothing is found by a ping on the subscription:
 no pong within `_PONG_TIMEOUT_S` and the listener reconnects.
+
+An organization whose key is missing (Redis restarted empty, flushed, or new) is offered what the
+`fallback` finds, by default the `models/<org>/current` link (see `fallback`), checked like any
+announced model; the sequence rules decide as for announcements, so a published deployment with
+a newer sequence replaces it as soon as it is heard or re-read.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from redis.retry import Retry
 from training_tasks import hotswap
 from training_tasks.hotswap import Deployment
 from workers.model_cache import replicas
-from workers.model_cache.errors import ModelCacheError
+from workers.model_cache.errors import ModelCacheError, ModelRejected
+from workers.model_cache.fallback import Fallback, LinkFallback
 from workers.model_cache.model import LoadedModel, check_org_id, load_model
 from workers.model_cache.slots import OrgStats, ServingSlots
 
@@ -75,7 +81,10 @@ class ModelCache:
         confirm_ttl_s: float = 30.0,
         intra_op_num_threads: int = 1,
         load_threads: int = 2,
+        fallback: Fallback | None = None,
     ) -> None:
+        """`fallback` finds a deployment while Redis announces none (default: the `current` link;
+        `no_fallback` serves announcements only)."""
         orgs = list(dict.fromkeys(check_org_id(org) for org in organizations))
         if not orgs:
             raise ValueError("organizations is empty; give the organizations this cache serves")
@@ -89,6 +98,7 @@ class ModelCache:
         self.resync_interval_s = resync_interval_s
         self.confirm_ttl_s = confirm_ttl_s
         self.intra_op_num_threads = intra_op_num_threads
+        self._fallback = fallback if fallback is not None else LinkFallback(self.ml_base_path)
         self._slots: ServingSlots[LoadedModel] = ServingSlots(
             orgs, self._load, on_change=self._confirm_one, load_threads=load_threads
         )
@@ -214,7 +224,41 @@ class ModelCache:
         """Read every organization's current key and load what is newer than what it serves."""
         keys = [hotswap.current_key(org) for org in self.organizations]
         for org, raw in zip(self.organizations, self._redis.mget(keys), strict=True):
-            self._offer(org, raw, announced=False)
+            if raw is None:
+                self._fall_back(org)
+            else:
+                self._offer(org, raw, announced=False)
+
+    def _fall_back(self, org_id: str) -> None:
+        """Offer what the fallback finds for an organization whose key is missing."""
+        try:
+            deployment = self._fallback(org_id)
+            if deployment is not None and deployment.organizationId != org_id:
+                raise ModelRejected(
+                    f"the fallback found a deployment of {deployment.organizationId}; it must "
+                    f"give one of {org_id}"
+                )
+        except ModelRejected as exc:
+            self._slots.note_refusal(org_id, f"no announcement in Redis, and {exc}")
+            log.error(
+                "no announcement of %s in Redis, and nothing to fall back on: %s", org_id, exc
+            )
+            return
+        except Exception as exc:  # the fallback's own storage failing must not stop the listener
+            log.warning("no announcement of %s in Redis, and the fallback failed: %s", org_id, exc)
+            return
+        if deployment is None:
+            return
+        if self._slots.offer(deployment, announced=False) is not None:
+            log.warning(
+                "no announcement of %s in Redis (%s is missing): loading version %s (sequence %d) "
+                "from %s until one is published; `trainctl reconcile` sets the key",
+                org_id,
+                hotswap.current_key(org_id),
+                deployment.version,
+                deployment.sequence,
+                deployment.modelPath,
+            )
 
     def _entry(self, org_id: str) -> dict[str, Any]:
         view = self._slots.view(org_id)

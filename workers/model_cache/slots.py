@@ -134,6 +134,13 @@ class ServingSlots(Generic[ModelT]):
                 slot.loading = None
                 return None
 
+    def note_refusal(self, org_id: str, reason: str) -> None:
+        """Record why `org_id` has no model when it serves none (a model served stays served)."""
+        with self._lock:
+            slot = self._slots[org_id]
+            if slot.served is None:
+                slot.last_error = reason
+
     def count_bad_message(self, org_id: str) -> None:
         """Count an announcement that was not a valid deployment of `org_id`."""
         with self._lock:
@@ -161,8 +168,8 @@ class ServingSlots(Generic[ModelT]):
         if slot.loading is not None:
             return "its model is still loading; retry in a moment"
         return (
-            "no deployment has been announced for it yet; deploy a version "
-            f"(trainctl deploy {org_id} <version>)"
+            "no deployment has been announced for it yet and none was found to fall back on; "
+            f"deploy a version (trainctl deploy {org_id} <version>)"
         )
 
     def view(self, org_id: str) -> SlotView:

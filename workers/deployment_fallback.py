@@ -1,0 +1,105 @@
+"""What `trainctl serve` serves while Redis holds no announcement: the registry's deployment.
+
+The service database is the truth (version, sha256 and sequence of the last deploy or rollback),
+so `trainctl serve` asks it first; when the database does not answer it uses the
+`models/<org>/current` link as any embedding of the model cache does. The model cache never
+imports this module, as it must not import SQLAlchemy; the CLI does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from training_tasks.errors import NotFoundError
+from training_tasks.fields import iso
+from training_tasks.hotswap import Deployment
+from training_tasks.paths import ModelStore
+from workers.model_cache import Fallback, LinkFallback, no_fallback
+
+log = logging.getLogger(__name__)
+
+FALLBACK_KINDS = ("database", "disk", "none")
+# Asked from the cache's listener thread: a database that hangs must not stall hot-swaps for long.
+_CONNECT_TIMEOUT_S = 5
+_STATEMENT_TIMEOUT_MS = 5000
+
+
+def registered_deployment(engine: Any, store: ModelStore, org_id: str) -> Deployment | None:
+    """The organization's deployment as the registry holds it; None if nothing is deployed."""
+    from training_tasks.registry import orgs, versions
+
+    try:
+        row = orgs.get_org_row(engine, org_id)
+    except NotFoundError:
+        return None
+    version = row["current_version"]
+    if not version:
+        return None
+    record = versions.get_version(engine, version)
+    return Deployment(
+        organizationId=org_id,
+        version=version,
+        modelPath=record["deployed_path"] or str(store.deployed_model(org_id, version)),
+        sha256=record["sha256"],
+        deployedAt=iso(record["deployed_at"] or row["updated_at"]),
+        sequence=int(row["deploy_sequence"]),
+    )
+
+
+class DatabaseFallback:
+    """The registry's deployment of an organization; the `current` link when the database fails."""
+
+    def __init__(self, database_url: str, ml_base_path: str | Path) -> None:
+        self._engine = _engine(database_url)
+        self._store = ModelStore(Path(ml_base_path))
+        self._link = LinkFallback(ml_base_path)
+
+    def __call__(self, org_id: str) -> Deployment | None:
+        """The deployment to serve for `org_id` while Redis announces none."""
+        try:
+            return registered_deployment(self._engine, self._store, org_id)
+        except Exception as exc:  # whatever the driver raises: the link still knows the answer
+            log.warning(
+                "cannot read the deployment of %s from the service database (%s); using "
+                "models/%s/current until it answers",
+                org_id,
+                exc,
+                org_id,
+            )
+            return self._link(org_id)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+
+@contextlib.contextmanager
+def open_fallback(kind: str, database_url: str, ml_base_path: str | Path) -> Iterator[Fallback]:
+    """The fallback `trainctl serve --fallback KIND` uses, released at the end of the block."""
+    if kind not in FALLBACK_KINDS:
+        raise ValueError(f"fallback {kind!r} is not one of {', '.join(FALLBACK_KINDS)}")
+    if kind == "none":
+        yield no_fallback
+    elif kind == "disk":
+        yield LinkFallback(ml_base_path)
+    else:
+        database = DatabaseFallback(database_url, ml_base_path)
+        try:
+            yield database
+        finally:
+            database.close()
+
+
+def _engine(database_url: str) -> Any:
+    from training_tasks.db.engine import make_engine
+
+    if not database_url.startswith("postgresql"):
+        return make_engine(database_url)
+    options = f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}"
+    return make_engine(
+        database_url, connect_args={"connect_timeout": _CONNECT_TIMEOUT_S, "options": options}
+    )
