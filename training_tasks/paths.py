@@ -8,10 +8,14 @@ from pathlib import Path
 from training_tasks.errors import ConfigError
 from training_tasks.ids import check_org_id, check_version_id
 
+# The folders under ML_BASE_PATH that hold one subfolder per organization.
+ORG_FOLDERS = ("models", "artifacts", "data")
+
 
 @dataclass(frozen=True)
 class ModelStore:
-    """Paths of models and artifacts: `models/<org>/...` and `artifacts/<org>/<version>/...`."""
+    """Paths of models, artifacts and extracted data: `models/<org>/...`,
+    `artifacts/<org>/<version>/...` and `data/<org>/<version>/...`."""
 
     base: Path
 
@@ -38,17 +42,25 @@ class ModelStore:
         return self.base / "artifacts" / check_org_id(org_id) / check_version_id(version)
 
     def data_dir(self, org_id: str, version: str) -> Path:
-        """Scratch Parquet files of a run's extracted data."""
+        """A run's extracted Parquet files: `data/<org>/<version>/`.
+
+        Outside the artifacts folder on purpose: that folder is the training script's writable
+        working folder, and validation must score a holdout the script could not rewrite.
+        """
+        return self.base / "data" / check_org_id(org_id) / check_version_id(version)
+
+    def legacy_data_dir(self, org_id: str, version: str) -> Path:
+        """Where runs extracted their data before `data/` existed: `artifacts/<org>/<version>/data`."""
         return self.artifacts(org_id, version) / "data"
 
     def check_inside_org(self, org_id: str, path: Path) -> Path:
         """Resolve `path` (symlinks and `..` included) and refuse it unless it is in the org's folders."""
         resolved = Path(path).resolve()
-        roots = (self.org_models(org_id).resolve(), (self.base / "artifacts" / org_id).resolve())
+        roots = [(self.base / kind / check_org_id(org_id)).resolve() for kind in ORG_FOLDERS]
         if not any(resolved == root or root in resolved.parents for root in roots):
             raise ConfigError(
                 "modelPath",
                 f"{path} is outside the folders of organization {org_id} "
-                f"({roots[0]} and {roots[1]}); use a path inside them",
+                f"({', '.join(map(str, roots))}); use a path inside them",
             )
         return resolved

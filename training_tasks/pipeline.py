@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training_tasks.disk import check_run_fits
 from training_tasks.errors import ConfigError
 from training_tasks.fields import iso
-from training_tasks.files import atomic_move, sha256_file, write_json_atomic
+from training_tasks.files import write_json_atomic
 from training_tasks.org_config import OrgConfig
 from training_tasks.registry import orgs, runs, versions
 from training_tasks.stage_runner import StageContext, StageOutcome
 from training_tasks.training_config import TrainingConfig, from_wire
 
 if TYPE_CHECKING:
+    from training_tasks.crypto import Keyring
     from training_tasks.sandbox import ResourceLimits
 
 
@@ -45,12 +48,13 @@ def train_body(ctx: StageContext) -> StageOutcome:
     """Run the training script in its sandbox and file the model (sealed if a key is set)."""
     from training_tasks.crypto import Keyring
     from training_tasks.stages.extract import ExtractResult
-    from training_tasks.stages.train import train
+    from training_tasks.stages.train import max_model_bytes, store_model, train
 
     org, config, org_id, version = _load(ctx)
     settings, store = ctx.rt.settings, ctx.rt.store
     data = ExtractResult.from_dict(ctx.run["data_stats"])
     model_cfg = org.ml_model_config
+    limits = _limits(model_cfg)
     timeout_s = min(
         float(model_cfg.get("trainingTimeoutS", settings.training_timeout_s)),
         settings.training_timeout_s,
@@ -64,23 +68,27 @@ def train_body(ctx: StageContext) -> StageOutcome:
         script=_script(org, settings.scripts_path, settings.default_script),
         python=settings.python_env,
         timeout_s=timeout_s,
-        limits=_limits(model_cfg),
+        limits=limits,
         progress=ctx.progress,
         cancel=ctx.cancel,
     )
     model_path = store.version_model(org_id, version)
     keyring = Keyring.parse(settings.master_keys)
-    if keyring.enabled:  # sealed where the script wrote it: no plain copy reaches the store
-        keyring.seal_file(Path(result.model_path), org_id, version)
-    atomic_move(Path(result.model_path), model_path)
+    stored = store_model(  # read from the script's folder as a regular file only, sealed in memory
+        Path(result.model_path),
+        model_path,
+        max_bytes=max_model_bytes(limits),
+        seal=_sealer(keyring, org_id, version),
+        where=f"training of organization {org_id} version {version} failed",
+    )
     versions.record_trained(
         ctx.rt.engine,
         version=version,
         org_id=org_id,
         run_id=ctx.run["id"],
         model_path=str(model_path),
-        sha256=sha256_file(model_path),
-        size_bytes=model_path.stat().st_size,
+        sha256=hashlib.sha256(stored).hexdigest(),
+        size_bytes=len(stored),
         metrics=dict(result.metrics),
         now=ctx.rt.now(),
     )
@@ -103,10 +111,12 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         version=version,
         model_path=Path(record["model_path"]),
         holdout_path=Path(data.holdout_path),
+        holdout_sha256=data.holdout_sha256,
         feature_columns=config.feature_columns,
         target_column=config.target_column,
         thresholds=org.thresholds,
-        native_model_path=native if native.is_file() else None,
+        # Whatever the script left under the name; validation reads only a regular file.
+        native_model_path=native if os.path.lexists(native) else None,
         deployed_model_path=_deployed_model(ctx, org_id),
         script_metrics=record["metrics"],
     )
@@ -149,6 +159,13 @@ def deploy_body(ctx: StageContext) -> StageOutcome:
         updates={"data_stats": {**ctx.run["data_stats"], "deployedSequence": deployment.sequence}},
         final_status="succeeded",
     )
+
+
+def _sealer(keyring: Keyring, org_id: str, version: str) -> Callable[[bytes], bytes] | None:
+    """Seals a model for the store when a master key is set, so no plain copy reaches it."""
+    if not keyring.enabled:
+        return None
+    return lambda data: keyring.seal_model(data, org_id, version)
 
 
 def _limits(model_cfg: Mapping[str, Any]) -> ResourceLimits:

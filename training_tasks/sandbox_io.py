@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from training_tasks.files import open_append_own
+
 MAX_LINE_BYTES = 1 << 20
 STDERR_TAIL_LINES = 40
 LOG_TAIL_LINES = 200
@@ -102,7 +104,9 @@ class BoundedLog:
     """Appends lines to a file up to a size; past it, keeps only the last lines for the end."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
-        self.handle = open(path, "ab")  # noqa: SIM115  # closed in close()
+        # The log lies in the script's folder: a link or FIFO left there by an earlier attempt
+        # is replaced, never written through.
+        self.handle = open(open_append_own(path), "ab")  # noqa: SIM115  # closed in close()
         self.budget = max_bytes
         self.tail: deque[bytes] = deque(maxlen=LOG_TAIL_LINES)
         self.omitted = 0

@@ -1,8 +1,7 @@
 """Scratch data of a run: the extracted training split is removed when the run succeeds.
 
-The holdout split stays with the version's artifacts (it is small, and `validate_model` and the
-not-worse-than-deployed check of later runs score models on it); retention removes it with the
-version. A failed run keeps all its files for inspection until retention removes them. A request
+The holdout split stays in the version's data folder `data/<org>/<version>/` (it is small, and
+`validate_model` scores models on it); retention removes it with the version. A failed run keeps all its files for inspection until retention removes them. A request
 with `"keepScratch": true` keeps the training split too.
 """
 
@@ -24,10 +23,15 @@ def clean_after_success(rt: Runtime, run: dict[str, Any]) -> int:
     stats = run.get("data_stats") or {}
     if not stats.get("train_path"):
         return 0
-    data_dir = rt.store.data_dir(run["organization_id"], run["version"]).resolve()
+    org_id, version = run["organization_id"], run["version"]
+    # Runs extracted before `data/` existed keep their data in the artifacts folder.
+    folders = [rt.store.data_dir(org_id, version), rt.store.legacy_data_dir(org_id, version)]
     path = Path(stats["train_path"]).resolve()
-    if data_dir not in path.parents:  # only ever delete inside the run's own data folder
-        log.warning("run %s: scratch file %s is outside %s; left alone", run["id"], path, data_dir)
+    if not any(folder.resolve() in path.parents for folder in folders):
+        # Only ever delete inside the run's own data folder.
+        log.warning(
+            "run %s: scratch file %s is outside %s; left alone", run["id"], path, folders[0]
+        )
         return 0
     try:
         freed = path.stat().st_size

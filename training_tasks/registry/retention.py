@@ -3,7 +3,7 @@
 Kept are the deployed version, the previous one (the rollback target), the newest `keep`
 versions, and every version of a queued or running run. Runs that failed or were cancelled
 before recording a model keep their files (logs, extracted data) for inspection; beyond the
-newest `keep` of them, their artifacts folders are removed too. Each removal is decided again under the
+newest `keep` of them, their artifacts and data folders are removed too. Each removal is decided again under the
 organization row's lock, marked `removed` (with `removed_at`) and audited in one transaction, and
 only then are its files deleted: a deploy or rollback that raced it either committed first (and
 the version is kept) or finds it removed and changes nothing. Files left behind by a crash after
@@ -26,7 +26,7 @@ from training_tasks.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
 DEFAULT_KEEP = 5
-# A run that failed or was cancelled before it produced a version: only its artifacts folder.
+# A run that failed or was cancelled before it produced a version: its artifacts and data only.
 FAILED_RUN = "failed-run"
 
 
@@ -50,11 +50,12 @@ class Removal:
 
 
 def version_files(store: ModelStore, org_id: str, version: str) -> tuple[Path, ...]:
-    """The files and folders of a version: its model, its deployed copy, its artifacts."""
+    """The files and folders of a version: its model, its deployed copy, artifacts and data."""
     return (
         store.version_model(org_id, version),
         store.deployed_dir(org_id, version),
         store.artifacts(org_id, version),
+        store.data_dir(org_id, version),
     )
 
 
@@ -90,7 +91,7 @@ def plan(engine: Engine, store: ModelStore, org_id: str, keep: int) -> list[Remo
     with engine.connect() as conn:
         unversioned = _unversioned_failed_runs(conn, org_id)
     for version in reversed(unversioned[keep:]):
-        left = _existing((store.artifacts(org_id, version),))
+        left = _existing((store.artifacts(org_id, version), store.data_dir(org_id, version)))
         if left:
             removals.append(Removal(org_id, version, FAILED_RUN, left))
     return removals

@@ -73,6 +73,9 @@ class ExtractResult:
     split_at: datetime
     data_hash: str
     elapsed_s: float
+    # The holdout file's own sha256, checked before validation scores a model on it; None in
+    # rows recorded before it was kept.
+    holdout_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON: paths as text, `split_at` as ISO 8601 UTC."""
@@ -97,6 +100,7 @@ class ExtractResult:
             split_at=f.timestamp(doc["split_at"], "split_at"),
             data_hash=str(doc["data_hash"]),
             elapsed_s=float(doc["elapsed_s"]),
+            holdout_sha256=doc.get("holdout_sha256"),
         )
 
 
@@ -131,6 +135,7 @@ def extract(
         raise
     train.publish()
     holdout.publish()
+    data_hash, holdout_sha256 = _digests(train.path, holdout.path)
     return ExtractResult(
         train_path=train.path,
         holdout_path=holdout.path,
@@ -139,8 +144,9 @@ def extract(
         positives_train=train.positives,
         positives_holdout=holdout.positives,
         split_at=split_at,
-        data_hash=_sha256(train.path, holdout.path),
+        data_hash=data_hash,
         elapsed_s=round(time.perf_counter() - started, 3),
+        holdout_sha256=holdout_sha256,
     )
 
 
@@ -329,10 +335,12 @@ def _progress(progress: Progress | None, started: float) -> Callable[[int, int],
     return report
 
 
-def _sha256(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
+def _digests(train_path: Path, holdout_path: Path) -> tuple[str, str]:
+    """The data hash (training split, then holdout) and the holdout's own sha256, in one read."""
+    data, holdout = hashlib.sha256(), hashlib.sha256()
+    for path, digests in ((train_path, (data,)), (holdout_path, (data, holdout))):
         with path.open("rb") as stream:
             while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+                for digest in digests:
+                    digest.update(chunk)
+    return data.hexdigest(), holdout.hexdigest()

@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
+from training_tasks.files import (
+    UnsafeFile,
+    open_regular,
+    read_script_output,
+    remove_entry,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
 from training_tasks.training_config import TrainingConfig
 
@@ -25,6 +33,9 @@ NATIVE_MODEL_FILE = "model.txt"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "auc")
+MAX_METRICS_BYTES = 1 << 20
+# A model file is read whole by the worker; without a file size limit on the script, this caps it.
+DEFAULT_MAX_MODEL_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -113,18 +124,62 @@ def train(
         if _killed_from_outside(result):
             raise TrainingKilled(str(error))  # worth another attempt
         raise error
+    max_bytes = max_model_bytes(limits)
     model_path = output_dir / MODEL_FILE
-    if not model_path.is_file() or model_path.stat().st_size == 0:
+    if not _checked_output(model_path, max_bytes, failure):
         raise failure.broke_contract(f"it wrote no {MODEL_FILE} (or an empty one) in {output_dir}")
     native = output_dir / NATIVE_MODEL_FILE
     return TrainResult(
         model_path=model_path,
-        native_model_path=native if native.is_file() else None,
+        native_model_path=native if _checked_output(native, max_bytes, failure) else None,
         metrics=_read_metrics(output_dir / METRICS_FILE, failure),
         elapsed_s=result.elapsed_s,
         cpu_s=result.cpu_s,
         peak_rss_mb=result.peak_rss_mb,
     )
+
+
+def max_model_bytes(limits: ResourceLimits) -> int:
+    """The largest model file the worker reads from a script run under `limits`."""
+    if limits.file_size_mb is None:
+        return DEFAULT_MAX_MODEL_BYTES
+    return limits.file_size_mb * (1 << 20)
+
+
+def store_model(
+    source: Path,
+    destination: Path,
+    *,
+    max_bytes: int,
+    seal: Callable[[bytes], bytes] | None = None,
+    where: str,
+) -> bytes:
+    """Copy the script's model into the store (sealed by `seal`), then remove it from the script's
+    folder; returns the bytes as stored. Only a regular file is taken, never what a link names."""
+    try:
+        data = read_script_output(source, max_bytes, MODEL_FILE)
+    except FileNotFoundError:
+        raise TrainingError(f"{where}: {source} is gone; train again") from None
+    except UnsafeFile as exc:
+        raise TrainingError(f"{where}: {exc}; the script must write {MODEL_FILE} itself") from None
+    stored = seal(data) if seal is not None else data
+    write_bytes_atomic(destination, stored)
+    source.unlink(missing_ok=True)  # a moved model: no second, possibly plain, copy stays behind
+    return stored
+
+
+def _checked_output(path: Path, max_bytes: int, failure: _Failure) -> bool:
+    """Whether the script left a non-empty `path`; a link, FIFO, device or oversize file fails."""
+    try:
+        fd = open_regular(path, max_bytes, path.name)
+    except FileNotFoundError:
+        return False
+    except UnsafeFile as exc:
+        raise failure.broke_contract(str(exc)) from None
+    try:
+        return os.fstat(fd).st_size > 0
+    finally:
+        os.close(fd)
 
 
 def _killed_from_outside(result: SandboxResult) -> bool:
@@ -142,8 +197,8 @@ def _prepare(
     """Write training_config.json into a clean output folder; returns its absolute path."""
     output_dir.mkdir(parents=True, exist_ok=True)
     # A retried run reuses the folder: stale outputs must not pass for this run's results.
-    for name in (MODEL_FILE, NATIVE_MODEL_FILE, METRICS_FILE):
-        (output_dir / name).unlink(missing_ok=True)
+    for name in (MODEL_FILE, NATIVE_MODEL_FILE, METRICS_FILE, CONFIG_FILE):
+        remove_entry(output_dir / name)  # a link, FIFO or folder under the name goes too
     wire = script_config(
         config,
         version=version,
@@ -151,8 +206,10 @@ def _prepare(
         holdout_path=holdout_path,
         output_dir=output_dir,
     )
-    config_path = (output_dir / CONFIG_FILE).resolve()
-    _write_json(config_path, wire)
+    # Never resolve the file itself: a link planted under its name must not move the write.
+    config_path = output_dir.resolve() / CONFIG_FILE
+    # A new temporary name each time, renamed over whatever the last attempt left at the name.
+    write_json_atomic(config_path, wire)
     return config_path
 
 
@@ -227,9 +284,11 @@ class _Failure:
 
 def _read_metrics(path: Path, failure: _Failure) -> dict[str, Any]:
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        metrics = json.loads(read_script_output(path, MAX_METRICS_BYTES, METRICS_FILE))
     except FileNotFoundError:
         raise failure.broke_contract(f"it wrote no {METRICS_FILE}") from None
+    except UnsafeFile as exc:
+        raise failure.broke_contract(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise failure.broke_contract(f"{METRICS_FILE} is not valid JSON ({exc})") from None
     if not isinstance(metrics, dict):
@@ -247,9 +306,3 @@ def _is_metric(value: object) -> bool:
     if value is None:
         return True
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(temporary, path)

@@ -15,11 +15,12 @@ import onnxruntime as ort
 
 from training_tasks.crypto import Keyring, SealedDataError
 from training_tasks.errors import ValidationRejected
-from training_tasks.files import fsync_dir, write_json_atomic
+from training_tasks.files import UnsafeFile, fsync_dir, read_script_output, write_json_atomic
 from training_tasks.onnx_checks import UnsafeModel, check_model_bytes
 from training_tasks.org_config import THRESHOLD_DEFAULTS
 from training_tasks.stages.validate_checks import (
     BYTES_PER_MB,
+    MAX_MODEL_READ_BYTES,
     Check,
     OnnxModel,
     Predictor,
@@ -37,6 +38,7 @@ from training_tasks.stages.validate_checks import (
     warm_up,
 )
 from training_tasks.stages.validate_holdout import (
+    Holdout,
     compare_with_deployed,
     holdout_metrics,
     no_metrics,
@@ -140,14 +142,56 @@ def validate(
     native_model_path: Path | None = None,
     deployed_model_path: Path | None = None,
     script_metrics: Mapping[str, Any] | None = None,
+    holdout_sha256: str | None = None,
 ) -> ValidationReport:
-    """Run every check on the model and report; a bad model is a verdict here, not an error."""
+    """Run every check on the model and report; a bad model is a verdict here, not an error.
+
+    With `holdout_sha256` (recorded by extract) a holdout changed since is refused unscored.
+    """
     started_ns = time.perf_counter_ns()
-    limits = {**THRESHOLD_DEFAULTS, **thresholds}
     features = list(feature_columns)
-    holdout, holdout_problem = open_holdout(Path(holdout_path), features, target_column)
-    sample = sample_rows(holdout, len(features))
-    loaded = _load_model(Path(model_path), org_id, version, features, sample, limits)
+    holdout, problem = open_holdout(Path(holdout_path), features, target_column, holdout_sha256)
+    try:
+        checks, found = _judge(
+            org_id=org_id,
+            version=version,
+            model_path=Path(model_path),
+            holdout=(holdout, problem),
+            features=features,
+            limits={**THRESHOLD_DEFAULTS, **thresholds},
+            native_model_path=native_model_path,
+            deployed_model_path=deployed_model_path,
+        )
+    finally:
+        if holdout is not None:
+            holdout.close()
+    return ValidationReport(
+        organization_id=org_id,
+        version=version,
+        passed=all(check.passed for check in checks),
+        failures=_failures(checks),
+        checks=checks,
+        script_metrics=None if script_metrics is None else dict(script_metrics),
+        duration_ms=(time.perf_counter_ns() - started_ns) / 1e6,
+        **found,
+    )
+
+
+def _judge(
+    *,
+    org_id: str,
+    version: str,
+    model_path: Path,
+    holdout: tuple[Holdout | None, str],
+    features: list[str],
+    limits: Mapping[str, Any],
+    native_model_path: Path | None,
+    deployed_model_path: Path | None,
+) -> tuple[list[Check], dict[str, Any]]:
+    """Every check, in order, and the measurements the report carries besides them."""
+    opened, holdout_problem = holdout
+    sample = sample_rows(opened, len(features))
+    loaded = _load_model(model_path, org_id, version, features, sample, limits)
     latency = measure_latency(loaded.model, sample) if loaded.model else {}
     checks = [*loaded.checks, _latency_check(latency, limits, _blocker(loaded.checks))]
     parity_limit = float(limits["maxParityDiff"])
@@ -155,7 +199,7 @@ def validate(
     enabled = bool(limits["notWorseThanDeployed"])
     deployed, comparison = open_deployed(deployed_model_path, features, enabled, org_id=org_id)
     predictors = _predictors(loaded.model, native, deployed)
-    scored, scoring_checks = score_and_check(holdout, holdout_problem, predictors, _blocker(checks))
+    scored, scoring_checks = score_and_check(opened, holdout_problem, predictors, _blocker(checks))
     checks += scoring_checks
     blocker = _blocker(checks)
     metrics = holdout_metrics(scored) if scored is not None and blocker is None else no_metrics()
@@ -163,23 +207,16 @@ def validate(
     parity_check, parity = parity_with_native(parity_check, scored, parity_limit, blocker)
     compare_check, comparison = compare_with_deployed(comparison, scored, metrics, limits, blocker)
     checks += [parity_check, compare_check]
-    return ValidationReport(
-        organization_id=org_id,
-        version=version,
-        passed=all(check.passed for check in checks),
-        failures=_failures(checks),
-        checks=checks,
-        metrics=metrics,
-        script_metrics=None if script_metrics is None else dict(script_metrics),
-        latency=latency,
-        memory=loaded.memory,
-        parity=parity,
-        comparison=comparison,
-        model_sha256=loaded.sha256,
-        model_size_bytes=loaded.size_bytes,
-        rows=0 if scored is None else scored.rows,
-        duration_ms=(time.perf_counter_ns() - started_ns) / 1e6,
-    )
+    return checks, {
+        "metrics": metrics,
+        "latency": latency,
+        "memory": loaded.memory,
+        "parity": parity,
+        "comparison": comparison,
+        "model_sha256": loaded.sha256,
+        "model_size_bytes": loaded.size_bytes,
+        "rows": 0 if scored is None else scored.rows,
+    }
 
 
 def _predictors(
@@ -202,12 +239,14 @@ def _load_model(
     limits: Mapping[str, Any],
 ) -> _Loaded:
     """Read, hash and load the model; check size, contract and metadata; measure its memory."""
+    blocked = [not_run(name, "load") for name in ("modelSize", *AFTER_LOAD)]
     try:
         # Hash and load the same bytes, so the recorded sha256 is of exactly what was validated.
-        model_bytes = path.read_bytes()
+        model_bytes = read_script_output(path, MAX_MODEL_READ_BYTES, "the model file")
+    except UnsafeFile as exc:
+        return _Loaded([Check("load", False, None, None, str(exc)), *blocked])
     except OSError as exc:
         detail = f"the model file {path} cannot be read ({exc.strerror}); the export must write it"
-        blocked = [not_run(name, "load") for name in ("modelSize", *AFTER_LOAD)]
         return _Loaded([Check("load", False, None, None, detail), *blocked])
     size_mb, size_limit_mb = len(model_bytes) / BYTES_PER_MB, float(limits["maxModelSizeMb"])
     size = at_most("modelSize", "the model file", size_mb, size_limit_mb, "MB", SIZE_HINT)

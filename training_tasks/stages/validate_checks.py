@@ -7,6 +7,7 @@ import ctypes
 import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import onnxruntime as ort
 import psutil
 
 from training_tasks.crypto import Keyring, is_sealed
+from training_tasks.files import UnsafeFile, read_script_output
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
@@ -28,6 +30,8 @@ WARMUP_RUNS = 20
 SINGLE_ROW_RUNS = 200
 BATCH_RUNS = 5
 BYTES_PER_MB = 1024 * 1024
+# Model files are read whole into memory; past this a file is refused, not loaded.
+MAX_MODEL_READ_BYTES = 1 << 30
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -241,10 +245,14 @@ def open_native(
     path: Path | None, width: int, limit: float
 ) -> tuple[Predictor | None, Check | None]:
     """The native booster as a predictor, or the final parity check when there is none to use."""
-    if path is None or not Path(path).is_file():
+    if path is None or not os.path.lexists(path):
         return None, Check("parity", True, None, limit, "skipped (no native model)")
-    try:
-        booster = lgb.Booster(model_file=str(path))
+    try:  # LightGBM gets the text, never a path the script could have made a link or FIFO
+        text = read_script_output(Path(path), MAX_MODEL_READ_BYTES, "the native model").decode()
+        booster = lgb.Booster(model_str=text)
+    except (UnsafeFile, OSError, UnicodeDecodeError) as exc:
+        detail = f"the native model {path} cannot be read: {exc}"
+        return None, Check("parity", False, None, limit, detail)
     except lgb.basic.LightGBMError as exc:
         detail = f"the native model {path} cannot be loaded by LightGBM: {str(exc).strip()}"
         return None, Check("parity", False, None, limit, detail)
@@ -274,7 +282,7 @@ def open_deployed(
     if path is None:
         return None, {**info, "status": "skipped (no deployed model)"}
     try:
-        stored = Path(path).read_bytes()
+        stored = read_script_output(Path(path), MAX_MODEL_READ_BYTES, "the deployed model")
         session = open_session(_deployed_onnx(stored, Path(path), org_id))
     except Exception as exc:  # a broken deployed model must not block its replacement
         status = "skipped (deployed model cannot be loaded)"

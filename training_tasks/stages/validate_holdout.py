@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from sklearn import metrics as skm
 
+from training_tasks.files import UnsafeFile, open_regular, sha256_fd
 from training_tasks.stages.validate_checks import BATCH_ROWS, Check, Predictor, not_run
 
 CHUNK_ROWS = 65_536
 DECISION_THRESHOLD = 0.5
+# The holdout is written by extract, not by a script, and read in chunks: no practical cap.
+MAX_HOLDOUT_BYTES = 1 << 40
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc", "positiveRate")
 
 
@@ -29,7 +33,7 @@ class Holdout:
     """An opened holdout; it is read in chunks so memory does not grow with its row count."""
 
     path: Path
-    dataset: ds.Dataset
+    parquet: pq.ParquetFile
     features: list[str]
     target: str
     sample: np.ndarray  # its first rows, for warm-up and latency
@@ -37,7 +41,7 @@ class Holdout:
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(float32 features, int8 labels) per chunk; raises HoldoutProblem on unreadable data."""
         columns = [*self.features, self.target]
-        batches = iter(self.dataset.to_batches(columns=columns, batch_size=CHUNK_ROWS))
+        batches = self.parquet.iter_batches(batch_size=CHUNK_ROWS, columns=columns)
         while True:
             try:
                 batch = next(batches)
@@ -46,6 +50,10 @@ class Holdout:
             except (OSError, pa.ArrowException) as exc:
                 raise HoldoutProblem(f"the holdout {self.path} cannot be read: {exc}") from None
             yield to_matrix(batch, self.features), self._labels(batch.column(self.target))
+
+    def close(self) -> None:
+        """Close the file the holdout is read from."""
+        self.parquet.close(force=True)
 
     def _labels(self, column: pa.Array) -> np.ndarray:
         if column.null_count:
@@ -56,24 +64,80 @@ class Holdout:
         return values.astype(np.int8)
 
 
-def open_holdout(path: Path, features: list[str], target: str) -> tuple[Holdout | None, str]:
-    """Open the holdout Parquet file and check its columns; else None and the problem."""
+def open_holdout(
+    path: Path, features: list[str], target: str, expected_sha256: str | None = None
+) -> tuple[Holdout | None, str]:
+    """Open the holdout Parquet file, verify it is the one extract wrote, and check its columns;
+    else None and the problem. The file is hashed and then read through one descriptor."""
     try:
-        dataset = ds.dataset(str(path), format="parquet")
-        names = dataset.schema.names
-        missing = [name for name in [*features, target] if name not in names]
+        fd = open_regular(Path(path), MAX_HOLDOUT_BYTES, "the holdout")
+    except FileNotFoundError:
+        return None, f"the holdout {path} does not exist; the extract stage writes it"
+    except UnsafeFile as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"the holdout {path} cannot be read: {exc}"
+    handle = os.fdopen(fd, "rb")
+    try:
+        problem = _changed(fd, Path(path), expected_sha256)
+        holdout: Holdout | None = None
+        if not problem:
+            holdout, problem = _read_holdout(handle, Path(path), features, target)
+    except BaseException:
+        handle.close()
+        raise
+    if holdout is None:
+        handle.close()
+    return holdout, problem  # an open holdout keeps the file open until Holdout.close
+
+
+def _changed(fd: int, path: Path, expected_sha256: str | None) -> str:
+    """Why the file is not the holdout extract recorded, or "" when it is (or none is recorded)."""
+    if expected_sha256 is None:  # recorded before extract kept the holdout's own hash
+        return ""
+    try:
+        actual = sha256_fd(fd)
+    except OSError as exc:
+        return f"the holdout {path} cannot be read: {exc}"
+    if actual == expected_sha256:
+        return ""
+    return (
+        f"the holdout {path} was changed after extraction (sha256 {actual} != {expected_sha256} "
+        "recorded by extract), so no score on it can be trusted; train again to extract a "
+        "fresh holdout"
+    )
+
+
+def _read_holdout(
+    handle: BinaryIO, path: Path, features: list[str], target: str
+) -> tuple[Holdout | None, str]:
+    try:
+        parquet = pq.ParquetFile(handle)
+        schema = parquet.schema_arrow
+        missing = [name for name in [*features, target] if name not in schema.names]
         if missing:
             return None, f"the holdout {path} lacks the columns {missing}"
         for name in [*features, target]:
-            kind = dataset.schema.field(name).type
+            kind = schema.field(name).type
             if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or kind == pa.bool_()):
                 return None, f"column {name!r} of the holdout is {kind}, not a number"
-        sample = to_matrix(dataset.head(BATCH_ROWS, columns=features), features)
-    except FileNotFoundError:
-        return None, f"the holdout {path} does not exist; the extract stage writes it"
+        sample = _first_rows(parquet, features)
     except (OSError, pa.ArrowException) as exc:
         return None, f"the holdout {path} cannot be read: {exc}"
-    return Holdout(Path(path), dataset, features, target, sample), ""
+    return Holdout(path, parquet, features, target, sample), ""
+
+
+def _first_rows(parquet: pq.ParquetFile, features: list[str]) -> np.ndarray:
+    """Up to BATCH_ROWS first rows of the features, as a float32 matrix."""
+    batches, rows = [], 0
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=features):
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows >= BATCH_ROWS:
+            break
+    if not batches:
+        return np.empty((0, len(features)), dtype=np.float32)
+    return to_matrix(pa.Table.from_batches(batches).slice(0, BATCH_ROWS), features)
 
 
 def to_matrix(data: pa.RecordBatch | pa.Table, features: Sequence[str]) -> np.ndarray:
