@@ -1,8 +1,9 @@
 """Scratch data of a run: the extracted training split is removed when the run succeeds.
 
 The holdout split stays in the version's data folder `data/<org>/<version>/` (it is small, and
-`validate_model` scores models on it); retention removes it with the version. A failed run keeps all its files for inspection until retention removes them. A request
-with `"keepScratch": true` keeps the training split too.
+`validate_model` scores models on it); retention removes it with the version. A failed run keeps
+all its files for inspection until retention removes them. A request with `"keepScratch": true`
+keeps the training split too.
 """
 
 from __future__ import annotations
