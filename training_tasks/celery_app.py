@@ -2,7 +2,8 @@
 
 from celery import Celery
 
-app = Celery("training_tasks")
+# BoundedTask: arguments nested too deep to pickle to a pool child do not end the worker.
+app = Celery("training_tasks", task_cls="training_tasks.bounded_request:BoundedTask")
 app.amqp_cls = "training_tasks.task_masking:MaskingAMQP"  # secrets masked in shown task arguments
 app.config_from_object("celeryconfig")
 app.conf.include = ["training_tasks.tasks"]

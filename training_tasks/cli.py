@@ -11,20 +11,12 @@ from typing import Any, TypeVar
 
 import click
 
-from training_tasks.cli_common import _echo_json, _service
+from training_tasks.cli_common import _echo_json, _service, read_json_object, run_cli
 from training_tasks.cli_metrics import metrics_command
 from training_tasks.cli_schedule import schedule, schedules_command
 from training_tasks.cli_secrets import secrets as secrets_group
-from training_tasks.errors import SettingsError, TrainingServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise click.UsageError(f"{path} is not valid JSON ({what}): {exc}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -57,13 +49,13 @@ def org() -> None:
     "--config",
     "config_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="JSON file with mlModelConfig, trainingSchedule, scadaDbConfig, schemaConfig.",
 )
 def org_create(org_id: str, config_path: Path) -> None:
     """Register ORG_ID; running workers start serving its queue within seconds."""
-    svc = _service()
-    svc.register_organization(org_id, _read_json(config_path, "organization config"), actor="cli")
+    doc = read_json_object(config_path, "an organization config")
+    _service().register_organization(org_id, doc, actor="cli")
     click.echo(f"registered organization {org_id} (queue org.{org_id})")
 
 
@@ -73,14 +65,13 @@ def org_create(org_id: str, config_path: Path) -> None:
     "--config",
     "config_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="JSON file with the complete new organization config.",
 )
 def org_update(org_id: str, config_path: Path) -> None:
     """Replace the config of ORG_ID."""
-    _service().update_organization(
-        org_id, _read_json(config_path, "organization config"), actor="cli"
-    )
+    doc = read_json_object(config_path, "an organization config")
+    _service().update_organization(org_id, doc, actor="cli")
     click.echo(f"updated organization {org_id}")
 
 
@@ -103,7 +94,7 @@ def org_list() -> None:
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="JSON training config (camelCase); missing fields come from the org's mlModelConfig.",
 )
 @click.option(
@@ -125,8 +116,8 @@ def train(
     """Start training ORG_ID now."""
     from training_tasks.cli_views import follow_runs, print_result
 
+    request = read_json_object(config_path, "a training config") if config_path else None
     svc = _service()
-    request = _read_json(config_path, "training config") if config_path else None
     handle = svc.train_model(org_id, request, wait=False, trigger="cli", actor="cli")
     if not wait:
         queued = {"runId": handle.run_id, "version": handle.version, "queue": handle.queue}
@@ -192,12 +183,24 @@ def cancel(org_id: str, wait_s: float) -> None:
     help="Organization to serve (repeatable; default: all registered).",
 )
 @click.option("--replica-id", default=None, help="Name this replica reports in `trainctl status`.")
-def serve(port: int, host: str, org_ids: tuple[str, ...], replica_id: str | None) -> None:
+@click.option(
+    "--fallback",
+    type=click.Choice(["database", "disk", "none"]),
+    default="database",
+    show_default=True,
+    help="What to serve while Redis holds no announcement of an organization: the database's "
+    "deployed version (the models/<org>/current link if the database fails), that link, or none.",
+)
+def serve(
+    port: int, host: str, org_ids: tuple[str, ...], replica_id: str | None, fallback: str
+) -> None:
     """Run the reference prediction service: POST /predict/<org>, GET /health.
 
     It loads each organization's deployed model, follows deployments and rollbacks through
-    Redis and swaps models without failing a request. Stop it with Ctrl-C.
+    Redis and swaps models without failing a request. While Redis holds no announcement of an
+    organization (restarted empty, flushed), it serves what --fallback finds. Stop it with Ctrl-C.
     """
+    from workers.deployment_fallback import open_fallback
     from workers.prediction_service import serve as run_service
 
     svc = _service()
@@ -208,14 +211,16 @@ def serve(port: int, host: str, org_ids: tuple[str, ...], replica_id: str | None
         )
     settings = svc.rt.settings
     svc.close()
-    run_service(
-        settings.redis_url,
-        settings.ml_base_path,
-        chosen,
-        host=host,
-        port=port,
-        replica_id=replica_id,
-    )
+    with open_fallback(fallback, settings.database_url, settings.ml_base_path) as lookup:
+        run_service(
+            settings.redis_url,
+            settings.ml_base_path,
+            chosen,
+            host=host,
+            port=port,
+            replica_id=replica_id,
+            fallback=lookup,
+        )
 
 
 @cli.command()
@@ -373,22 +378,7 @@ cli.add_command(secrets_group)
 
 def main() -> None:
     """Entry point of the `trainctl` console script."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except SettingsError as exc:
-        click.echo(f"error: environment variable {exc}", err=True)
-        sys.exit(2)
-    except TrainingServiceError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    sys.exit(run_cli(cli))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def follow_runs(
     """Show a live progress line per run until all finish; returns their final summaries."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     results: dict[str, dict[str, Any]] = {}
+    latest: dict[str, dict[str, Any]] = {}
     columns = (
         TextColumn("[bold]{task.fields[org]}[/]", justify="left"),
         TextColumn("{task.fields[stage]:<9}"),
@@ -46,16 +47,27 @@ def follow_runs(
             for handle in handles:
                 if handle.run_id in results:
                     continue
-                summary = handle.status()
+                summary = latest[handle.run_id] = handle.status()
                 _update(bar, ids[handle.run_id], summary)
                 if summary["status"] in FINISHED:
                     results[handle.run_id] = summary
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"runs still going after {timeout_s} s; see `trainctl status <org>`"
-                )
+            pending = len(results) < len(handles)
+            if pending and deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(_still_going(latest, results, timeout_s or 0.0))
             time.sleep(poll_interval_s)
     return [results[h.run_id] for h in handles]
+
+
+def _still_going(
+    latest: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], timeout_s: float
+) -> str:
+    """Why `--wait --timeout` gave up, and how to go on following the runs."""
+    going = [s for run_id, s in latest.items() if run_id not in results]
+    runs = ", ".join(f"{s['runId']} of {s['organizationId']} ({s['status']})" for s in going)
+    return (
+        f"gave up waiting after {timeout_s:g} s; still going: {runs}. Runs go on without "
+        f"waiting: follow them with `trainctl status {going[0]['organizationId']}`"
+    )
 
 
 def _update(bar: Progress, task: TaskID, summary: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 from training_tasks.errors import ConfigError
+from training_tasks.fields import shown
 
 ORG_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 VERSION_PATTERN = re.compile(r"^v\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z_[0-9a-f]{8}$")
@@ -19,7 +20,7 @@ def check_org_id(org_id: object, field: str = "organizationId") -> str:
     if not isinstance(org_id, str) or not ORG_ID_PATTERN.fullmatch(org_id):
         raise ConfigError(
             field,
-            f"{org_id!r} is not a valid organization id; use 1-63 lowercase letters, digits "
+            f"{shown(org_id)} is not a valid organization id; use 1-63 lowercase letters, digits "
             "and inner hyphens (for example 'acme-corp')",
         )
     return org_id
@@ -37,7 +38,7 @@ def check_version_id(version: object, field: str = "version") -> str:
     if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise ConfigError(
             field,
-            f"{version!r} is not a version id; expected the form v2024-01-15T10-30-00-000Z_a1b2c3d4",
+            f"{shown(version)} is not a version id; expected the form v2024-01-15T10-30-00-000Z_a1b2c3d4",
         )
     return version
 
@@ -50,7 +51,7 @@ def new_run_id() -> str:
 def check_run_id(run_id: object, field: str = "runId") -> str:
     """Return `run_id` if it has the run-id shape, else raise ConfigError naming `field`."""
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
-        raise ConfigError(field, f"{run_id!r} is not a run id (32 lowercase hex characters)")
+        raise ConfigError(field, f"{shown(run_id)} is not a run id (32 lowercase hex characters)")
     return run_id
 
 

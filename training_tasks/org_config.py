@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from training_tasks import fields as f
 from training_tasks.errors import ConfigError
-from training_tasks.training_config import check_hyperparameters
+from training_tasks.training_config import check_hyperparameters, check_target_not_feature
 
 ORG_KEYS = (
     "organizationId",
@@ -83,10 +83,12 @@ class OrgConfig:
 
     @property
     def thresholds(self) -> dict[str, Any]:
+        """The validation thresholds: the defaults, overridden by mlModelConfig.thresholds."""
         return {**THRESHOLD_DEFAULTS, **self.ml_model_config.get("thresholds", {})}
 
     @property
     def auto_deploy(self) -> bool:
+        """Whether a validated model is deployed at the end of its run (default: yes)."""
         return bool(self.ml_model_config.get("autoDeploy", True))
 
     def resolve_scada_url(self, environ: Mapping[str, str] | None = None) -> str:
@@ -134,21 +136,29 @@ class OrgConfig:
 def parse_org_config(raw: object, org_id: str) -> OrgConfig:
     """Check a raw organization config; every error names the field and what is allowed."""
     doc = f.require_mapping(raw, "config")
+    f.check_nesting(doc, "")
     f.reject_unknown(doc, ORG_KEYS, "")
     if doc.get("organizationId", org_id) != org_id:
-        raise ConfigError("organizationId", f"{doc['organizationId']!r} does not match {org_id!r}")
+        raise ConfigError(
+            "organizationId", f"{f.shown(doc['organizationId'])} does not match {org_id!r}"
+        )
     for key in ("mlModelConfig", "scadaDbConfig", "schemaConfig"):
         if key not in doc:
             raise ConfigError(key, "is required")
     url, url_env = _scada(doc["scadaDbConfig"])
     schedule = doc.get("trainingSchedule")
+    model, schema = parse_model_config(doc["mlModelConfig"]), _schema(doc["schemaConfig"])
+    if "targetColumn" in model and "featureColumns" in model:
+        check_target_not_feature(
+            model["targetColumn"], model["featureColumns"], schema.column_mappings, "mlModelConfig."
+        )
     return OrgConfig(
         organization_id=org_id,
         name=f.string(doc.get("name", org_id), "name"),
-        ml_model_config=parse_model_config(doc["mlModelConfig"]),
+        ml_model_config=model,
         training_schedule=None if schedule is None else parse_schedule(schedule),
         scada_url_env=url_env,
-        schema_config=_schema(doc["schemaConfig"]),
+        schema_config=schema,
         scada_url=url,
         alert_webhook_url=_alert_webhook_url(doc.get("alerts")),
     )
@@ -173,10 +183,11 @@ def parse_model_config(raw: object) -> dict[str, Any]:
         f.integer(cfg["dataWindowDays"], f"{name}.dataWindowDays", 1, 3650)
     if "thresholds" in cfg:
         cfg["thresholds"] = _thresholds(cfg["thresholds"], f"{name}.thresholds")
-    if cfg.get("script") is not None and not SCRIPT_PATTERN.fullmatch(str(cfg["script"])):
+    script = cfg.get("script")
+    if script is not None and not (isinstance(script, str) and SCRIPT_PATTERN.fullmatch(script)):
         raise ConfigError(
             f"{name}.script",
-            f"{cfg['script']!r} must be a file name ending in .py inside <ML_BASE_PATH>/scripts",
+            f"{f.shown(script)} must be a file name ending in .py inside <ML_BASE_PATH>/scripts",
         )
     if "autoDeploy" in cfg:
         f.boolean(cfg["autoDeploy"], f"{name}.autoDeploy")
@@ -231,7 +242,9 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
     if "urlEnv" in cfg:
         env = f.string(cfg["urlEnv"], f"{name}.urlEnv", max_len=128)
         if not ENV_NAME_PATTERN.fullmatch(env):
-            raise ConfigError(f"{name}.urlEnv", f"{env!r} is not an environment variable name")
+            raise ConfigError(
+                f"{name}.urlEnv", f"{f.shown(env)} is not an environment variable name"
+            )
         return None, env
     url = f.string(cfg["url"], f"{name}.url", max_len=2048)
     from sqlalchemy.engine import make_url
@@ -245,7 +258,7 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
         ) from None
     if backend not in ("postgresql", "sqlite"):
         raise ConfigError(
-            f"{name}.url", f"backend {backend!r} is not supported; use postgresql or sqlite"
+            f"{name}.url", f"backend {f.shown(backend)} is not supported; use postgresql or sqlite"
         )
     return url, None
 
@@ -264,9 +277,11 @@ def _alert_webhook_url(raw: object) -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise ConfigError(name, f"{mask_url(url)!r} is not a URL ({exc})") from None
+        raise ConfigError(name, f"{f.shown(mask_url(url))} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, f"{mask_url(url)!r} is not an http:// or https:// URL with a host")
+        raise ConfigError(
+            name, f"{f.shown(mask_url(url))} is not an http:// or https:// URL with a host"
+        )
     if "@" in parts.netloc:
         raise ConfigError(
             name,
@@ -284,7 +299,7 @@ def _schema(raw: object) -> SchemaConfig:
     mappings = f.require_mapping(cfg.get("columnMappings", {}), f"{name}.columnMappings")
     checked = {
         f.string(k, f"{name}.columnMappings", max_len=128): f.string(
-            v, f"{name}.columnMappings.{k}", max_len=128
+            v, f.child(f"{name}.columnMappings", k), max_len=128
         )
         for k, v in mappings.items()
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -251,6 +253,8 @@ class TrainingService(ScheduleApi):
             version=version,
             model_path=path,
             holdout_path=holdout,
+            # Old runs did not record it; theirs is read unverified.
+            holdout_sha256=(run["data_stats"] or {}).get("holdout_sha256"),
             feature_columns=config.feature_columns,
             target_column=config.target_column,
             thresholds=org.thresholds,
@@ -375,13 +379,22 @@ def latest_holdout(engine: Engine, org_id: str) -> tuple[dict[str, Any], Path]:
     """The organization's newest run whose extracted holdout is still on disk, and that holdout."""
     for run in runs.list_runs(engine, org_id, limit=HOLDOUT_SEARCH_RUNS):
         holdout = (run["data_stats"] or {}).get("holdout_path")
-        if holdout and Path(holdout).is_file():
+        # A regular file itself, not a link: validation refuses anything else.
+        if holdout and stat.S_ISREG(_lstat_mode(Path(holdout))):
             return run, Path(holdout)
     raise NotFoundError(
         f"organization {org_id} has no holdout to validate against: none of its runs has "
         "extracted data left on disk (a run's extract stage writes it; `trainctl gc` deletes it "
         f"with the version). Run `trainctl train {org_id} --wait`, then validate again"
     )
+
+
+def _lstat_mode(path: Path) -> int:
+    """The mode of `path` itself (0 when it does not exist)."""
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
 
 
 def _metadata_version(path: Path) -> str | None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from training_tasks import training_config
 from training_tasks.disk import check_run_fits
 from training_tasks.errors import ConfigError, SourceUnavailableError, TransientError
+from training_tasks.fields import check_nesting, kind, shown
 from training_tasks.ids import check_org_id, new_run_id, new_version_id, org_queue
 from training_tasks.org_config import OrgConfig
 from training_tasks.registry import orgs, runs
@@ -37,15 +39,18 @@ def submit_training(
     Returns `{runId, version, queue}`. A refused request (bad config, unknown organization,
     a run already active) raises before anything is written.
     """
+    if request is not None:
+        check_wire_request(request)
     org_id = _org_of(request, org_id)
     if not isinstance(trigger, str) or not TRIGGER_PATTERN.fullmatch(trigger):
         raise ConfigError(
             "trigger",
-            f"{trigger!r} is not a trigger name: 1 to 32 letters, digits, '.', ':', '_' or '-'",
+            f"{shown(trigger)} is not a trigger name: 1 to 32 letters, digits, '.', ':', '_' or '-'",
         )
     org = orgs.get_org(rt.engine, org_id)
     now = rt.now()
-    config = training_config.resolve(request, org_id, org.ml_model_config, now)
+    mappings = org.schema_config.column_mappings
+    config = training_config.resolve(request, org_id, org.ml_model_config, now, mappings)
     _check_source(org, config)
     if rt.settings.ml_base_path.exists():  # the model store is here: check it has room now
         check_run_fits(rt, config)
@@ -65,6 +70,36 @@ def submit_training(
     send_run(rt, run_id, org_id, org.auto_deploy, enqueue=enqueue, actor=actor)
     log.info("queued run %s of %s as version %s (%s)", run_id, org_id, version, trigger)
     return {"runId": run_id, "version": version, "queue": org_queue(org_id)}
+
+
+def check_wire_request(request: object) -> Mapping[str, Any]:
+    """The request if it is a JSON object nested no deeper than any config field needs.
+
+    Checked before anything measures, copies or shows the request: each of those recurses
+    through it, so a list nested 100,000 deep would end in a RecursionError, not a refusal.
+    """
+    if not isinstance(request, Mapping):
+        raise ConfigError(
+            "config",
+            f"must be a JSON object with the camelCase training config (organizationId, "
+            f"dataRange, hyperparameters, ...), got {kind(request)}",
+        )
+    check_nesting(request, "")
+    return request
+
+
+@contextlib.contextmanager
+def shortened_on_refusal(task_request: Any, request: object) -> Iterator[None]:
+    """If the block raises, let the task's stored result show a shortened copy of the request.
+
+    With `result_extended` Celery stores a task's arguments with its result, so a refused 10 MB
+    request would be kept whole in Redis for a week; the refusal itself echoes only its field.
+    """
+    try:
+        yield
+    except Exception:
+        task_request.args = [shown(request)]
+        raise
 
 
 def send_run(
@@ -114,11 +149,12 @@ def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> Non
 
 
 def _org_of(request: Mapping[str, Any] | None, org_id: str | None) -> str:
-    from_request = (request or {}).get("organizationId")
+    from_request = None if request is None else request.get("organizationId")
     if org_id is None and from_request is None:
         raise ConfigError("organizationId", "is required")
     if org_id is not None and from_request is not None and from_request != org_id:
         raise ConfigError(
-            "organizationId", f"{from_request!r} does not match the organization {org_id!r}"
+            "organizationId",
+            f"{shown(from_request)} does not match the organization {shown(org_id)}",
         )
     return check_org_id(org_id if org_id is not None else from_request)

@@ -5,7 +5,7 @@ Precedence: built-in defaults < the organization's `mlModelConfig` < the request
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -89,12 +89,14 @@ class TrainingConfig:
         }
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields under their Python names."""
         return asdict(self)
 
 
 def check_request(request: object) -> Mapping[str, Any]:
     """Check the shape of a raw request (unknown keys, types, ranges) without org defaults."""
     req = f.require_mapping(request, "config")
+    f.check_nesting(req, "")
     f.reject_unknown(req, REQUEST_KEYS, "")
     if "organizationId" in req:
         check_org_id(req["organizationId"])
@@ -125,13 +127,19 @@ def resolve(
     org_id: str,
     model_defaults: Mapping[str, Any],
     now: datetime,
+    column_mappings: Mapping[str, str] | None = None,
 ) -> TrainingConfig:
-    """Merge a request with the org's `mlModelConfig` defaults into a complete TrainingConfig."""
-    req = check_request(request or {})
+    """Merge a request with the org's `mlModelConfig` defaults into a complete TrainingConfig.
+
+    `column_mappings` (the org's schemaConfig.columnMappings) lets the target and the features
+    be compared as the SCADA columns they name, not only as the names given.
+    """
+    req = check_request({} if request is None else request)
     if req.get("organizationId", org_id) != org_id:
         raise ConfigError(
             "organizationId",
-            f"{req['organizationId']!r} does not match the organization {org_id!r} being trained",
+            f"{f.shown(req['organizationId'])} does not match the organization {org_id!r} "
+            "being trained",
         )
     hyper = {**DEFAULT_HYPERPARAMETERS, **model_defaults.get("hyperparameters", {})}
     hyper.update(check_hyperparameters(req.get("hyperparameters", {}), "hyperparameters"))
@@ -149,8 +157,8 @@ def resolve(
             "featureColumns", "is required (in the request or the org's mlModelConfig)"
         )
     feature_tuple = f.string_list(features, "featureColumns")
-    if target in feature_tuple:
-        raise ConfigError("featureColumns", f"must not contain the target column {target!r}")
+    target = f.string(target, "targetColumn", max_len=128)
+    check_target_not_feature(target, feature_tuple, column_mappings or {})
     split = req.get(
         "validationSplit", model_defaults.get("validationSplit", DEFAULT_VALIDATION_SPLIT)
     )
@@ -160,9 +168,44 @@ def resolve(
         end=end,
         hyperparameters=hyper,
         validation_split=_split(split, "validationSplit"),
-        target_column=f.string(target, "targetColumn", max_len=128),
+        target_column=target,
         feature_columns=feature_tuple,
         keep_scratch=bool(req.get("keepScratch", False)),
+    )
+
+
+def check_target_not_feature(
+    target: str, features: Sequence[str], column_mappings: Mapping[str, str], prefix: str = ""
+) -> None:
+    """Refuse a target that is also a feature, whatever names (logical, physical) they go by.
+
+    Names are compared as the SCADA columns they map to, ignoring case: SQLite matches column
+    names without regard to case, so 'Failure' and 'failure' would read the same column there.
+    """
+    column = column_mappings.get(target, target)
+    for i, feature in enumerate(features):
+        mapped = column_mappings.get(feature, feature)
+        if mapped.casefold() == column.casefold():
+            raise ConfigError(
+                f"{prefix}featureColumns",
+                _same_column(target, feature, i, column, mapped, prefix),
+            )
+
+
+def _same_column(target: str, feature: str, i: int, column: str, mapped: str, prefix: str) -> str:
+    via = [
+        f"schemaConfig.columnMappings maps {f.shown(name)} to {f.shown(physical)}"
+        for name, physical in ((target, column), (feature, mapped))
+        if name != physical
+    ]
+    if mapped != column:
+        via.append("column names that differ only in case name the same column")
+    how = f" ({'; '.join(via)})" if via else ""
+    return (
+        f"{prefix}targetColumn {f.shown(target)} and {prefix}featureColumns[{i}] "
+        f"{f.shown(feature)} are the same SCADA column {f.shown(column)}{how}; a column is "
+        f"either the target or a feature, never both: remove {f.shown(feature)} from "
+        f"{prefix}featureColumns or choose another {prefix}targetColumn"
     )
 
 

@@ -109,7 +109,8 @@ def trained(
             conn.execute(
                 update(training_runs).where(training_runs.c.id == run_id).values(status=status)
             )
-    (store.artifacts(org, version) / "data").mkdir(parents=True, exist_ok=True)
+    store.data_dir(org, version).mkdir(parents=True, exist_ok=True)
+    store.artifacts(org, version).mkdir(parents=True, exist_ok=True)
     (store.artifacts(org, version) / "metrics.json").write_text("{}")
     record_model(engine, store, org, version, run_id, now=now)
     if verdict is not None:
@@ -203,7 +204,7 @@ def test_a_rollback_rewrites_a_deployed_copy_that_went_missing(
     ("case", "message"),
     [
         ("rejected", "is rejected (it failed validation: recall is 0.41"),
-        ("another organization", "belongs to organization globex, not acme"),
+        ("another organization", "is not a version of organization acme; nothing was"),
         ("removed by gc", "garbage collection removed its files"),
         ("already deployed", "is already the deployed version of organization acme"),
         ("never validated", "is trained; only a validated version can be rolled back to"),
@@ -439,6 +440,7 @@ def test_gc_keeps_the_deployed_the_previous_and_the_newest_and_removes_the_rest(
         exists = store.version_model("acme", version).exists()
         assert exists == (version not in gone), version
         assert store.artifacts("acme", version).exists() == (version not in gone)
+        assert store.data_dir("acme", version).exists() == (version not in gone)
     assert store.deployed_dir("acme", names[0]).exists(), "the previous version stays deployable"
     assert [status_of(engine, version) for version in gone] == ["removed"] * 3
     assert versions.get_version(engine, gone[0])["removed_at"] == NOW
@@ -609,6 +611,8 @@ def failed_run(engine: Engine, store: ModelStore, *, offset_s: int, status: str 
     data = store.data_dir("acme", version)
     data.mkdir(parents=True)
     (data / "train.parquet").write_bytes(b"rows")
+    store.artifacts("acme", version).mkdir(parents=True)
+    (store.artifacts("acme", version) / "train.log").write_text("what the script said\n")
     return version
 
 
@@ -622,10 +626,13 @@ def test_gc_keeps_the_newest_failed_runs_files_for_inspection_and_removes_older_
         (failed[0], "failed-run"),
         (failed[1], "failed-run"),
     ]
-    assert not store.artifacts("acme", failed[0]).exists()
-    assert (
-        store.artifacts("acme", failed[2]).exists() and store.artifacts("acme", cancelled).exists()
-    )
+    for version in failed[:2]:  # the log and the extracted data alike
+        assert not store.artifacts("acme", version).exists()
+        assert not store.data_dir("acme", version).exists()
+    for version in (failed[2], cancelled):
+        assert (
+            store.artifacts("acme", version).exists() and store.data_dir("acme", version).exists()
+        )
     events = [e for e in audit.list_events(engine, "acme") if e["event"] == "run.files_removed"]
     assert sorted(e["details"]["version"] for e in events) == sorted(failed[:2])
     assert service.collect_garbage("acme", keep=2) == []

@@ -162,3 +162,93 @@ def test_a_schedule_of_any_shape_is_accepted_or_refused_by_field(schedule: dict[
         assert err.field.startswith("trainingSchedule")
         return
     assert set(parsed) == {"pattern", "timezone", "enabled"}
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+# Values an attacker would choose: megabytes of text, nesting past any recursion limit, numbers
+# Python refuses to print, thousands of keys.
+hostile_values = st.one_of(
+    st.text(min_size=1, max_size=4).map(lambda t: t * 300_000),
+    st.integers(17, 200_000).map(lambda depth: _nested(depth, "x")),
+    st.integers(400, 9_000).map(lambda digits: 10**digits),
+    st.integers(200, 5_000).map(lambda n: {f"key{i}": "v" * 50 for i in range(n)}),
+    st.integers(600, 5_000).map(lambda n: ["name"] * n),
+)
+MAX_ERROR_CHARS = 500
+REQUEST_FIELDS = [
+    *training_config.REQUEST_KEYS,
+    "hyperparameters.numLeaves",
+    "hyperparameters.metric",
+    "dataRange.startDate",
+]
+ORG_FIELDS = [
+    "organizationId",
+    "name",
+    "mlModelConfig.script",
+    "mlModelConfig.featureColumns",
+    "mlModelConfig.thresholds.recall",
+    "scadaDbConfig.urlEnv",
+    "schemaConfig.table",
+    "schemaConfig.columnMappings.temperature",
+    "trainingSchedule.pattern",
+    "trainingSchedule.timezone",
+    "alerts.webhookUrl",
+]
+
+
+def _with(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of `doc` with the value at the dotted path replaced."""
+    head, _, rest = dotted.partition(".")
+    inner = doc.get(head) if isinstance(doc.get(head), dict) else {}
+    return {**doc, head: _with(inner, rest, value) if rest else value}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(REQUEST_FIELDS), hostile_values)
+def test_a_hostile_request_value_is_refused_echoing_at_most_about_100_characters(
+    dotted: str, value: Any
+) -> None:
+    request = _with({"dataRange": {"endDate": "2026-01-01"}}, dotted, value)
+    try:
+        training_config.resolve(request, "acme", VALID_ORG["mlModelConfig"], NOW)
+    except ConfigError as err:
+        assert len(str(err)) < MAX_ERROR_CHARS, str(err)[: MAX_ERROR_CHARS * 2]
+        return
+    raise AssertionError(f"{dotted} accepted a hostile value")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(ORG_FIELDS), hostile_values)
+def test_a_hostile_organization_config_value_is_refused_echoing_at_most_about_100_characters(
+    dotted: str, value: Any
+) -> None:
+    try:
+        parse_org_config(_with(VALID_ORG, dotted, value), "acme")
+    except ConfigError as err:
+        assert len(str(err)) < MAX_ERROR_CHARS, str(err)[: MAX_ERROR_CHARS * 2]
+        return
+    raise AssertionError(f"{dotted} accepted a hostile value")
+
+
+@FUZZ
+@given(json_values | hostile_values | hostile_text)
+def test_a_bad_value_is_shown_in_about_100_characters_whatever_it_is(value: Any) -> None:
+    from training_tasks.fields import shown
+
+    assert len(shown(value)) <= 140
+
+
+@FUZZ
+@given(hostile_values | hostile_text)
+def test_every_id_checker_echoes_at_most_about_100_characters(value: Any) -> None:
+    for check in (check_org_id, check_version_id, check_run_id):
+        try:
+            check(value)
+        except ConfigError as err:
+            assert len(str(err)) < MAX_ERROR_CHARS

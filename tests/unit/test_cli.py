@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 BASE_ORG = {
     "mlModelConfig": {"featureColumns": ["temperature"], "targetColumn": "failure"},
     "scadaDbConfig": {"urlEnv": "ACME_SCADA_URL"},
@@ -142,7 +144,8 @@ def test_a_rollback_to_an_unknown_version_says_where_to_list_them(tmp_path: Path
     _registered(tmp_path).dispose()
     result = trainctl(tmp_path, "rollback", "acme-corp", "v2026-01-15T10-30-00-000Z_a1b2c3d4")
     assert result.returncode == 1
-    assert "does not exist" in result.stderr and "trainctl versions" in result.stderr
+    assert "is not a version of organization acme-corp" in result.stderr
+    assert "trainctl versions acme-corp" in result.stderr
 
 
 def test_gc_dry_run_lists_what_would_be_removed_and_changes_nothing(tmp_path: Path) -> None:
@@ -221,3 +224,180 @@ def test_validate_prints_every_failed_check_and_exits_1_when_rejected(tmp_path: 
     assert f"{org} version {version}: rejected" in result.stdout
     assert f"model    {model}" in result.stdout
     assert "failed checks:" in result.stdout and "accuracy" in result.stdout
+
+
+# Expected failures: one `error:` line naming the problem and what to do, never a traceback.
+
+NESTED = 100_000
+UNREACHABLE_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:1/x"
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+
+
+def one_error_line(result: subprocess.CompletedProcess[str] | tuple[int, str], code: int) -> str:
+    """The single `error:` line a failed command printed, after checking its exit status."""
+    returncode, stderr = (
+        (result.returncode, result.stderr)
+        if isinstance(result, subprocess.CompletedProcess)
+        else result
+    )
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert returncode == code, stderr
+    return lines[0]
+
+
+def in_process(capsys: Any, *args: str) -> tuple[int, str]:
+    """Run `trainctl ARGS` in this process (for checks made before any service is touched)."""
+    from training_tasks.cli import cli
+    from training_tasks.cli_common import run_cli
+
+    code = run_cli(cli, list(args))
+    out, err = capsys.readouterr()
+    assert out == ""
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("org", "list"), ("status", "acme-corp"), ("history", "acme-corp"), ("train", "acme-corp")],
+)
+def test_an_unreachable_service_database_is_one_line_naming_database_url(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = trainctl(tmp_path, *command, DATABASE_URL=UNREACHABLE_POSTGRES)
+    line = one_error_line(result, 1)
+    assert f"the service database {UNREACHABLE_POSTGRES} (DATABASE_URL) cannot be reached" in line
+    assert "Connection refused" in line and "then run the command again" in line
+
+
+def test_an_unreachable_redis_is_one_line_naming_redis_url_when_the_command_needs_it(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import update
+
+    from training_tasks.db.tables import organizations
+    from training_tasks.paths import ModelStore
+
+    engine = _registered(tmp_path, doc=BASE_ORG)  # its SCADA URL is not set here: not checked
+    version = _version(engine, tmp_path, "acme-corp", 0)
+    with engine.begin() as conn:  # deployed, so reconcile compares the Redis key with it
+        conn.execute(update(organizations).values(current_version=version, deploy_sequence=1))
+    engine.dispose()
+    deployed = ModelStore(tmp_path / "ml").deployed_model("acme-corp", version)
+    deployed.parent.mkdir(parents=True)
+    deployed.write_bytes(b"model")
+    line = one_error_line(trainctl(tmp_path, "reconcile", REDIS_URL=UNREACHABLE_REDIS), 1)
+    assert f"Redis at {UNREACHABLE_REDIS} (REDIS_URL) did not answer" in line
+    assert "Start Redis or point REDIS_URL at it" in line
+    queued = one_error_line(
+        trainctl(tmp_path, "train", "acme-corp", REDIS_URL=UNREACHABLE_REDIS), 1
+    )
+    assert "the broker did not take run" in queued and "REDIS_URL" in queued
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[1, 2]", "a training config must be a JSON object {...}, got a list"),
+        ('"acme"', "a training config must be a JSON object {...}, got a string"),
+        ("[" * NESTED + "]" * NESTED, "must be a JSON object {...}, got a list"),
+        (
+            '{"featureColumns": ' + "[" * NESTED + "]" * NESTED + "}",
+            "featureColumns[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nests lists or "
+            "objects more than 16 levels deep",
+        ),
+        (
+            '{"hyperparameters": {"metric": ' + '{"a": ' * NESTED + "1" + "}" * NESTED + "}}",
+            "hyperparameters.metric.a.a.a.a.a.a.a.a.a.a.a.a.a.a: nests lists or objects more",
+        ),
+        ('{"featureColumns": [', "is not valid JSON (Expecting value: line 1 column 21"),
+        ('{"validationSplit": ' + "9" * 5000 + "}", "holds a number of over 4,300 digits"),
+        (b'{"targetColumn": "\\xe9t\xe9"}', "is not UTF-8 text (byte 23 is not); save it as UTF-8"),
+        ("", "must be a JSON object {...}, got an empty file"),
+    ],
+)
+def test_a_training_config_file_that_is_not_a_usable_json_object_is_one_line_exit_2(
+    tmp_path: Path, capsys: Any, content: str | bytes, expected: str
+) -> None:
+    config = _write(tmp_path / "config.json", content)
+    line = one_error_line(in_process(capsys, "train", "acme-corp", "--config", str(config)), 2)
+    assert line.startswith(f"error: --config {config}")
+    assert expected in line
+    assert len(line) < 400
+
+
+def test_a_config_file_that_does_not_exist_or_is_not_a_file_is_one_line_exit_2(
+    tmp_path: Path, capsys: Any
+) -> None:
+    missing = tmp_path / "nowhere.json"
+    line = one_error_line(in_process(capsys, "org", "create", "acme", "--config", str(missing)), 2)
+    assert line == (
+        f"error: --config {missing}: no such file; give the path of a JSON file with an "
+        "organization config"
+    )
+    line = one_error_line(in_process(capsys, "org", "update", "acme", "--config", str(tmp_path)), 2)
+    assert "is not a regular file (a directory, pipe or device)" in line
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # reading it would block for ever: it is refused unread
+    line = one_error_line(in_process(capsys, "train", "acme", "--config", str(fifo)), 2)
+    assert f"--config {fifo} is not a regular file" in line
+
+
+def test_a_config_file_larger_than_a_mebibyte_is_refused_unread(
+    tmp_path: Path, capsys: Any
+) -> None:
+    config = _write(tmp_path / "big.json", json.dumps({"featureColumns": ["x" * 2_000_000]}))
+    line = one_error_line(in_process(capsys, "train", "acme", "--config", str(config)), 2)
+    assert "is 2,000,024 bytes; a training config is at most 1,048,576 bytes of JSON" in line
+
+
+def test_an_org_config_file_that_is_a_list_is_refused_and_registers_nothing(
+    tmp_path: Path,
+) -> None:
+    config = _write(tmp_path / "org.json", json.dumps([BASE_ORG]))
+    line = one_error_line(
+        trainctl(tmp_path, "org", "create", "acme-corp", "--config", str(config)), 2
+    )
+    assert "an organization config must be a JSON object {...}, got a list" in line
+    assert trainctl(tmp_path, "org", "list").stdout.strip() == ""
+
+
+def test_a_huge_value_in_a_config_file_is_echoed_shortened(tmp_path: Path) -> None:
+    _registered(tmp_path).dispose()
+    config = _write(tmp_path / "config.json", json.dumps({"targetColumn": "f" * 500_000}))
+    line = one_error_line(trainctl(tmp_path, "train", "acme-corp", "--config", str(config)), 1)
+    assert line.startswith("error: targetColumn: must be at most 128 characters, got 'fff")
+    assert line.endswith("… (500,000 characters)") and len(line) < 250
+
+
+def test_a_huge_organization_id_is_echoed_shortened(tmp_path: Path) -> None:
+    line = one_error_line(trainctl(tmp_path, "history", "a" * 10_000), 1)
+    assert "… (10,000 characters) is not a valid organization id" in line and len(line) < 300
+
+
+def test_a_usage_error_is_one_line_with_where_to_read_more(tmp_path: Path, capsys: Any) -> None:
+    line = one_error_line(in_process(capsys, "gc", "--keep", "-1"), 2)
+    assert "--keep" in line and line.endswith("(see `trainctl gc --help`)")
+
+
+def test_another_organizations_version_is_refused_as_if_it_did_not_exist(tmp_path: Path) -> None:
+    from tests.registry_fixtures import register
+
+    engine = _registered(tmp_path)
+    register(engine, "globex", {**BASE_ORG, "scadaDbConfig": {"url": "sqlite:///y.db"}})
+    theirs = _version(engine, tmp_path, "globex", 0)
+    engine.dispose()
+    unknown = "v2026-01-15T10-30-00-000Z_a1b2c3d4"
+    for command in ("deploy", "rollback"):
+        refused = one_error_line(trainctl(tmp_path, command, "acme-corp", theirs), 1)
+        assert "globex" not in refused
+        assert f"version {theirs} is not a version of organization acme-corp" in refused
+        missing = one_error_line(trainctl(tmp_path, command, "acme-corp", unknown), 1)
+        assert refused.replace(theirs, unknown) == missing

@@ -28,10 +28,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from training_tasks.errors import ExtractError
+from training_tasks.errors import ConfigError, ExtractError
 from training_tasks.org_config import SchemaConfig, mask_url
 from training_tasks.stages.extract_errors import source_errors, translate_error
-from training_tasks.training_config import TrainingConfig
+from training_tasks.training_config import TrainingConfig, check_target_not_feature
 
 TIMESTAMP_FIELD = "timestamp"
 ASSET_FIELD = "asset_id"
@@ -189,6 +189,13 @@ def _wanted_columns(schema: SchemaConfig, config: TrainingConfig) -> list[Source
         cols.append(SourceColumn(f"featureColumns[{i}]", name, schema.physical(name), "feature"))
     target = config.target_column
     cols.append(SourceColumn("targetColumn", target, schema.physical(target), "target"))
+    try:  # checked at submit too; the mappings may have changed since the run was queued
+        check_target_not_feature(target, config.feature_columns, schema.column_mappings)
+    except ConfigError as exc:
+        raise ExtractError(
+            f"organization {config.organization_id}: {exc.problem}. Fix the organization's "
+            "schemaConfig.columnMappings or train with other columns"
+        ) from None
     for col in cols:
         if col.role in ("feature", "target") and col.logical in (TIMESTAMP_FIELD, ASSET_FIELD):
             raise ExtractError(
