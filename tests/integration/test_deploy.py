@@ -92,6 +92,20 @@ def test_the_next_deploy_supersedes_the_previous_and_bumps_the_sequence(
     assert store.deployed_model("acme", first).exists(), "the previous version is kept for rollback"
 
 
+def test_each_deployed_folder_records_what_the_redis_key_says_for_a_cache_without_redis(
+    engine, store, redis
+) -> None:
+    first = trained(engine, store, "acme")
+    second = trained(engine, store, "acme", offset_s=60)
+    deploy(engine, redis, store, "acme", first, now=NOW, actor="t")
+    deploy(engine, redis, store, "acme", second, now=NOW, actor="t")
+    record = store.deployed_dir("acme", second) / hotswap.DEPLOYMENT_FILE
+    assert json.loads(record.read_text()) == json.loads(redis.get("ml:model:acme:current"))
+    deploy(engine, redis, store, "acme", first, now=NOW, actor="t")  # back to an existing folder
+    again = json.loads((store.deployed_dir("acme", first) / hotswap.DEPLOYMENT_FILE).read_text())
+    assert (again["version"], again["sequence"]) == (first, 3)
+
+
 def test_a_rejected_version_is_not_deployed_and_nothing_changes(engine, store, redis) -> None:
     good = trained(engine, store, "acme")
     deploy(engine, redis, store, "acme", good, now=NOW, actor="t")
@@ -105,8 +119,9 @@ def test_a_rejected_version_is_not_deployed_and_nothing_changes(engine, store, r
 
 def test_another_organizations_version_is_refused(engine, store, redis) -> None:
     theirs = trained(engine, store, "globex")
-    with pytest.raises(DeployError, match="belongs to organization globex"):
+    with pytest.raises(DeployError, match="is not a version of organization acme") as err:
         deploy(engine, redis, store, "acme", theirs, now=NOW, actor="t")
+    assert "globex" not in str(err.value)  # refused as if it did not exist
     assert orgs.get_org_row(engine, "acme")["current_version"] is None
 
 

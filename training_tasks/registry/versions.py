@@ -74,9 +74,12 @@ def record_validation(
 def get_version(engine: Engine, version: str) -> dict[str, Any]:
     """One model version by id."""
     with engine.connect() as conn:
-        row = conn.execute(
-            select(model_versions).where(model_versions.c.version == version)
-        ).first()
+        return get_version_in(conn, version)
+
+
+def get_version_in(conn: Connection, version: str) -> dict[str, Any]:
+    """One model version by id, inside the caller's transaction."""
+    row = conn.execute(select(model_versions).where(model_versions.c.version == version)).first()
     if row is None:
         raise NotFoundError(
             f"model version {version} does not exist; list versions with `trainctl versions <org>`"

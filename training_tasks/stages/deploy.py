@@ -11,6 +11,8 @@ A rollback is the same deployment of an earlier version, announced as `rolled_ba
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 from datetime import datetime
@@ -22,9 +24,9 @@ from sqlalchemy import Engine, update
 
 from training_tasks import hotswap
 from training_tasks.db.tables import model_versions, organizations
-from training_tasks.errors import ConflictError, DeployError
+from training_tasks.errors import ConflictError, DeployError, NotFoundError, VersionNotFound
 from training_tasks.fields import iso
-from training_tasks.files import atomic_copy, replace_symlink, sha256_file
+from training_tasks.files import atomic_copy, replace_symlink, sha256_file, write_json_atomic
 from training_tasks.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
@@ -76,8 +78,7 @@ def rollback(
             f"{row['current_version'] or 'none'}); name a version: `trainctl rollback {org_id} "
             f"VERSION` (see `trainctl versions {org_id}`)"
         )
-    record = versions.get_version(engine, target)
-    _check_owner(record, org_id)
+    record = _own_version(engine, org_id, target, "rolled back")
     if target == row["current_version"]:
         raise DeployError(
             f"version {target} is already the deployed version of organization {org_id} "
@@ -106,18 +107,27 @@ def check_model_path(store: ModelStore, record: dict[str, Any], path: Path) -> P
 
 
 def _deployable(engine: Engine, org_id: str, version: str) -> dict[str, Any]:
-    record = versions.get_version(engine, version)
-    _check_owner(record, org_id)
+    record = _own_version(engine, org_id, version, "deployed")
     _check_status(record, org_id, "deployed")
     return record
 
 
-def _check_owner(record: dict[str, Any], org_id: str) -> None:
-    if record["organization_id"] != org_id:
-        raise DeployError(
-            f"version {record['version']} belongs to organization {record['organization_id']}, "
-            f"not {org_id}; use one of this organization's versions (`trainctl versions {org_id}`)"
+def _own_version(engine: Engine, org_id: str, version: str, action: str) -> dict[str, Any]:
+    """The version's record if it is one of the organization's own; else VersionNotFound.
+
+    Another organization's version is refused exactly like one that does not exist: a refusal
+    never tells one organization what another one has.
+    """
+    try:
+        record = versions.get_version(engine, version)
+    except NotFoundError:
+        record = None
+    if record is None or record["organization_id"] != org_id:
+        raise VersionNotFound(
+            f"version {version} is not a version of organization {org_id}; nothing was {action}. "
+            f"List its versions with `trainctl versions {org_id}`"
         )
+    return record
 
 
 def _check_status(record: dict[str, Any], org_id: str, action: str) -> None:
@@ -256,11 +266,35 @@ def point_current(engine: Engine, store: ModelStore, org_id: str) -> str | None:
         state = versions.lock_deployment(conn, org_id)
         if state is None or not state["current_version"]:
             return None
-        link, target = store.current_link(org_id), f"deployed_{state['current_version']}"
+        version = state["current_version"]
+        _record_deployment(store, org_id, versions.get_version_in(conn, version), state)
+        link, target = store.current_link(org_id), f"deployed_{version}"
         if link.is_symlink() and os.readlink(link) == target:
             return None
         replace_symlink(link, target)
         return target
+
+
+def _record_deployment(
+    store: ModelStore, org_id: str, record: dict[str, Any], state: dict[str, Any]
+) -> None:
+    """Write `deployed_<version>/deployment.json`: what the Redis key says, for a cache that
+    finds no key (Redis lost it) and falls back on the `current` link."""
+    version = record["version"]
+    deployment = hotswap.Deployment(
+        organizationId=org_id,
+        version=version,
+        modelPath=record["deployed_path"] or str(store.deployed_model(org_id, version)),
+        sha256=record["sha256"],
+        deployedAt=iso(record["deployed_at"]) if record["deployed_at"] else "",
+        sequence=int(state["deploy_sequence"]),
+    )
+    path = store.deployed_dir(org_id, version) / hotswap.DEPLOYMENT_FILE
+    doc = json.loads(deployment.to_json())
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")) == doc:
+            return  # already says this (a reconcile with nothing to repair)
+    write_json_atomic(path, doc)
 
 
 def _announce(redis: Any, deployment: hotswap.Deployment, event: str) -> None:
