@@ -94,3 +94,11 @@ class LeaseHeld(TrainingServiceError):
 
 class RunFinished(TrainingServiceError):
     """The run is already finished; a late or repeated message must do nothing."""
+
+
+class VersionNotFound(NotFoundError, DeployError):
+    """A version asked for is not one of the organization's own (whether or not it exists)."""
+
+
+class StageOutOfMemory(PermanentError):
+    """A stage ran out of memory in the worker; the run fails, the worker and its other runs live."""

@@ -39,6 +39,9 @@ class Settings:
     alert_webhook_url: str | None = None
     alert_webhook_timeout_s: float = 5.0
     reaper_interval_s: float = 15.0
+    # How long an active run may wait for its next stage's message, with none in its queue,
+    # before the reaper takes the message as lost and sends the stage again.
+    run_stall_s: float = 300.0
     retry_backoff_s: float = 5.0
     min_free_disk_mb: float = 1024.0
     # ML_MASTER_KEYS as given (checked by parsing); never shown, see training_tasks.crypto.
@@ -88,6 +91,7 @@ class Settings:
             alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
             alert_webhook_timeout_s=_positive(env, "ALERT_WEBHOOK_TIMEOUT_S", 5.0),
             reaper_interval_s=_positive(env, "REAPER_INTERVAL_S", 15.0),
+            run_stall_s=_positive(env, "RUN_STALL_S", 300.0),
             retry_backoff_s=_positive(env, "RETRY_BACKOFF_S", 5.0),
             min_free_disk_mb=_positive(env, "MIN_FREE_DISK_MB", 1024.0),
             master_keys=_master_keys(env),

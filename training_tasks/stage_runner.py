@@ -7,16 +7,19 @@ held by a live worker and stops without doing anything (and without continuing t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from traceback import format_exception
 from typing import Any, NoReturn
 
+from billiard.process import current_process
 from celery import Task
 from celery.exceptions import Ignore
 from sqlalchemy.exc import DBAPIError
@@ -26,18 +29,20 @@ from training_tasks.errors import (
     Cancelled,
     LeaseHeld,
     RunFinished,
+    StageOutOfMemory,
     TrainingServiceError,
     ValidationRejected,
 )
 from training_tasks.failure_alerts import alert_run_end
 from training_tasks.ids import check_run_id
-from training_tasks.leases import keeper
+from training_tasks.leases import CANCEL_GRACE_S, keeper
 from training_tasks.registry import run_control, runs
 from training_tasks.registry.run_control import MAX_ATTEMPTS
 from training_tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
+EXIT_STUCK_STAGE = 75  # a pool process ended because its cancelled stage did not stop
 
 
 @dataclass
@@ -61,7 +66,25 @@ class StageContext:
 def run_stage(
     task: Task, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
 ) -> str:
-    """Run `body` for `stage` of `run_id` under the run's lease; returns run_id for the next task."""
+    """Run `body` for `stage` of `run_id` under the run's lease; returns run_id for the next task.
+
+    No MemoryError leaves this function: Celery's worker re-raises a task's MemoryError in its
+    main process, which then exits and stops every other organization's runs with it.
+    """
+    try:
+        return _run_stage(task, run_id, stage, body)
+    except MemoryError:
+        pass  # leave the except block first, so the frames that held the memory are freed
+    # Outside the stage's body, which fails the run itself; the chain's error handler does here.
+    raise StageOutOfMemory(
+        f"run {run_id}: the worker ran out of memory around {stage}; the run failed and the "
+        "worker goes on. Shorten dataRange or give the worker more memory"
+    )
+
+
+def _run_stage(
+    task: Task, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
+) -> str:
     rt = get_runtime()
     check_run_id(run_id)
     owner = f"{task.request.hostname}/{os.getpid()}/{task.request.id}"
@@ -90,13 +113,14 @@ def run_stage(
     )
     cancel = threading.Event()
     ctx = StageContext(rt, run, _progress_sink(task, rt, run_id, stage, cancel), cancel)
-    with keeper.hold(rt, run_id, owner, cancel):
+    stuck = functools.partial(_stop_stuck_stage, rt, run, stage, owner)
+    with keeper.hold(rt, run_id, owner, cancel, on_stuck=stuck):
         work_started = time.perf_counter()
-        try:
-            outcome = body(ctx)
-        except Exception as exc:
-            _on_error(task, rt, run, stage, owner, exc, cancel)
-            raise
+        outcome, failure = _call(body, ctx, stage)
+        if failure is not None:
+            _on_error(task, rt, run, stage, owner, failure, cancel)
+            raise failure
+        assert outcome is not None
         work_s = time.perf_counter() - work_started
     try:
         runs.complete_stage(
@@ -111,6 +135,10 @@ def run_stage(
             work_s=work_s,
             claimed=run,
         )
+    except LeaseHeld as exc:
+        # The run was cancelled (or recovered elsewhere) while this stage finished its work.
+        log.warning("run %s: %s finished after the run was taken from it (%s)", run_id, stage, exc)
+        raise Ignore() from exc
     except DBAPIError as exc:
         # The work is done but cannot be recorded: leave the lease to expire, and the reaper
         # runs the stage again when the database is back (failing the run needs it too).
@@ -125,6 +153,52 @@ def run_stage(
     if outcome.final_status is not None:
         scratch.clean_after_success(rt, run)
     return run_id
+
+
+def _call(
+    body: Callable[[StageContext], StageOutcome], ctx: StageContext, stage: str
+) -> tuple[StageOutcome | None, Exception | None]:
+    """Run the stage body; its error is returned. Running out of memory fails the run only:
+    a MemoryError that reached Celery would end the whole worker and every other run on it."""
+    try:
+        return body(ctx), None
+    except MemoryError:
+        pass  # leave the except block first, so the frames that held the memory are freed
+    except Exception as exc:
+        return None, exc
+    org = ctx.run["organization_id"]
+    return None, StageOutOfMemory(
+        f"organization {org} run {ctx.run['id']}: the worker ran out of memory during {stage}; "
+        "the run failed and the worker goes on. Shorten dataRange or give the worker more memory"
+    )
+
+
+def _stop_stuck_stage(rt: Runtime, run: dict[str, Any], stage: str, owner: str) -> None:
+    """A cancelled stage that did not stop by itself: finish the run, then end this pool process.
+
+    Called by the lease keeper's thread. The run is marked cancelled first, so the organization
+    can train again at once; ending the process frees the worker slot from whatever blocks it
+    (Celery starts a new pool process, as after a hard time limit).
+    """
+    if run_control.finish_cancelled(rt.engine, run["id"], stage=stage, now=rt.now(), owner=owner):
+        log.warning("run %s of %s cancelled during %s", run["id"], run["organization_id"], stage)
+    if not current_process().name.startswith("ForkPoolWorker"):
+        log.error(
+            "run %s: %s did not stop after its cancel; it ends when it returns", run["id"], stage
+        )
+        return
+    log.error(
+        "run %s of %s: %s did not stop within %g s of its cancel; ending pool process %d so its "
+        "slot is free again",
+        run["id"],
+        run["organization_id"],
+        stage,
+        CANCEL_GRACE_S,
+        os.getpid(),
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_STUCK_STAGE)
 
 
 def _cancelled(rt: Runtime, run: dict[str, Any], stage: str) -> NoReturn:
@@ -149,11 +223,18 @@ def _on_error(
     message = str(exc) if isinstance(exc, TrainingServiceError) else f"{type(exc).__name__}: {exc}"
     if _transient(exc):
         if run["attempt"] < MAX_ATTEMPTS:
+            countdown_s = rt.settings.retry_backoff_s * 4 ** (run["attempt"] - 1)
+            now = rt.now()
             attempt = run_control.record_retry(
-                rt.engine, run_id, owner=owner, stage=stage, error=message, now=rt.now()
+                rt.engine,
+                run_id,
+                owner=owner,
+                stage=stage,
+                error=message,
+                now=now,
+                resume_at=now + timedelta(seconds=countdown_s),
             )
             if attempt is not None:
-                countdown_s = rt.settings.retry_backoff_s * 4 ** (attempt - 2)
                 log.warning(
                     "run %s of %s: %s failed transiently (%s); attempt %d of %d in %gs",
                     run_id,
@@ -167,7 +248,9 @@ def _on_error(
                 raise task.retry(exc=exc, countdown=countdown_s, max_retries=MAX_ATTEMPTS)
         message = f"{message} (gave up after {run['attempt']} attempts)"
     status = "rejected" if isinstance(exc, ValidationRejected) else "failed"
-    trace = None if isinstance(exc, TrainingServiceError) else traceback.format_exc()
+    trace = None if isinstance(exc, TrainingServiceError) else "".join(format_exception(exc))
+    now = rt.now()
+    last = run_control.attempt_entry(run, stage, status, message, owner, now)
     finished = runs.finish_failed(
         rt.engine,
         run_id,
@@ -176,7 +259,8 @@ def _on_error(
         error=message,
         trace=trace,
         actor=owner,
-        now=rt.now(),
+        now=now,
+        last_attempt=last if status == "failed" else None,
     )
     log.error("run %s of %s %s at %s: %s", run_id, org, status, stage, message)
     if finished:

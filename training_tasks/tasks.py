@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from training_tasks import pipeline
 from training_tasks.celery_app import app
+from training_tasks.db.tables import ACTIVE_STATUSES
 from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.failure_alerts import alert_run_end
 from training_tasks.ids import org_queue
@@ -27,19 +29,24 @@ MAX_REQUEST_BYTES = 64 * 1024  # a request names columns and hyperparameters, ne
 @app.task(name="training.submit", bind=True)
 def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[str, Any]:
     """Public entry: check a camelCase training config, record the run, enqueue its chain."""
-    size = len(json.dumps(config, default=str))
-    if size > MAX_REQUEST_BYTES:
-        raise ConfigError(
-            "config",
-            f"is {size} bytes of JSON; a training request is at most {MAX_REQUEST_BYTES} bytes",
+    from training_tasks.submit import check_wire_request, shortened_on_refusal
+
+    with shortened_on_refusal(self.request, config):
+        request = check_wire_request(config)  # shape and nesting first: json.dumps recurses
+        size = len(json.dumps(request, default=str))
+        if size > MAX_REQUEST_BYTES:
+            raise ConfigError(
+                "config",
+                f"is {size:,} bytes of JSON; a training request is at most "
+                f"{MAX_REQUEST_BYTES:,} bytes",
+            )
+        return submit_training(
+            get_runtime(),
+            request,
+            trigger=trigger,
+            actor=f"celery:{self.request.id}",
+            enqueue=enqueue_chain,
         )
-    return submit_training(
-        get_runtime(),
-        config,
-        trigger=trigger,
-        actor=f"celery:{self.request.id}",
-        enqueue=enqueue_chain,
-    )
 
 
 @app.task(name="training.extract", bind=True, ignore_result=True)
@@ -76,7 +83,11 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     run_id = request.args[0] if request.args else None
     if not isinstance(run_id, str):
         return
+    rt = get_runtime()
     if isinstance(exc, WorkerLostError):
+        with contextlib.suppress(SQLAlchemyError, NotFoundError):
+            if runs.get_run(rt.engine, run_id)["status"] not in ACTIVE_STATUSES:
+                return  # it ended first (a cancelled stage that would not stop ends its process)
         log.warning(
             "run %s: the worker process running %s died (%s); the reaper retries the stage "
             "once its lease expires",
@@ -85,7 +96,6 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
             exc,
         )
         return
-    rt = get_runtime()
     try:
         finished = runs.finish_failed(
             rt.engine,
@@ -161,3 +171,17 @@ def enqueue_chain(
     while result.parent is not None:
         result = result.parent
     return str(result.id)
+
+
+def queue_waiting(org_id: str, *, broker_url: str | None = None) -> bool:
+    """Whether a message waits in the organization's queue (not counting ones a worker took)."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_read(broker_url) as connection:
+        try:
+            declared = connection.default_channel.queue_declare(
+                queue=org_queue(org_id), passive=True
+            )
+        except (ChannelError, *connection.channel_errors):
+            return False  # the queue does not exist, so nothing waits in it
+        return int(declared.message_count) > 0

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class RunReaper(bootsteps.StartStopStep):
-    """Recovers runs whose worker died: sends their stage again or fails them for good."""
+    """Recovers runs whose worker died or whose message was lost: resends the stage or fails them."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -34,15 +34,16 @@ class RunReaper(bootsteps.StartStopStep):
     def _reap(self) -> None:
         from training_tasks.recovery import reap
         from training_tasks.runtime import get_runtime
-        from training_tasks.tasks import enqueue_chain
+        from training_tasks.tasks import enqueue_chain, queue_waiting
 
         rt = get_runtime()
         enqueue = functools.partial(enqueue_chain, broker_url=rt.settings.redis_url)
+        waiting = functools.partial(queue_waiting, broker_url=rt.settings.redis_url)
 
         def enqueue_from(run_id: str, org_id: str, auto_deploy: bool, stage: str) -> str:
             return enqueue(run_id, org_id, auto_deploy, start=stage)
 
         try:
-            reap(rt, enqueue_from)
+            reap(rt, enqueue_from, waiting)
         except Exception:  # the database may be away; the next pass tries again
             log.warning("the reaper could not check for dead runs", exc_info=True)

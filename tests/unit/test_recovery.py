@@ -191,3 +191,119 @@ def test_the_alert_names_what_went_wrong_and_a_cancel_sends_none(
         run["version"],
         stage,
     )
+
+
+def between_stages(rt: Runtime, done: str) -> dict[str, Any]:
+    """A run whose `done` stage completed at NOW and whose next message never arrived."""
+    run = started_run(rt, done)
+    runs.complete_stage(rt.engine, run["id"], done, owner="w1", started_at=NOW, now=NOW)
+    return runs.get_run(rt.engine, run["id"])
+
+
+def test_a_run_whose_next_message_was_lost_is_sent_again_after_the_stall_bound(
+    rt: Runtime, clock: Clock
+) -> None:
+    run = between_stages(rt, "train")
+    assert run["status"] == "running" and run["lease_owner"] is None
+    resent = Resent()
+    clock.now = NOW + timedelta(seconds=rt.settings.run_stall_s - 1)
+    assert reap(rt, resent, lambda org: False) == []  # within the bound: maybe still on its way
+    clock.now = NOW + timedelta(seconds=rt.settings.run_stall_s + 1)
+    assert reap(rt, resent, lambda org: False) == [
+        {"runId": run["id"], "stage": "validate", "action": "resent"}
+    ]
+    assert resent.calls == [(run["id"], "validate")]
+    after = runs.get_run(rt.engine, run["id"])
+    [stalled] = after["attempts"]
+    assert (after["attempt"], stalled["kind"], stalled["stage"]) == (2, "stalled", "validate")
+    assert reap(rt, resent, lambda org: False) == []  # it waits afresh from the resend
+
+
+def test_a_run_whose_message_waits_in_its_queue_is_not_resent(rt: Runtime, clock: Clock) -> None:
+    run = between_stages(rt, "extract")
+    clock.now = NOW + timedelta(hours=5)
+    resent = Resent()
+    assert reap(rt, resent, lambda org: org == "acme") == [] and resent.calls == []
+    assert runs.get_run(rt.engine, run["id"])["attempt"] == 1
+
+
+def test_a_stalled_queued_run_gets_its_extract_again(rt: Runtime, clock: Clock) -> None:
+    run = queued_run(rt.engine, "acme", NOW)
+    clock.now = NOW + timedelta(seconds=rt.settings.run_stall_s + 1)
+    resent = Resent()
+    assert reap(rt, resent, lambda org: False)[0]["action"] == "resent"
+    assert resent.calls == [(run["id"], "extract")]
+
+
+def test_a_run_stalled_on_its_last_attempt_fails_listing_every_attempt(
+    rt: Runtime, clock: Clock
+) -> None:
+    run = started_run(rt, "train", attempt=3)
+    runs.complete_stage(rt.engine, run["id"], "train", owner="w1", started_at=NOW, now=NOW)
+    clock.now = NOW + timedelta(seconds=rt.settings.run_stall_s + 1)
+    resent = Resent()
+    assert reap(rt, resent, lambda org: False)[0]["action"] == "failed" and resent.calls == []
+    after = runs.get_run(rt.engine, run["id"])
+    assert after["status"] == "failed" and "no worker took its validate message" in after["error"]
+    assert [a["kind"] for a in after["attempts"]] == ["stalled"]
+
+
+def test_a_run_failed_after_three_worker_losses_lists_all_three(rt: Runtime, clock: Clock) -> None:
+    run = started_run(rt, "train")
+    for owner in ("w2", "w3"):
+        clock.now += timedelta(seconds=61)
+        assert reap(rt, Resent())[0]["action"] == "resent"
+        runs.claim_stage(
+            rt.engine, run["id"], "train", owner=owner, worker=owner, now=clock.now, ttl_s=60
+        )
+    clock.now += timedelta(seconds=61)
+    assert reap(rt, Resent())[0]["action"] == "failed"
+    after = runs.get_run(rt.engine, run["id"])
+    assert [(a["attempt"], a["kind"]) for a in after["attempts"]] == [
+        (1, "worker_lost"),
+        (2, "worker_lost"),
+        (3, "worker_lost"),
+    ]
+    assert [a["worker"] for a in after["attempts"]] == ["w1", "w2", "w3"]
+
+
+def test_the_broker_being_away_neither_resends_nor_counts_a_stalled_run(
+    rt: Runtime, clock: Clock
+) -> None:
+    run = between_stages(rt, "train")
+    clock.now = NOW + timedelta(seconds=rt.settings.run_stall_s + 1)
+
+    def broker_away(org: str) -> bool:
+        raise ConnectionError("broker away")
+
+    assert reap(rt, Resent(), broker_away) == []
+    assert reap(rt, Resent(fail=True), lambda org: False) == []
+    assert runs.get_run(rt.engine, run["id"])["attempt"] == 1
+
+
+def test_a_run_between_stages_is_cancelled_at_once(rt: Runtime) -> None:
+    run = between_stages(rt, "train")
+    doc = run_control.request_cancel(rt.engine, "acme", actor="ops", now=NOW)
+    assert doc["status"] == "cancelled"
+    after = runs.get_run(rt.engine, run["id"])
+    assert after["status"] == "cancelled" and "at validate (no live worker held it)" in after["error"]
+
+
+def test_a_run_whose_worker_died_is_cancelled_at_once(rt: Runtime, clock: Clock) -> None:
+    run = started_run(rt, "train")
+    clock.now = NOW + timedelta(seconds=61)
+    assert run_control.request_cancel(rt.engine, "acme", actor="ops", now=clock.now)["status"] == (
+        "cancelled"
+    )
+    assert runs.get_run(rt.engine, run["id"])["status"] == "cancelled"
+
+
+def test_asking_twice_to_cancel_a_held_run_says_who_asked_first(rt: Runtime) -> None:
+    started_run(rt, "train")
+    first = run_control.request_cancel(rt.engine, "acme", actor="ops", now=NOW)
+    again = run_control.request_cancel(rt.engine, "acme", actor="bob", now=NOW)
+    assert (first["status"], again["status"], again["requestedBy"]) == (
+        "cancelling",
+        "cancelling",
+        "ops",
+    )

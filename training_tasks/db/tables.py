@@ -105,7 +105,12 @@ training_runs = Table(
     Column("cancel_requested_by", String(255), nullable=True),
     # One entry per attempt that ended without finishing the run: stage, why, worker, when.
     Column("attempts", JSON, nullable=True),
+    # Set while no worker holds the run and its next stage's message should be on its way (from
+    # when it was queued, a stage ended, or a retry is due); the reaper resends a run that waits
+    # too long with nothing in its queue. NULL while a stage runs and once the run finished.
+    Column("waiting_since", UtcDateTime, nullable=True),
     Index("ix_training_runs_org_queued", "organization_id", "queued_at"),
+    Index("ix_training_runs_waiting_since", "waiting_since"),
     # At most one queued or running run per organization, enforced by the database itself.
     Index(
         "uq_training_runs_active_org",

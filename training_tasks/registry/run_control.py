@@ -10,22 +10,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 
 from training_tasks.db.tables import ACTIVE_STATUSES, training_runs
 from training_tasks.errors import NotFoundError
 from training_tasks.fields import iso
 from training_tasks.registry import audit
-from training_tasks.registry.runs import finish_failed, get_run_in
+from training_tasks.registry.runs import STAGES, finish_failed, get_run_in
 
 MAX_ATTEMPTS = 3  # the first try and two retries
 
 
 def request_cancel(engine: Engine, org_id: str, *, actor: str, now: datetime) -> dict[str, Any]:
-    """Cancel the organization's active run: at once if still queued, else ask its worker.
+    """Cancel the organization's active run: at once unless a live worker holds it, else ask it.
 
     Returns `{runId, version, status}` with status `cancelled` or `cancelling`. The request is
-    stored, so it holds across worker restarts.
+    stored, so it holds across worker restarts; a run that no live lease holds (queued, between
+    two stages, or whose worker died) is finished here and then.
     """
     c = training_runs.c
     with engine.begin() as conn:
@@ -39,30 +40,56 @@ def request_cancel(engine: Engine, org_id: str, *, actor: str, now: datetime) ->
             )
         run = dict(found._mapping)
         summary = {"runId": run["id"], "version": run["version"]}
-        if run["cancel_requested_at"] is not None:
-            return {**summary, "status": "cancelling", "requestedBy": run["cancel_requested_by"]}
-        conn.execute(
-            update(training_runs)
-            .where(c.id == run["id"])
-            .values(cancel_requested_at=now, cancel_requested_by=actor)
-        )
-        audit.record(
-            conn, org_id, "training.cancel_requested", actor=actor, now=now, details=summary
-        )
-    # A run nobody has claimed yet is finished here; the message, when it comes, finds it done.
-    if run["status"] == "queued" and finish_cancelled(engine, run["id"], stage=None, now=now):
+        if run["cancel_requested_at"] is None:
+            conn.execute(
+                update(training_runs)
+                .where(c.id == run["id"])
+                .values(cancel_requested_at=now, cancel_requested_by=actor)
+            )
+            audit.record(
+                conn, org_id, "training.cancel_requested", actor=actor, now=now, details=summary
+            )
+    # A run no live worker holds is finished here; its message, if it ever comes, finds it done.
+    if run["status"] == "queued":
+        if finish_cancelled(engine, run["id"], stage=None, now=now):
+            return {**summary, "status": "cancelled"}
+    elif finish_cancelled(engine, run["id"], stage=next_stage(run), now=now, unheld=True):
         return {**summary, "status": "cancelled"}
-    return {**summary, "status": "cancelling"}
+    return {**summary, "status": "cancelling", "requestedBy": run["cancel_requested_by"] or actor}
 
 
-def finish_cancelled(engine: Engine, run_id: str, *, stage: str | None, now: datetime) -> bool:
-    """Finish a run whose cancel was requested; True if this call finished it."""
+def next_stage(run: dict[str, Any]) -> str:
+    """The stage a run does next: the one after the last it completed."""
+    return STAGES[min(int(run["stages_done"]), len(STAGES) - 1)]
+
+
+def finish_cancelled(
+    engine: Engine,
+    run_id: str,
+    *,
+    stage: str | None,
+    now: datetime,
+    unheld: bool = False,
+    owner: str | None = None,
+) -> bool:
+    """Finish a run whose cancel was requested; True if this call finished it.
+
+    Without a stage the run must still be queued; with `unheld` no live lease may hold it (it
+    waits between stages or its worker died); with `owner` that owner must still hold it.
+    """
+    c = training_runs.c
     with engine.connect() as conn:
         run = get_run_in(conn, run_id)
     who = run["cancel_requested_by"] or "an operator"
     when = iso(run["cancel_requested_at"]) if run["cancel_requested_at"] else iso(now)
     where = f"during {stage}" if stage else "before it started"
-    guard = None if stage else {"status": "queued"}  # not claimed meanwhile
+    if unheld:
+        where = f"at {stage} (no live worker held it)"
+    conditions = [] if stage else [c.status == "queued"]  # not claimed meanwhile
+    if unheld:
+        conditions.append(or_(c.lease_owner.is_(None), c.lease_expires_at < now))
+    if owner is not None:
+        conditions.append(c.lease_owner == owner)
     return finish_failed(
         engine,
         run_id,
@@ -72,7 +99,7 @@ def finish_cancelled(engine: Engine, run_id: str, *, stage: str | None, now: dat
         trace=None,
         actor=who,
         now=now,
-        only_if=guard,
+        conditions=conditions,
     )
 
 
@@ -87,10 +114,18 @@ def cancel_requested(engine: Engine, run_ids: list[str]) -> set[str]:
 
 
 def record_retry(
-    engine: Engine, run_id: str, *, owner: str, stage: str, error: str, now: datetime
+    engine: Engine,
+    run_id: str,
+    *,
+    owner: str,
+    stage: str,
+    error: str,
+    now: datetime,
+    resume_at: datetime | None = None,
 ) -> int | None:
     """Count a failed attempt and give up the lease so the retry can claim the stage.
 
+    `resume_at` is when the retry's message is due (the backoff); the run waits from then.
     Returns the new attempt number, or None if this owner no longer holds the run.
     """
     c = training_runs.c
@@ -98,7 +133,7 @@ def record_retry(
         run = get_run_in(conn, run_id)
         if run["lease_owner"] != owner:
             return None
-        entry = _attempt(run, stage, "retry", error, owner, now)
+        entry = attempt_entry(run, stage, "retry", error, owner, now)
         conn.execute(
             update(training_runs)
             .where(c.id == run_id, c.lease_owner == owner)
@@ -107,6 +142,7 @@ def record_retry(
                 attempts=[*(run["attempts"] or []), entry],
                 lease_owner=None,
                 lease_expires_at=None,
+                waiting_since=resume_at or now,
                 progress={"stage": stage, "retrying": True, "error": error[:500]},
             )
         )
@@ -134,7 +170,7 @@ def dead_runs(engine: Engine, now: datetime) -> list[dict[str, Any]]:
 def take_dead(engine: Engine, run: dict[str, Any], *, stage: str, now: datetime) -> bool:
     """Free a dead run's lease and count the lost attempt, unless someone got there first."""
     c = training_runs.c
-    entry = _attempt(
+    entry = attempt_entry(
         run, stage, "worker_lost", "its worker stopped renewing the lease", run["lease_owner"], now
     )
     with engine.begin() as conn:
@@ -151,6 +187,7 @@ def take_dead(engine: Engine, run: dict[str, Any], *, stage: str, now: datetime)
                 attempts=[*(run["attempts"] or []), entry],
                 lease_owner=None,
                 lease_expires_at=None,
+                waiting_since=now,
                 progress={"stage": stage, "recovering": True},
             )
         )
@@ -167,9 +204,10 @@ def take_dead(engine: Engine, run: dict[str, Any], *, stage: str, now: datetime)
     return True
 
 
-def _attempt(
+def attempt_entry(
     run: dict[str, Any], stage: str, kind: str, error: str, worker: str | None, now: datetime
 ) -> dict[str, Any]:
+    """One line of a run's attempts log: which attempt, where, how it ended, on which worker."""
     return {
         "attempt": run["attempt"],
         "stage": stage,
@@ -188,3 +226,52 @@ def expire_lease(engine: Engine, run_id: str, *, owner: str, now: datetime) -> N
             .where(training_runs.c.id == run_id, training_runs.c.lease_owner.is_(None))
             .values(lease_owner=owner, lease_expires_at=now)
         )
+
+
+def stalled_runs(engine: Engine, waiting_before: datetime) -> list[dict[str, Any]]:
+    """Active runs that no worker holds and that have waited for a message since before then."""
+    c = training_runs.c
+    query = select(training_runs).where(
+        c.waiting_since < waiting_before,
+        c.status.in_(ACTIVE_STATUSES),
+        c.lease_owner.is_(None),
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def take_stalled(
+    engine: Engine, run: dict[str, Any], *, stage: str, waited_s: float, now: datetime
+) -> bool:
+    """Count the stalled attempt of a run whose stage was sent again, unless it moved meanwhile."""
+    c = training_runs.c
+    why = f"no worker took its {stage} message within {waited_s:.0f} s (the message was lost)"
+    entry = attempt_entry(run, stage, "stalled", why, None, now)
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(training_runs)
+            .where(
+                c.id == run["id"],
+                c.status.in_(ACTIVE_STATUSES),
+                c.lease_owner.is_(None),
+                c.stages_done == run["stages_done"],
+                c.attempt == run["attempt"],
+            )
+            .values(
+                attempt=run["attempt"] + 1,
+                attempts=[*(run["attempts"] or []), entry],
+                waiting_since=now,
+                progress={"stage": stage, "recovering": True},
+            )
+        )
+        if result.rowcount != 1:
+            return False
+        audit.record(
+            conn,
+            run["organization_id"],
+            "training.recovered",
+            actor="reaper",
+            now=now,
+            details={"runId": run["id"], "stage": stage, "attempt": run["attempt"] + 1, "why": why},
+        )
+    return True

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from training_tasks.db.tables import ACTIVE_STATUSES, FINISHED_STATUSES, training_runs
@@ -80,6 +80,7 @@ def insert_run(
             progress={"stage": "queued"},
             stage_timings={},
             schedule_slot=schedule_slot,
+            waiting_since=now,
         )
     )
     details: dict[str, Any] = {"runId": run_id, "version": version, "trigger": trigger}
@@ -153,6 +154,7 @@ def claim_stage(
             lease_owner=owner,
             worker=worker,
             lease_expires_at=now + timedelta(seconds=ttl_s),
+            waiting_since=None,
             progress={"stage": stage},
             started_at=func.coalesce(c.started_at, now),
         )
@@ -242,10 +244,13 @@ def complete_stage(
             lease_owner=None,
             lease_expires_at=None,
             stage_timings=timings,
+            waiting_since=now,  # for the next stage's message
             **(updates or {}),
         )
         if final_status:
-            values.update(status=final_status, finished_at=now, progress={"stage": "done"})
+            values.update(
+                status=final_status, finished_at=now, progress={"stage": "done"}, waiting_since=None
+            )
         result = conn.execute(
             update(training_runs)
             .where(and_(c.id == run_id, c.lease_owner == owner, c.stages_done == index))
@@ -276,14 +281,22 @@ def finish_failed(
     now: datetime,
     updates: dict[str, Any] | None = None,
     only_if: dict[str, Any] | None = None,
+    conditions: Sequence[ColumnElement[bool]] = (),
+    last_attempt: dict[str, Any] | None = None,
 ) -> bool:
     """Finish a run as failed, rejected or cancelled, unless it already finished; True if it did.
 
-    `only_if` adds column conditions (for example that the run is still queued).
+    `only_if` adds column equalities (for example that the run is still queued), `conditions`
+    any other SQL conditions;
+    `last_attempt` is appended to the run's attempts log (the attempt that ended it).
     """
     c = training_runs.c
-    guards = [c[name] == value for name, value in (only_if or {}).items()]
+    guards = [*(c[name] == value for name, value in (only_if or {}).items()), *conditions]
+    values = dict(updates or {})
     with engine.begin() as conn:
+        if last_attempt is not None:
+            logged = conn.execute(select(c.attempts).where(c.id == run_id)).scalar()
+            values["attempts"] = [*(logged or []), last_attempt]
         result = conn.execute(
             update(training_runs)
             .where(c.id == run_id, c.status.in_(ACTIVE_STATUSES), *guards)
@@ -294,8 +307,9 @@ def finish_failed(
                 finished_at=now,
                 lease_owner=None,
                 lease_expires_at=None,
+                waiting_since=None,
                 progress={"stage": stage or "queued", "failed": True},
-                **(updates or {}),
+                **values,
             )
         )
         if result.rowcount != 1:

@@ -1,0 +1,150 @@
+"""No run stays stuck: a lost stage message, a cancel in every state, a stage that will not stop.
+
+Each fault is made from outside against a real worker, Redis and PostgreSQL: the broker loses a
+message (its queue key deleted, as when Redis loses data), a stage blocks in a read that never
+returns, a run waits between two stages. Each test ends with the run finished (succeeded once or
+cancelled) within a bound, the worker process still running, and the organization free to train.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from tests.integration.processes import celery_worker, wait_for
+from tests.integration.test_failures import RANGE, RUN_TIMEOUT_S, Chaos, chaos  # noqa: F401
+from training_tasks.demo import scada
+from training_tasks.ids import org_queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
+
+STALL_S = 3.0
+
+
+@pytest.fixture
+def stalls(chaos: Chaos) -> Chaos:  # noqa: F811
+    """The chaos service with a short stall bound, so a lost message is resent within seconds."""
+    chaos.env.update(RUN_STALL_S=str(STALL_S), REAPER_INTERVAL_S="0.5")
+    return chaos
+
+
+def lose_queued_messages(service: Chaos, org_id: str) -> int:
+    """Delete the organization's queue from Redis, as a broker that lost its data; returns how
+    many messages were in it."""
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    try:
+        keys = [k for k in client.keys(f"{org_queue(org_id)}*") if b"unacked" not in k]
+        lost = sum(client.llen(k) for k in keys)
+        if keys:
+            client.delete(*keys)
+        return int(lost)
+    finally:
+        client.close()
+
+
+def queued_messages(service: Chaos, org_id: str) -> int:
+    client = redis.Redis.from_url(service.env["REDIS_URL"])
+    try:
+        return int(sum(client.llen(k) for k in client.keys(f"{org_queue(org_id)}*")))
+    finally:
+        client.close()
+
+
+def test_a_lost_extract_message_is_sent_again_and_the_run_succeeds(stalls: Chaos) -> None:
+    stalls.register("acme-corp", scada.ACME_LAYOUT)
+    handle = stalls.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+    assert lose_queued_messages(stalls, "acme-corp") == 1
+    with celery_worker(stalls.env, stalls.tmp) as worker:
+        result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+    assert result["status"] == "succeeded", result["error"] or worker.log_tail()
+    run = stalls.run(handle.run_id)
+    [stalled] = run["attempts"]
+    assert (run["attempt"], stalled["kind"], stalled["stage"]) == (2, "stalled", "extract")
+    assert stalls.versions("acme-corp") == [result["version"]]
+
+
+def paused_between_train_and_validate(service: Chaos, worker: Any, run_id: str) -> None:
+    """Stop the worker's main process while training, so the validate message stays queued."""
+    service.wait_stage(run_id, "train")
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    wait_for(lambda: service.run(run_id)["stages_done"] == 2, 90, "the training to end")
+    wait_for(lambda: queued_messages(service, "acme-corp") == 1, 10, "the validate message")
+
+
+def test_a_validate_message_lost_between_stages_is_sent_again(stalls: Chaos) -> None:
+    stalls.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    stalls.delay(3)
+    with celery_worker(stalls.env, stalls.tmp) as worker:
+        handle = stalls.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        try:
+            paused_between_train_and_validate(stalls, worker, handle.run_id)
+            assert lose_queued_messages(stalls, "acme-corp") == 1
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+        result = handle.wait(timeout_s=RUN_TIMEOUT_S)
+        assert worker.proc.poll() is None
+    assert result["status"] == "succeeded", result["error"] or worker.log_tail()
+    run = stalls.run(handle.run_id)
+    [stalled] = run["attempts"]
+    assert (run["attempt"], stalled["kind"], stalled["stage"]) == (2, "stalled", "validate")
+    assert "sent the stage again" in worker.log_tail(400)
+    assert stalls.versions("acme-corp") == [result["version"]]
+    assert stalls.service.get_organization("acme-corp")["currentVersion"] == result["version"]
+
+
+def test_a_run_waiting_between_stages_is_cancelled_at_once(stalls: Chaos) -> None:
+    stalls.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    stalls.delay(3)
+    with celery_worker(stalls.env, stalls.tmp) as worker:
+        handle = stalls.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        try:
+            paused_between_train_and_validate(stalls, worker, handle.run_id)
+            lose_queued_messages(stalls, "acme-corp")
+            started = time.monotonic()
+            answer = stalls.service.cancel_training("acme-corp", actor="ops")
+            took_s = time.monotonic() - started
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+        assert (answer["status"], stalls.run(handle.run_id)["status"]) == ("cancelled", "cancelled")
+        assert took_s < 2
+        stalls.delay(0)
+        again = stalls.service.train_model(
+            "acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S
+        )
+    assert again["status"] == "succeeded", again["error"] or worker.log_tail()
+    assert stalls.service.get_organization("acme-corp")["currentVersion"] == again["version"]
+    assert stalls.run(handle.run_id)["stages_done"] == 2  # the cancelled run went no further
+
+
+def test_cancel_ends_a_stage_blocked_in_a_read_and_frees_the_worker_slot(chaos: Chaos) -> None:  # noqa: F811
+    chaos.register("acme-corp", scada.ACME_LAYOUT)
+    chaos.register("globex", scada.GLOBEX_LAYOUT)
+    chaos.proxy.delay_s = 0.05  # a slow SCADA answer, so the extract is caught in the middle
+    with celery_worker(chaos.env, chaos.tmp, concurrency=1) as worker:
+        handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        chaos.wait_stage(handle.run_id, "extract")
+        chaos.proxy.delay_s = 3600.0  # ... and then no answer at all: the read never returns
+        time.sleep(1.0)
+        started = time.monotonic()
+        answer = chaos.service.cancel_training("acme-corp", actor="ops", wait_s=30)
+        took_s = time.monotonic() - started
+        chaos.proxy.delay_s = 0.0
+        assert answer["status"] == "cancelled", worker.log_tail()
+        assert took_s < 15
+        # The only worker slot was freed: another organization trains on the same worker.
+        other = chaos.service.train_model("globex", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
+        assert other["status"] == "succeeded", other["error"] or worker.log_tail()
+        assert worker.proc.poll() is None
+        log = worker.log_tail(400)
+    assert "did not stop within" in log and "Unrecoverable error" not in log
+    run = chaos.run(handle.run_id)
+    assert run["status"] == "cancelled" and "cancelled by ops" in run["error"]
+    assert chaos.versions("acme-corp") == []
+    again = chaos.service.cancel_training
+    with pytest.raises(Exception, match="no queued or running run"):
+        again("acme-corp", actor="ops")
