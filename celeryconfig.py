@@ -9,7 +9,8 @@ import os
 
 broker_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 # kombu's Redis transport, except that an item on a queue that is not a Celery message is
-# dropped with a log line instead of stopping the worker (training_tasks/broker_transport.py).
+# dropped with a log line instead of stopping the worker, and that the worker survives Redis
+# being restarted under it (training_tasks/broker_transport.py).
 broker_transport = "training_tasks.broker_transport:Transport"
 result_backend = broker_url
 
@@ -19,8 +20,25 @@ _longest_training_s = float(os.environ.get("TRAINING_TIMEOUT_S") or 7200)
 _backstop_s = int(_longest_training_s + 3600)
 # BROKER_VISIBILITY_TIMEOUT_S overrides it (tests use a few seconds to provoke redelivery).
 visibility_timeout_s = int(float(os.environ.get("BROKER_VISIBILITY_TIMEOUT_S") or _backstop_s))
-broker_transport_options = {"visibility_timeout": visibility_timeout_s}
+broker_transport_options = {
+    "visibility_timeout": visibility_timeout_s,
+    # Each attempt to reach a Redis that is down or unreachable gives up after this, so the
+    # worker's reconnect loop keeps going (a host that drops packets would otherwise hold one
+    # attempt for the kernel's TCP timeout, minutes).
+    "socket_connect_timeout": 5,
+    # A command sent to a Redis that vanished without closing the connection (failover, a dead
+    # host) fails after this instead of waiting for ever. Kept well above BRPOP's own 1 s wait.
+    "socket_timeout": 15,
+    # The consumer's BRPOP and pub/sub connections are checked this often (kombu's default,
+    # written out): a half-open one is dropped and reconnected within about a minute.
+    "health_check_interval": 25,
+    # retry_on_timeout stays off: a timed-out publish retried by redis-py could be sent twice,
+    # and kombu only batches publishes when it is off.
+}
 result_backend_transport_options = {"visibility_timeout": visibility_timeout_s}
+# The result backend's connection attempts are bounded the same way (Celery's default waits for
+# the kernel); its commands already time out after redis_socket_timeout (120 s by default).
+redis_socket_connect_timeout = 5
 
 task_serializer = "json"
 result_serializer = "json"
@@ -43,15 +61,39 @@ task_time_limit = _backstop_s
 task_track_started = False
 task_send_sent_event = True
 worker_send_task_events = True
-# Connection loss: keep retrying the broker for ever, at start-up too, and let running stages
-# finish when the connection drops; their messages may be delivered again, and the run's lease
-# makes the copy do nothing. Storing a result or progress retries instead of failing the task.
+# Connection loss (Redis restarted, failed over, unreachable for a while). The worker's main
+# process stays up and reconnects; nothing has to restart it:
+# - it retries the broker for ever, at start-up too (a worker started before Redis waits for it);
+# - running stages go on: their subprocesses need only the database and files, and cancelling
+#   them (Celery's planned default) would throw away hours of training for a Redis blip. Their
+#   messages stay in Redis's unacked set and are acknowledged once the connection is back; a
+#   copy delivered again meanwhile finds the run's lease taken and does nothing;
+# - the broker transport keeps kombu's channel able to restore and acknowledge those messages
+#   after the connection dropped (without it the worker exits with "Unrecoverable error:
+#   AttributeError(... 'hostname')");
+# - a pool child waits up to about five minutes to send a finished stage's next step
+#   (workers/worker_hooks.py); every other sender keeps task_publish_retry_policy below;
+# - storing a result retries instead of failing the task.
 broker_connection_retry_on_startup = True
 broker_connection_retry = True
 broker_connection_max_retries = None
 worker_cancel_long_running_tasks_on_connection_loss = False
 result_backend_always_retry = True
 result_backend_max_retries = 10
+# How long a sender whose pooled connection is down keeps reconnecting before that attempt fails
+# (then the send's own retry policy decides). A stage sends a progress event for Flower (best
+# effort) at each progress line; while Redis is away each one holds the stage this long, so it
+# is kept short. The worker's consumer reconnects on its own schedule, without this bound.
+broker_connection_timeout = 1
+# Celery's default, written out: trainctl, the Python API and beat are told within about a second
+# that the broker does not answer (a submitted run is then marked failed, saying what to do).
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 1,
+}
 
 task_default_queue = "training.requests"
 task_create_missing_queues = True

@@ -42,6 +42,7 @@ from training_tasks.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
+EVENTS_MUTED_S = 10.0  # after a progress event failed to send, the next ones wait this long
 EXIT_STUCK_STAGE = 75  # a pool process ended because its cancelled stage did not stop
 
 
@@ -285,7 +286,7 @@ def _progress_sink(
     Outside training (whose process the cancel event stops), a cancelled run stops at its next
     progress report: the extract checks between record batches.
     """
-    last = [0.0]
+    last, muted_until = [0.0], [0.0]
 
     def report(progress: dict[str, Any]) -> None:
         if cancel.is_set() and stage != "train":
@@ -301,19 +302,24 @@ def _progress_sink(
             runs.set_progress(rt.engine, run_id, progress)
         except DBAPIError as exc:  # progress is best effort; the stage's own work goes on
             log.warning("run %s: progress not stored (%s)", run_id, str(exc).splitlines()[0])
-        if task.request.id:
-            _show_in_flower(task, {"runId": run_id, **progress})
+        shown = {"runId": run_id, **progress}
+        if task.request.id and now >= muted_until[0] and not _show_in_flower(task, shown):
+            # The broker is away: each event would wait for its connection timeout.
+            muted_until[0] = now + EVENTS_MUTED_S
 
     return report
 
 
-def _show_in_flower(task: Task, progress: dict[str, Any]) -> None:
+def _show_in_flower(task: Task, progress: dict[str, Any]) -> bool:
     """Send a `task-progress` event: Flower shows the task as PROGRESS with this as its result.
 
     Flower builds its task views from events only (a PROGRESS state in the result backend would
-    never show there, and would go stale as stage results are not stored); best effort.
+    never show there, and would go stale as stage results are not stored); best effort: returns
+    whether it was sent.
     """
     try:
         task.send_event("task-progress", retry=False, result=json.dumps(progress, sort_keys=True))
     except Exception:
         log.debug("run %s: progress event not sent", progress.get("runId"), exc_info=True)
+        return False
+    return True

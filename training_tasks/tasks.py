@@ -96,6 +96,14 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
             exc,
         )
         return
+    if _hand_over_lost(rt, run_id, exc):
+        log.warning(
+            "run %s: its stage is done but the broker did not take the next stage's message "
+            "(%s); the reaper sends it again once the broker answers (RUN_STALL_S)",
+            run_id,
+            exc,
+        )
+        return
     try:
         finished = runs.finish_failed(
             rt.engine,
@@ -131,6 +139,19 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
     )
     if finished:
         alert_run_end(rt, run_id)
+
+
+def _hand_over_lost(rt: Any, run_id: str, exc: BaseException) -> bool:
+    """A broker error after the stage was recorded: only the next message is missing."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    if not isinstance(exc, BrokerError):
+        return False
+    try:
+        run = runs.get_run(rt.engine, run_id)
+    except (SQLAlchemyError, NotFoundError):
+        return False
+    return run["status"] in ACTIVE_STATUSES and run["lease_owner"] is None
 
 
 _pools: dict[str, Any] = {}

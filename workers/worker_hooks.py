@@ -1,7 +1,9 @@
-"""Worker start-up hooks: per-process handles, schema check, reconcile, organization queues."""
+"""Worker start-up hooks: per-process handles, schema check, reconcile, organization queues,
+and a pool child's patience with the broker when it hands a finished stage to the next one."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -9,6 +11,20 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
 log = logging.getLogger(__name__)
+
+# How long a pool child tries to hand a finished stage over to the next one when Redis is away:
+# about five minutes (60 tries, the wait between them growing by 1 s to at most 5 s). Celery
+# sends the next step of a chain from the child that ran the step, after the stage has been
+# recorded; with Celery's short default (about a second, celeryconfig.task_publish_retry_policy)
+# a Redis restart at that moment would fail a run whose stages all succeeded. Callers outside the
+# worker (trainctl, the Python API, beat, the reaper in the worker's main process) keep the short
+# default: they learn at once that the broker is away instead of blocking.
+STAGE_HANDOVER_RETRY_POLICY = {
+    "max_retries": 60,
+    "interval_start": 0,
+    "interval_step": 1,
+    "interval_max": 5,
+}
 
 
 def install(app: Celery) -> None:
@@ -20,6 +36,7 @@ def install(app: Celery) -> None:
     app.steps["consumer"].add(RunReaper)
     worker_init.connect(_check_settings_and_schema, weak=False)
     worker_process_init.connect(_fresh_handles_in_child, weak=False)
+    worker_process_init.connect(functools.partial(_patient_stage_handover, app), weak=False)
     worker_ready.connect(_reconcile_on_start, weak=False)
 
 
@@ -48,6 +65,14 @@ def _fresh_handles_in_child(**_: Any) -> None:
     from training_tasks.runtime import reset_runtime
 
     reset_runtime()
+
+
+def _patient_stage_handover(app: Celery, **_: Any) -> None:
+    """In a pool child, wait out a broker restart before giving up on sending the next stage."""
+    app.conf.task_publish_retry_policy = dict(STAGE_HANDOVER_RETRY_POLICY)
+    # The message sender keeps the policy it was built with, and one built in the main process
+    # before this child was forked would keep the short one: build it again on first use.
+    del app.amqp.send_task_message
 
 
 def _reconcile_on_start(**_: Any) -> None:

@@ -51,9 +51,18 @@ def service_env(
 
 @contextlib.contextmanager
 def celery_worker(
-    env: Mapping[str, str], log_dir: Path, *, queues: str | None = None, concurrency: int = 2
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    queues: str | None = None,
+    concurrency: int = 2,
+    as_deployed: bool = False,
 ) -> Iterator[Worker]:
-    """Start `celery -A training_tasks worker` and wait until it answers a ping (bounded)."""
+    """Start `celery -A training_tasks worker` and wait until it answers a ping (bounded).
+
+    Tests leave out mingle and gossip to start faster; `as_deployed` keeps them, as `make worker`
+    and compose run it (more broker connections and channels to lose and get back).
+    """
     name = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     log_path = log_dir / f"worker-{name.split('@')[0]}.log"
     argv = [
@@ -69,9 +78,9 @@ def celery_worker(
         str(concurrency),
         "--hostname",
         name,
-        "--without-mingle",
-        "--without-gossip",
     ]
+    if not as_deployed:
+        argv += ["--without-mingle", "--without-gossip"]
     if queues:
         argv += ["--queues", queues]
     proc = spawn_logged(argv, env, log_path)
@@ -100,6 +109,27 @@ def _wait_ready(worker: Worker, redis_url: str) -> None:
                 # A connection kept from before a Redis restart fails once; ask again.
                 time.sleep(0.2)
         raise RuntimeError(f"worker not ready in {READY_TIMEOUT_S} s:\n{worker.log_tail()}")
+    finally:
+        probe.close()
+
+
+def worker_pid(worker: Worker, redis_url: str, timeout_s: float = 30.0) -> int:
+    """The PID the worker's main process reports through the broker (`inspect stats`), bounded."""
+    import redis
+    from celery import Celery
+
+    probe = Celery(broker=redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                stats = probe.control.inspect(destination=[worker.name], timeout=1.0).stats()
+            except (ConnectionError, OSError, redis.RedisError):
+                stats = None  # a connection from before a Redis restart; ask again
+            if stats and worker.name in stats:
+                return int(stats[worker.name]["pid"])
+            time.sleep(0.2)
+        raise RuntimeError(f"worker gave no stats in {timeout_s} s:\n{worker.log_tail()}")
     finally:
         probe.close()
 

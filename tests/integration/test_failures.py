@@ -23,11 +23,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.integration.local_servers import RedisServer, TcpProxy, Webhook
-from tests.integration.processes import celery_worker, service_env, wait_for
+from tests.integration.processes import Worker, celery_worker, service_env, wait_for, worker_pid
 from training_tasks.demo import scada
 from training_tasks.registry import runs
 from training_tasks.runtime import build_runtime
-from training_tasks.service import TrainingService
+from training_tasks.service import FINISHED, TrainingService
 from training_tasks.settings import BUNDLED_SCRIPT, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
@@ -35,10 +35,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 START = datetime(2026, 1, 1, tzinfo=UTC)
 RANGE = {"startDate": "2026-01-01T00:00:00Z", "endDate": "2026-02-15T00:00:00Z"}
 RUN_TIMEOUT_S = 180.0
+REDIS_DOWN_S = 3.0
 # Sleeps for as long as the file `delay_s` next to it says, then trains as the bundled script.
 SLOW_SCRIPT = f"""
 import pathlib, runpy, sys, time
 time.sleep(float((pathlib.Path(__file__).parent / "delay_s").read_text()))
+sys.argv[0] = {str(BUNDLED_SCRIPT)!r}
+runpy.run_path({str(BUNDLED_SCRIPT)!r}, run_name="__main__")
+"""
+# Waits (up to a minute) for the file `go` next to it, then trains as the bundled script.
+GATED_SCRIPT = f"""
+import pathlib, runpy, sys, time
+gate = pathlib.Path(__file__).parent / "go"
+deadline = time.monotonic() + 60
+while not gate.exists() and time.monotonic() < deadline:
+    time.sleep(0.1)
 sys.argv[0] = {str(BUNDLED_SCRIPT)!r}
 runpy.run_path({str(BUNDLED_SCRIPT)!r}, run_name="__main__")
 """
@@ -198,38 +209,130 @@ def test_training_longer_than_the_visibility_timeout_runs_once(chaos) -> None:
     assert logs.count("train started") == 1
 
 
-def test_redis_stopped_during_a_run_and_started_again(chaos, tmp_path: Path) -> None:
+@dataclass
+class OwnRedis:
+    """A Redis server of the test's own (to stop and start), and a service that uses it."""
+
+    server: RedisServer
+    env: dict[str, str]
+    service: TrainingService
+
+    def restart(self, down_s: float = REDIS_DOWN_S) -> None:
+        """Stop Redis, keep it down for `down_s`, start it again on its port with its data."""
+        self.server.stop()
+        time.sleep(down_s)
+        self.server.start()
+
+    def drop_connections(self) -> int:
+        """Close every client connection from the server side, as a proxy or failover would."""
+        import redis
+
+        client = redis.Redis.from_url(self.server.url)
+        try:
+            return int(client.client_kill_filter(_type="normal", skipme=True))
+        finally:
+            client.close()
+
+    def train(self, **options: Any) -> Any:
+        return self.service.train_model("acme-corp", {"dataRange": RANGE}, **options)
+
+    def finish(self, handle: Any, worker: Worker) -> dict[str, Any]:
+        """Wait for the run to end; fail at once, with the worker's log, if the worker exits."""
+        wait_for(
+            lambda: worker.proc.poll() is not None or handle.status()["status"] in FINISHED,
+            RUN_TIMEOUT_S,
+            f"run {handle.run_id} to finish",
+        )
+        assert worker.proc.poll() is None, f"the worker exited:\n{worker.log_tail(200)}"
+        return dict(handle.status())
+
+
+@pytest.fixture
+def own_redis(chaos: Chaos, tmp_path: Path) -> Iterator[OwnRedis]:
     server = RedisServer(tmp_path / "redis")
     env = {**chaos.env, "REDIS_URL": server.url}
-    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
-    chaos.delay(6)
-    service = TrainingService(build_runtime(Settings.from_env(env)))
     try:
-        with celery_worker(env, chaos.tmp) as worker:
-            handle = service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
-            chaos.wait_stage(handle.run_id, "train")
-            server.stop()
-            time.sleep(3)
-            server.start()
-            # kombu's consumer may give up on the lost connection ("Unrecoverable error"); the
-            # process supervisor (compose's restart policy) then starts the worker again.
-            wait_for(
-                lambda: (
-                    worker.proc.poll() is not None
-                    or chaos.run(handle.run_id)["status"] in ("succeeded", "failed")
-                ),
-                RUN_TIMEOUT_S,
-                "the run to finish or the worker to exit",
-            )
-        with celery_worker(env, chaos.tmp) as restarted:
-            result = handle.wait(timeout_s=RUN_TIMEOUT_S)
-        assert result["status"] == "succeeded", result["error"] or restarted.log_tail(200)
-    finally:
-        service.close()
+        service = TrainingService(build_runtime(Settings.from_env(env)))
+    except BaseException:
         server.stop()
+        raise
+    yield OwnRedis(server, env, service)
+    service.close()
+    server.stop()
+
+
+def test_the_worker_survives_redis_restarts_during_runs_and_serves_the_next_run(
+    chaos, own_redis
+) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(6)  # training outlasts the outage: the stage runs on while Redis is away
+    results = []
+    with celery_worker(own_redis.env, chaos.tmp, as_deployed=True) as worker:
+        pid = worker_pid(worker, own_redis.server.url)
+        for _ in range(2):
+            handle = own_redis.train(wait=False)
+            chaos.wait_stage(handle.run_id, "train")
+            own_redis.restart()
+            results.append(own_redis.finish(handle, worker))
+        chaos.delay(0)
+        results.append(own_redis.finish(own_redis.train(wait=False), worker))
+        served_by = worker_pid(worker, own_redis.server.url)
+        log = worker.log_tail(3000)
+    assert [r["status"] for r in results] == ["succeeded"] * 3, [r["error"] for r in results]
+    assert served_by == pid == worker.proc.pid
+    assert "Unrecoverable error" not in log and log.count("Connected to") >= 3
+    # Each run's stages ran once, in order: the stage cut off from Redis finished, nothing re-ran.
+    assert [chaos.run(r["runId"])["attempt"] for r in results] == [1, 1, 1]
+    assert log.count("train started") == 3 and log.count("deploy done") == 3
+    assert sorted(chaos.versions("acme-corp")) == sorted(r["version"] for r in results)
+    assert chaos.service.get_organization("acme-corp")["deploySequence"] == 3
+
+
+def test_a_stage_that_ends_while_redis_is_down_hands_over_to_the_next_once_it_is_back(
+    chaos, own_redis
+) -> None:
+    gate = chaos.base / "scripts" / "go"
+    (chaos.base / "scripts" / "gated_train.py").write_text(GATED_SCRIPT)
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="gated_train.py")
+    with celery_worker(own_redis.env, chaos.tmp) as worker:
+        pid = worker_pid(worker, own_redis.server.url)
+        handle = own_redis.train(wait=False)
+        chaos.wait_stage(handle.run_id, "train")
+        own_redis.server.stop()
+        gate.write_text("")
+        wait_for(lambda: chaos.run(handle.run_id)["stages_done"] == 2, 90, "the training to end")
+        time.sleep(REDIS_DOWN_S)  # the next stage's message cannot be sent yet
+        own_redis.server.start()
+        result = own_redis.finish(handle, worker)
+        served_by = worker_pid(worker, own_redis.server.url)
+        log = worker.log_tail(2000)
+    assert result["status"] == "succeeded", result["error"] or log
+    assert served_by == pid == worker.proc.pid
+    assert chaos.run(handle.run_id)["attempt"] == 1
+    assert "Unrecoverable error" not in log and log.count("train started") == 1
     assert chaos.versions("acme-corp") == [result["version"]]
-    assert len(chaos.service.get_training_history("acme-corp")) == 1
-    assert chaos.service.get_organization("acme-corp")["deploySequence"] == 1
+
+
+def test_a_broker_connection_cut_during_training_leaves_the_worker_and_the_run_going(
+    chaos, own_redis
+) -> None:
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
+    chaos.delay(4)
+    with celery_worker(own_redis.env, chaos.tmp) as worker:
+        pid = worker_pid(worker, own_redis.server.url)
+        handle = own_redis.train(wait=False)
+        chaos.wait_stage(handle.run_id, "train")
+        # Redis stays up, so the worker puts the running stage's message back on the queue when
+        # it reconnects; the copy it then receives must find the stage taken and do nothing.
+        assert own_redis.drop_connections() > 0
+        result = own_redis.finish(handle, worker)
+        served_by = worker_pid(worker, own_redis.server.url)
+        log = worker.log_tail(2000)
+    assert result["status"] == "succeeded", result["error"] or log
+    assert served_by == pid == worker.proc.pid
+    assert "Unrecoverable error" not in log and log.count("train started") == 1
+    assert chaos.run(handle.run_id)["attempt"] == 1
+    assert chaos.versions("acme-corp") == [result["version"]]
 
 
 def test_the_scada_database_going_away_during_extraction_is_retried(chaos) -> None:
@@ -353,7 +456,8 @@ def test_a_script_that_always_segfaults_fails_after_three_attempts_and_alerts(ch
         wait_for(lambda: chaos.webhook.requests, 20, "the alert")
     assert bad["status"] == "failed" and "SIGSEGV" in bad["error"]
     run = chaos.run(bad["runId"])
-    assert run["attempt"] == 3 and [a["kind"] for a in run["attempts"]] == ["retry", "retry"]
+    kinds = [a["kind"] for a in run["attempts"]]
+    assert run["attempt"] == 3 and kinds == ["retry", "retry", "failed"]
     assert chaos.service.get_organization("acme-corp")["currentVersion"] == good["version"]
     assert chaos.versions("acme-corp") == [good["version"]]
     [alert] = chaos.webhook.bodies()
