@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from training_tasks.errors import NotFoundError
-from training_tasks.fields import iso
 from training_tasks.hotswap import Deployment
 from training_tasks.paths import ModelStore
 from workers.model_cache import Fallback, LinkFallback, no_fallback
@@ -31,6 +30,7 @@ _STATEMENT_TIMEOUT_MS = 5000
 def registered_deployment(engine: Any, store: ModelStore, org_id: str) -> Deployment | None:
     """The organization's deployment as the registry holds it; None if nothing is deployed."""
     from training_tasks.registry import orgs, versions
+    from training_tasks.stages.deploy import registered
 
     try:
         row = orgs.get_org_row(engine, org_id)
@@ -40,14 +40,7 @@ def registered_deployment(engine: Any, store: ModelStore, org_id: str) -> Deploy
     if not version:
         return None
     record = versions.get_version(engine, version)
-    return Deployment(
-        organizationId=org_id,
-        version=version,
-        modelPath=record["deployed_path"] or str(store.deployed_model(org_id, version)),
-        sha256=record["sha256"],
-        deployedAt=iso(record["deployed_at"] or row["updated_at"]),
-        sequence=int(row["deploy_sequence"]),
-    )
+    return registered(store, org_id, record, int(row["deploy_sequence"]), row["updated_at"])
 
 
 class DatabaseFallback:

@@ -170,38 +170,14 @@ def dead_runs(engine: Engine, now: datetime) -> list[dict[str, Any]]:
 def take_dead(engine: Engine, run: dict[str, Any], *, stage: str, now: datetime) -> bool:
     """Free a dead run's lease and count the lost attempt, unless someone got there first."""
     c = training_runs.c
-    entry = attempt_entry(
-        run, stage, "worker_lost", "its worker stopped renewing the lease", run["lease_owner"], now
-    )
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(training_runs)
-            .where(
-                c.id == run["id"],
-                c.status == "running",
-                c.lease_owner == run["lease_owner"],
-                c.lease_expires_at < now,
-            )
-            .values(
-                attempt=run["attempt"] + 1,
-                attempts=[*(run["attempts"] or []), entry],
-                lease_owner=None,
-                lease_expires_at=None,
-                waiting_since=now,
-                progress={"stage": stage, "recovering": True},
-            )
-        )
-        if result.rowcount != 1:
-            return False
-        audit.record(
-            conn,
-            run["organization_id"],
-            "training.recovered",
-            actor="reaper",
-            now=now,
-            details={"runId": run["id"], "stage": stage, "attempt": run["attempt"] + 1},
-        )
-    return True
+    why = "its worker stopped renewing the lease"
+    entry = attempt_entry(run, stage, "worker_lost", why, run["lease_owner"], now)
+    held_by_the_dead = [
+        c.status == "running",
+        c.lease_owner == run["lease_owner"],
+        c.lease_expires_at < now,
+    ]
+    return _count_lost_attempt(engine, run, entry, held_by_the_dead, now=now)
 
 
 def attempt_entry(
@@ -247,31 +223,47 @@ def take_stalled(
     c = training_runs.c
     why = f"no worker took its {stage} message within {waited_s:.0f} s (the message was lost)"
     entry = attempt_entry(run, stage, "stalled", why, None, now)
+    still_waiting = [
+        c.status.in_(ACTIVE_STATUSES),
+        c.lease_owner.is_(None),
+        c.stages_done == run["stages_done"],
+        c.attempt == run["attempt"],
+    ]
+    return _count_lost_attempt(engine, run, entry, still_waiting, now=now)
+
+
+def _count_lost_attempt(
+    engine: Engine,
+    run: dict[str, Any],
+    entry: dict[str, Any],
+    conditions: list[Any],
+    *,
+    now: datetime,
+) -> bool:
+    """Log a lost attempt, start the next one waiting for its message, audit it; one winner."""
+    c = training_runs.c
     with engine.begin() as conn:
         result = conn.execute(
             update(training_runs)
-            .where(
-                c.id == run["id"],
-                c.status.in_(ACTIVE_STATUSES),
-                c.lease_owner.is_(None),
-                c.stages_done == run["stages_done"],
-                c.attempt == run["attempt"],
-            )
+            .where(c.id == run["id"], *conditions)
             .values(
                 attempt=run["attempt"] + 1,
                 attempts=[*(run["attempts"] or []), entry],
+                lease_owner=None,
+                lease_expires_at=None,
                 waiting_since=now,
-                progress={"stage": stage, "recovering": True},
+                progress={"stage": entry["stage"], "recovering": True},
             )
         )
         if result.rowcount != 1:
             return False
+        details = {"runId": run["id"], "stage": entry["stage"], "attempt": run["attempt"] + 1}
         audit.record(
             conn,
             run["organization_id"],
             "training.recovered",
             actor="reaper",
             now=now,
-            details={"runId": run["id"], "stage": stage, "attempt": run["attempt"] + 1, "why": why},
+            details={**details, "why": entry["error"]},
         )
     return True

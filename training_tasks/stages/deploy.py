@@ -280,21 +280,33 @@ def _record_deployment(
 ) -> None:
     """Write `deployed_<version>/deployment.json`: what the Redis key says, for a cache that
     finds no key (Redis lost it) and falls back on the `current` link."""
-    version = record["version"]
-    deployment = hotswap.Deployment(
-        organizationId=org_id,
-        version=version,
-        modelPath=record["deployed_path"] or str(store.deployed_model(org_id, version)),
-        sha256=record["sha256"],
-        deployedAt=iso(record["deployed_at"]) if record["deployed_at"] else "",
-        sequence=int(state["deploy_sequence"]),
-    )
-    path = store.deployed_dir(org_id, version) / hotswap.DEPLOYMENT_FILE
+    deployment = registered(store, org_id, record, int(state["deploy_sequence"]))
+    path = store.deployed_dir(org_id, record["version"]) / hotswap.DEPLOYMENT_FILE
     doc = json.loads(deployment.to_json())
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text(encoding="utf-8")) == doc:
             return  # already says this (a reconcile with nothing to repair)
     write_json_atomic(path, doc)
+
+
+def registered(
+    store: ModelStore,
+    org_id: str,
+    record: dict[str, Any],
+    sequence: int,
+    changed_at: datetime | None = None,
+) -> hotswap.Deployment:
+    """The deployment of a version as the registry holds it (what the Redis key should say)."""
+    version = record["version"]
+    deployed_at = record["deployed_at"] or changed_at
+    return hotswap.Deployment(
+        organizationId=org_id,
+        version=version,
+        modelPath=record["deployed_path"] or str(store.deployed_model(org_id, version)),
+        sha256=record["sha256"],
+        deployedAt=iso(deployed_at) if deployed_at else "",
+        sequence=sequence,
+    )
 
 
 def _announce(redis: Any, deployment: hotswap.Deployment, event: str) -> None:
@@ -325,14 +337,8 @@ def reconcile(engine: Engine, redis: Any, store: ModelStore) -> list[str]:
         record = versions.get_version(engine, version)
         stored = hotswap.read_current(redis, org_id)
         if stored is None or stored.sequence < row["deploy_sequence"]:
-            deployment = hotswap.Deployment(
-                organizationId=org_id,
-                version=version,
-                modelPath=record["deployed_path"] or str(store.deployed_model(org_id, version)),
-                sha256=record["sha256"],
-                deployedAt=iso(record["deployed_at"] or row["updated_at"]),
-                sequence=int(row["deploy_sequence"]),
-            )
+            sequence = int(row["deploy_sequence"])
+            deployment = registered(store, org_id, record, sequence, row["updated_at"])
             hotswap.publish(redis, deployment, "deployed")
             fixes.append(f"{org_id}: set Redis key to {version} (sequence {deployment.sequence})")
     return fixes
