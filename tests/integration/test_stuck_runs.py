@@ -1,9 +1,11 @@
-"""No run stays stuck: a lost stage message, a cancel in every state, a stage that will not stop.
+"""No run stays stuck and no stage ends the worker: a lost stage message, a cancel in every
+state, a stage that will not stop, a stage that runs out of memory.
 
 Each fault is made from outside against a real worker, Redis and PostgreSQL: the broker loses a
 message (its queue key deleted, as when Redis loses data), a stage blocks in a read that never
-returns, a run waits between two stages. Each test ends with the run finished (succeeded once or
-cancelled) within a bound, the worker process still running, and the organization free to train.
+returns, a run waits between two stages, the pool process gets too little address space for what
+a script left behind. Each test ends with the run finished (succeeded once, cancelled or failed)
+within a bound, the worker process still running, and the organization free to train.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import time
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
@@ -148,3 +151,52 @@ def test_cancel_ends_a_stage_blocked_in_a_read_and_frees_the_worker_slot(chaos: 
     again = chaos.service.cancel_training
     with pytest.raises(Exception, match="no queued or running run"):
         again("acme-corp", actor="ops")
+
+
+def training_process(service: Chaos, script: str) -> psutil.Process:
+    """The sandboxed process running `script` of this test's ML_BASE_PATH (bounded wait)."""
+
+    def find() -> psutil.Process | None:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if script in cmdline and str(service.base) in cmdline:
+                return proc
+        return None
+
+    return wait_for(find, 60, f"the training process of {script}")
+
+
+# Writes a sparse 900 MB model.onnx: the worker reads a model whole to store it.
+HUGE_MODEL_SCRIPT = """
+import json, pathlib, sys, time
+time.sleep(3)
+out = pathlib.Path(json.loads(pathlib.Path(sys.argv[1]).read_text())["outputPath"])
+with open(out / "model.onnx", "wb") as fh:
+    fh.truncate(900 * 2**20)
+metrics = {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "auc": 1.0}
+(out / "metrics.json").write_text(json.dumps(metrics))
+"""
+
+
+def test_a_stage_out_of_memory_fails_its_run_and_the_worker_trains_on(chaos: Chaos) -> None:  # noqa: F811
+    (chaos.base / "scripts" / "huge_model.py").write_text(HUGE_MODEL_SCRIPT)
+    chaos.register("acme-corp", scada.ACME_LAYOUT, script="huge_model.py")
+    chaos.register("globex", scada.GLOBEX_LAYOUT)
+    with celery_worker(chaos.env, chaos.tmp, concurrency=1) as worker:
+        [child] = psutil.Process(worker.proc.pid).children()
+        soft, hard = child.rlimit(psutil.RLIMIT_AS)
+        handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
+        training_process(chaos, "huge_model.py")  # the stage is past its own imports
+        # Room for the stage's own work, not for a 900 MB model: the read raises MemoryError.
+        child.rlimit(psutil.RLIMIT_AS, (child.memory_info().vms + 400 * 2**20, hard))
+        bad = handle.wait(timeout_s=RUN_TIMEOUT_S)
+        assert bad["status"] == "failed", bad
+        assert "the worker ran out of memory during train" in bad["error"]
+        assert "the worker goes on" in bad["error"]
+        child.rlimit(psutil.RLIMIT_AS, (soft, hard))
+        good = chaos.service.train_model("globex", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
+        assert good["status"] == "succeeded", good["error"] or worker.log_tail()
+        assert worker.proc.poll() is None and child.is_running()  # the same pool process too
+        log = worker.log_tail(400)
+    assert "Unrecoverable error" not in log and "Process got" not in log
+    assert chaos.versions("acme-corp") == []
