@@ -286,7 +286,9 @@ def test_a_run_between_stages_is_cancelled_at_once(rt: Runtime) -> None:
     doc = run_control.request_cancel(rt.engine, "acme", actor="ops", now=NOW)
     assert doc["status"] == "cancelled"
     after = runs.get_run(rt.engine, run["id"])
-    assert after["status"] == "cancelled" and "at validate (no live worker held it)" in after["error"]
+    assert (
+        after["status"] == "cancelled" and "at validate (no live worker held it)" in after["error"]
+    )
 
 
 def test_a_run_whose_worker_died_is_cancelled_at_once(rt: Runtime, clock: Clock) -> None:

@@ -61,4 +61,6 @@ def test_running_out_of_memory_outside_the_body_is_no_memory_error_either(
 
     monkeypatch.setattr(runs, "claim_stage", no_memory)
     with pytest.raises(StageOutOfMemory, match="around extract"):
-        stage_runner.run_stage(task(), run["id"], "extract", lambda ctx: stage_runner.StageOutcome())
+        stage_runner.run_stage(
+            task(), run["id"], "extract", lambda ctx: stage_runner.StageOutcome()
+        )
