@@ -99,6 +99,13 @@ def masked_repr(value: Any, maxlen: int = REPR_MAX_CHARS, maxlevels: int = REPR_
     return str(saferepr(masked(value), maxlen=maxlen, maxlevels=maxlevels))
 
 
+def as_list(args: Any) -> list[Any]:
+    """Positional arguments as a list, whether a publisher holds them as a tuple or a worker as
+    the list JSON gave it: the sent and the received event then show the same repr (Flower keeps
+    whichever of the two it hears last)."""
+    return list(args) if isinstance(args, list | tuple) else ([] if args is None else [args])
+
+
 class MaskingAMQP(AMQP):
     """Celery's message builder with masked argument reprs, in the headers and the sent event.
 
@@ -128,7 +135,7 @@ class MaskingAMQP(AMQP):
             kwargs,
             *rest,
             # A repr the caller chose may hold a secret just as well: rebuild it from the data.
-            argsrepr=masked_repr(args or (), self.argsrepr_maxsize, levels),
+            argsrepr=masked_repr(as_list(args), self.argsrepr_maxsize, levels),
             kwargsrepr=masked_repr(kwargs or {}, self.kwargsrepr_maxsize, levels),
             **options,
         )
@@ -141,7 +148,7 @@ def mask_task_headers(
     if headers is None or not isinstance(body, list | tuple) or len(body) != 3:
         return  # protocol 1 carries no reprs; its body is a dict
     args, kwargs, _embed = body
-    headers["argsrepr"] = masked_repr(args if args is not None else ())
+    headers["argsrepr"] = masked_repr(as_list(args))
     headers["kwargsrepr"] = masked_repr(kwargs if kwargs is not None else {})
 
 
@@ -149,7 +156,7 @@ def mask_received_request(sender: Any = None, request: Any = None, **_: Any) -> 
     """`task_received` (worker): mask the reprs of a message before its task-received event."""
     if request is None:
         return
-    argsrepr = masked_repr(request.args if request.args is not None else ())
+    argsrepr = masked_repr(as_list(request.args))
     kwargsrepr = masked_repr(request.kwargs if request.kwargs is not None else {})
     # The event and `inspect` read the request's own copies; the task's context reads the dict.
     request.request_dict.update(argsrepr=argsrepr, kwargsrepr=kwargsrepr)
