@@ -11,6 +11,7 @@ import lightgbm as lgb
 import pytest
 import redis as redis_lib
 
+from tests.integration.chaos import chaos  # noqa: F401  (the fixture, for every integration test)
 from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
 from training_tasks import hotswap
 from training_tasks.hotswap import Deployment

@@ -19,8 +19,8 @@ import psutil
 import pytest
 import redis
 
+from tests.integration.chaos import RANGE, RUN_TIMEOUT_S, Chaos
 from tests.integration.processes import celery_worker, wait_for
-from tests.integration.test_failures import RANGE, RUN_TIMEOUT_S, Chaos, chaos  # noqa: F401
 from training_tasks.demo import scada
 from training_tasks.ids import org_queue
 
@@ -30,7 +30,7 @@ STALL_S = 3.0
 
 
 @pytest.fixture
-def stalls(chaos: Chaos) -> Chaos:  # noqa: F811
+def stalls(chaos: Chaos) -> Chaos:
     """The chaos service with a short stall bound, so a lost message is resent within seconds."""
     chaos.env.update(RUN_STALL_S=str(STALL_S), REAPER_INTERVAL_S="0.5")
     return chaos
@@ -124,7 +124,7 @@ def test_a_run_waiting_between_stages_is_cancelled_at_once(stalls: Chaos) -> Non
     assert stalls.run(handle.run_id)["stages_done"] == 2  # the cancelled run went no further
 
 
-def test_cancel_ends_a_stage_blocked_in_a_read_and_frees_the_worker_slot(chaos: Chaos) -> None:  # noqa: F811
+def test_cancel_ends_a_stage_blocked_in_a_read_and_frees_the_worker_slot(chaos: Chaos) -> None:
     chaos.register("acme-corp", scada.ACME_LAYOUT)
     chaos.register("globex", scada.GLOBEX_LAYOUT)
     chaos.proxy.delay_s = 0.05  # a slow SCADA answer, so the extract is caught in the middle
@@ -153,19 +153,6 @@ def test_cancel_ends_a_stage_blocked_in_a_read_and_frees_the_worker_slot(chaos: 
         again("acme-corp", actor="ops")
 
 
-def training_process(service: Chaos, script: str) -> psutil.Process:
-    """The sandboxed process running `script` of this test's ML_BASE_PATH (bounded wait)."""
-
-    def find() -> psutil.Process | None:
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if script in cmdline and str(service.base) in cmdline:
-                return proc
-        return None
-
-    return wait_for(find, 60, f"the training process of {script}")
-
-
 # Writes a sparse 900 MB model.onnx: the worker reads a model whole to store it.
 HUGE_MODEL_SCRIPT = """
 import json, pathlib, sys, time
@@ -178,7 +165,7 @@ metrics = {"accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "auc": 1
 """
 
 
-def test_a_stage_out_of_memory_fails_its_run_and_the_worker_trains_on(chaos: Chaos) -> None:  # noqa: F811
+def test_a_stage_out_of_memory_fails_its_run_and_the_worker_trains_on(chaos: Chaos) -> None:
     (chaos.base / "scripts" / "huge_model.py").write_text(HUGE_MODEL_SCRIPT)
     chaos.register("acme-corp", scada.ACME_LAYOUT, script="huge_model.py")
     chaos.register("globex", scada.GLOBEX_LAYOUT)
@@ -186,7 +173,7 @@ def test_a_stage_out_of_memory_fails_its_run_and_the_worker_trains_on(chaos: Cha
         [child] = psutil.Process(worker.proc.pid).children()
         soft, hard = child.rlimit(psutil.RLIMIT_AS)
         handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
-        training_process(chaos, "huge_model.py")  # the stage is past its own imports
+        chaos.training_process("huge_model.py", timeout_s=60)  # the stage is past its own imports
         # Room for the stage's own work, not for a 900 MB model: the read raises MemoryError.
         child.rlimit(psutil.RLIMIT_AS, (child.memory_info().vms + 400 * 2**20, hard))
         bad = handle.wait(timeout_s=RUN_TIMEOUT_S)
