@@ -16,26 +16,12 @@ from typing import Any
 from celery import Task
 from celery.worker.request import Request
 
+from training_tasks.errors import ConfigError
+from training_tasks.fields import check_nesting
+
 # Far deeper than any argument of this service's tasks, far below Python's recursion limit.
 MAX_ARGUMENT_DEPTH = 100
 PLACEHOLDER = "(arguments nested too deep to show)"
-
-
-def nests_deeper(value: object, limit: int) -> bool:
-    """Whether lists, tuples or dicts in `value` nest deeper than `limit` (without recursing)."""
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth >= limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 class BoundedRequest(Request):
@@ -44,12 +30,21 @@ class BoundedRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         given = self._request_dict
-        if nests_deeper([given.get("args"), given.get("kwargs")], MAX_ARGUMENT_DEPTH):
+        if _nests_deeper([given.get("args"), given.get("kwargs")], MAX_ARGUMENT_DEPTH):
             given["args"], given["kwargs"] = [PLACEHOLDER], {}
             self._args, self._kwargs = given["args"], given["kwargs"]
             if self._decoded:  # a protocol 1 message: the child takes these very arguments
                 embed: Any = self.body[2]
                 self._body = (given["args"], given["kwargs"], embed)
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether lists, tuples or dicts in `value` nest deeper than `limit` (without recursing)."""
+    try:
+        check_nesting(value, "arguments", limit)
+    except ConfigError:
+        return True
+    return False
 
 
 class BoundedTask(Task):

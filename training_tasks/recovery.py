@@ -58,10 +58,8 @@ def reap(
 
 
 def _reap_dead(rt: Runtime, run: dict[str, Any], stage: str, enqueue_from: EnqueueFrom) -> str:
-    run_id, org = run["id"], run["organization_id"]
     if run["cancel_requested_at"] is not None:
-        run_control.finish_cancelled(rt.engine, run_id, stage=stage, now=rt.now(), unheld=True)
-        return "cancelled"
+        return _cancel(rt, run, stage)
     if run["attempt"] >= MAX_ATTEMPTS:
         error = (
             f"the worker running {stage} stopped renewing the run's lease (last {run['lease_owner']}); "
@@ -73,24 +71,13 @@ def _reap_dead(rt: Runtime, run: dict[str, Any], stage: str, enqueue_from: Enque
         return _give_up(rt, run, stage, "worker_lost", lost, error, run["lease_owner"])
     if not run_control.take_dead(rt.engine, run, stage=stage, now=rt.now()):
         return ""
-    try:
-        task_id = enqueue_from(run_id, org, bool(run["auto_deploy"]), stage)
-    except Exception as exc:
+    task_id = _send(run, stage, enqueue_from)
+    if task_id is None:
         # Give the lease back as expired so that the next pass tries again.
-        run_control.expire_lease(rt.engine, run_id, owner="reaper", now=rt.now())
-        log.error("run %s of %s: could not send %s again (%s); retrying", run_id, org, stage, exc)
+        run_control.expire_lease(rt.engine, run["id"], owner="reaper", now=rt.now())
         return ""
-    runs.set_task_id(rt.engine, run_id, task_id)
-    log.warning(
-        "run %s of %s: the lease of %s expired (its worker died or lost the database); sent "
-        "the stage again (attempt %d of %d)",
-        run_id,
-        org,
-        stage,
-        run["attempt"] + 1,
-        MAX_ATTEMPTS,
-    )
-    return "resent"
+    why = f"the lease of {stage} expired (its worker died or lost the database)"
+    return _resent(rt, run, task_id, why)
 
 
 def _reap_stalled(
@@ -103,10 +90,7 @@ def _reap_stalled(
     """Send the stage of a run whose message was lost again, unless a message still waits."""
     run_id, org = run["id"], run["organization_id"]
     if run["cancel_requested_at"] is not None:
-        done = run_control.finish_cancelled(
-            rt.engine, run_id, stage=stage, now=rt.now(), unheld=True
-        )
-        return "cancelled" if done else ""
+        return _cancel(rt, run, stage)
     try:
         if queue_waiting(org):
             return ""  # its message waits for a free worker; nothing is lost
@@ -123,21 +107,46 @@ def _reap_stalled(
         )
         return _give_up(rt, run, stage, "stalled", why, error, None)
     # Send first: if that fails, nothing was counted. A duplicate message does nothing.
-    try:
-        task_id = enqueue_from(run_id, org, bool(run["auto_deploy"]), stage)
-    except Exception as exc:
-        log.error("run %s of %s: could not send %s again (%s); retrying", run_id, org, stage, exc)
+    task_id = _send(run, stage, enqueue_from)
+    if task_id is None:
         return ""
     if not run_control.take_stalled(rt.engine, run, stage=stage, waited_s=waited_s, now=rt.now()):
         return ""  # it moved on meanwhile; the message sent is a duplicate and does nothing
-    runs.set_task_id(rt.engine, run_id, task_id)
+    why = f"waited {waited_s:.0f} s for its {stage} message with none in its queue"
+    return _resent(rt, run, task_id, why)
+
+
+def _cancel(rt: Runtime, run: dict[str, Any], stage: str) -> str:
+    """Finish a run no live worker holds whose cancel was requested."""
+    done = run_control.finish_cancelled(
+        rt.engine, run["id"], stage=stage, now=rt.now(), unheld=True
+    )
+    return "cancelled" if done else ""
+
+
+def _send(run: dict[str, Any], stage: str, enqueue_from: EnqueueFrom) -> str | None:
+    """Send the chain from `stage` on; its task id, or None (logged) when the broker refused."""
+    try:
+        return enqueue_from(run["id"], run["organization_id"], bool(run["auto_deploy"]), stage)
+    except Exception as exc:
+        log.error(
+            "run %s of %s: could not send %s again (%s); retrying",
+            run["id"],
+            run["organization_id"],
+            stage,
+            exc,
+        )
+        return None
+
+
+def _resent(rt: Runtime, run: dict[str, Any], task_id: str, why: str) -> str:
+    """Record the resent chain's task id and say why the stage went again."""
+    runs.set_task_id(rt.engine, run["id"], task_id)
     log.warning(
-        "run %s of %s: waited %.0f s for its %s message with none in its queue; sent the stage "
-        "again (attempt %d of %d)",
-        run_id,
-        org,
-        waited_s,
-        stage,
+        "run %s of %s: %s; sent the stage again (attempt %d of %d)",
+        run["id"],
+        run["organization_id"],
+        why,
         run["attempt"] + 1,
         MAX_ATTEMPTS,
     )
