@@ -106,6 +106,23 @@ def test_each_deployed_folder_records_what_the_redis_key_says_for_a_cache_withou
     assert (again["version"], again["sequence"]) == (first, 3)
 
 
+def test_a_fifo_or_link_planted_as_the_deployment_record_neither_blocks_nor_redirects_deploy(
+    engine, store, redis, tmp_path
+) -> None:
+    version = trained(engine, store, "acme")
+    record = store.deployed_dir("acme", version) / hotswap.DEPLOYMENT_FILE
+    record.parent.mkdir(parents=True)
+    os.mkfifo(record)  # with no writer, a blocking read would hang the deploy for ever
+    deploy(engine, redis, store, "acme", version, now=NOW, actor="t")
+    assert json.loads(record.read_text())["version"] == version
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    record.unlink()
+    record.symlink_to(outside)
+    assert reconcile(engine, redis, store) == []
+    assert outside.read_text() == "{}" and not record.is_symlink()
+
+
 def test_a_rejected_version_is_not_deployed_and_nothing_changes(engine, store, redis) -> None:
     good = trained(engine, store, "acme")
     deploy(engine, redis, store, "acme", good, now=NOW, actor="t")

@@ -66,6 +66,8 @@ def test_settings_default_to_sqlite_under_ml_base_path(tmp_path: Path) -> None:
         ({"PYTHON_ENV": "/nonexistent/python"}, "PYTHON_ENV"),
         ({"NODE_ENV": "staging"}, "NODE_ENV"),
         ({"TRAINING_TIMEOUT_S": "-5"}, "TRAINING_TIMEOUT_S"),
+        ({"RUN_STALL_S": "0"}, "RUN_STALL_S"),
+        ({"RUN_STALL_S": "five minutes"}, "RUN_STALL_S"),
     ],
 )
 def test_a_bad_environment_variable_is_named(env: dict, name: str) -> None:

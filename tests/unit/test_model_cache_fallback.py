@@ -12,7 +12,7 @@ import pytest
 from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
 from training_tasks import hotswap
 from training_tasks.hotswap import Deployment
-from workers.model_cache import LinkFallback, ModelCache, ModelRejected, ModelUnavailable
+from workers.model_cache import LinkFallback, ModelCache, ModelRejected, ModelUnavailable, fallback
 from workers.model_cache.fallback import UNKNOWN_SEQUENCE
 from workers.model_cache.model import load_model
 
@@ -159,6 +159,19 @@ def test_a_record_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     (path.parent / hotswap.DEPLOYMENT_FILE).symlink_to(elsewhere)
     point_current(tmp_path, f"deployed_{V2}")
     with pytest.raises(ModelRejected, match="symbolic link"):
+        LinkFallback(tmp_path)(ORG)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "oversized"])
+def test_a_record_that_blocks_or_is_oversized_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    path = deployed(tmp_path, V2, b"model")
+    record = path.parent / hotswap.DEPLOYMENT_FILE
+    if kind == "fifo":
+        os.mkfifo(record)  # no writer: a blocking read would never return
+    else:
+        record.write_text(" " * (fallback.MAX_RECORD_BYTES + 1))
+    point_current(tmp_path, f"deployed_{V2}")
+    with pytest.raises(ModelRejected, match=r"FIFO|at most"):
         LinkFallback(tmp_path)(ORG)
 
 

@@ -26,11 +26,19 @@ from training_tasks import hotswap
 from training_tasks.db.tables import model_versions, organizations
 from training_tasks.errors import ConflictError, DeployError, NotFoundError, VersionNotFound
 from training_tasks.fields import iso
-from training_tasks.files import atomic_copy, replace_symlink, sha256_file, write_json_atomic
+from training_tasks.files import (
+    UnsafeFile,
+    atomic_copy,
+    read_script_output,
+    replace_symlink,
+    sha256_file,
+    write_json_atomic,
+)
 from training_tasks.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
 log = logging.getLogger(__name__)
+MAX_RECORD_BYTES = 64 * 1024  # deployment.json is a few hundred bytes
 DEPLOYABLE = versions.DEPLOYABLE
 
 
@@ -283,10 +291,11 @@ def _record_deployment(
     deployment = registered(store, org_id, record, int(state["deploy_sequence"]))
     path = store.deployed_dir(org_id, record["version"]) / hotswap.DEPLOYMENT_FILE
     doc = json.loads(deployment.to_json())
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text(encoding="utf-8")) == doc:
+    # What lies on disk is read like any file not written here: never a link, FIFO or huge file.
+    with contextlib.suppress(OSError, ValueError, UnsafeFile):
+        if json.loads(read_script_output(path, MAX_RECORD_BYTES, "the deployment record")) == doc:
             return  # already says this (a reconcile with nothing to repair)
-    write_json_atomic(path, doc)
+    write_json_atomic(path, doc)  # replaces whatever was there, link or FIFO, by a new file
 
 
 def registered(
