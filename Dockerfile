@@ -17,11 +17,11 @@ COPY beat_schedules ./beat_schedules
 COPY ml/scripts/train_model.py ./ml/scripts/train_model.py
 
 # An installed package looks for the bundled training script next to it (BUNDLED_SCRIPT in
-# training_tasks/settings.py), which `pip install .` does not copy: put it there. Asked from /, so
+# training_tasks/config/settings.py), which `pip install .` does not copy: put it there. Asked from /, so
 # that the installed package answers and not the sources in /src.
 RUN pip install --no-cache-dir --disable-pip-version-check . \
     && cd / \
-    && script="$(python -c 'from training_tasks.settings import BUNDLED_SCRIPT; print(BUNDLED_SCRIPT)')" \
+    && script="$(python -c 'from training_tasks.config.settings import BUNDLED_SCRIPT; print(BUNDLED_SCRIPT)')" \
     && install -D -m 0644 /src/ml/scripts/train_model.py "$script" \
     && rm -rf /src
 

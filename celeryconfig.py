@@ -10,8 +10,8 @@ import os
 broker_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 # kombu's Redis transport, except that an item on a queue that is not a Celery message is
 # dropped with a log line instead of stopping the worker, and that the worker survives Redis
-# being restarted under it (training_tasks/broker_transport.py).
-broker_transport = "training_tasks.broker_transport:Transport"
+# being restarted under it (training_tasks/messaging/broker_transport.py).
+broker_transport = "training_tasks.messaging.broker_transport:Transport"
 result_backend = broker_url
 
 # The longest a training subprocess may run (TRAINING_TIMEOUT_S), plus room for extract and
@@ -51,7 +51,7 @@ task_acks_late = True
 worker_prefetch_multiplier = 1
 # A worker child killed mid-task (the OOM killer, SIGKILL) acks its message: re-queueing it here
 # would loop a task that kills its worker. The run's lease stops being renewed instead, and the
-# reaper gives the stage another attempt, at most three in all (training_tasks/recovery.py).
+# reaper gives the stage another attempt, at most three in all (training_tasks/pipeline/recovery.py).
 task_reject_on_worker_lost = False
 # A hard backstop for a stage that hangs (training has its own, shorter timeout): the child is
 # killed and the run fails.

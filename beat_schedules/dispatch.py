@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from beat_schedules.cron import CronSchedule
-from training_tasks import training_config
+from training_tasks.config import training as training_config
 from training_tasks.errors import ConfigError, TrainingServiceError
 from training_tasks.fields import iso
-from training_tasks.ids import new_run_id, new_version_id
+from training_tasks.pipeline.submit import Enqueue, send_run
+from training_tasks.protocol.ids import new_run_id, new_version_id
 from training_tasks.registry import orgs, schedules
 from training_tasks.registry.schedules import PlannedRun, ScheduleRow
 from training_tasks.runtime import Runtime
-from training_tasks.submit import Enqueue, send_run
 
 log = logging.getLogger(__name__)
 

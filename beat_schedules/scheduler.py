@@ -46,7 +46,7 @@ class DatabaseScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         super().setup_schedule()
-        from training_tasks.tasks import enqueue_chain
+        from training_tasks.messaging.tasks import enqueue_chain
 
         rt = self._runtime or build_runtime()
         self._runtime = rt
@@ -125,6 +125,6 @@ class DatabaseScheduler(Scheduler):
 
 
 def _masked(url: str) -> str:
-    from training_tasks.org_config import mask_url
+    from training_tasks.config.org import mask_url
 
     return mask_url(url)

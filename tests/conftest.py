@@ -90,7 +90,7 @@ def redis_server() -> Iterator[str]:
             "Redis",
             'start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ""',
         )
-    from training_tasks.embedded_redis import EmbeddedRedis
+    from training_tasks.demo.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url.rsplit("/", 1)[0]

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from training_tasks.paths import ModelStore
-from training_tasks.settings import Settings
+from training_tasks.config.settings import Settings
+from training_tasks.protocol.paths import ModelStore
 
 
 def utc_now() -> datetime:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from training_tasks.errors import NotFoundError
-from training_tasks.hotswap import Deployment
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.hotswap import Deployment
+from training_tasks.protocol.paths import ModelStore
 from workers.model_cache import Fallback, LinkFallback, no_fallback
 
 log = logging.getLogger(__name__)

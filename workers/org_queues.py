@@ -42,7 +42,7 @@ class OrgQueueFollower(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def _sync(self, consumer: Any) -> None:
-        from training_tasks.ids import org_queue
+        from training_tasks.protocol.ids import org_queue
         from training_tasks.registry.orgs import list_org_ids
         from training_tasks.runtime import get_runtime
 

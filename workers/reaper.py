@@ -32,9 +32,9 @@ class RunReaper(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def _reap(self) -> None:
-        from training_tasks.recovery import reap
+        from training_tasks.messaging.tasks import enqueue_chain, queue_waiting
+        from training_tasks.pipeline.recovery import reap
         from training_tasks.runtime import get_runtime
-        from training_tasks.tasks import enqueue_chain, queue_waiting
 
         rt = get_runtime()
         enqueue = functools.partial(enqueue_chain, broker_url=rt.settings.redis_url)

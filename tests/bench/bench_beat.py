@@ -113,10 +113,10 @@ def _backend(backend: str, sizes: tuple[int, ...], ticks: int, base: Path) -> di
 def _bed(backend: str, n: int, base: Path) -> Iterator[Bed]:
     """A migrated database with n schedules, and a dispatcher and a beat scheduler on it."""
     from beat_schedules.dispatch import Dispatcher, Policy
+    from training_tasks.config.settings import Settings
     from training_tasks.db.engine import make_engine, migrate
-    from training_tasks.paths import ModelStore
+    from training_tasks.protocol.paths import ModelStore
     from training_tasks.runtime import Runtime
-    from training_tasks.settings import Settings
 
     with ExitStack() as stack:
         if backend == "postgres":
@@ -298,8 +298,8 @@ def _pattern(rng: random.Random) -> str:
 
 def _org_config() -> dict[str, Any]:
     """The stored config column of a valid organization (SCADA URL kept in its own column)."""
+    from training_tasks.config.org import parse_org_config
     from training_tasks.demo.scada import ACME_LAYOUT, demo_org_config
-    from training_tasks.org_config import parse_org_config
 
     doc = parse_org_config(demo_org_config("bench", SCADA_URL, ACME_LAYOUT), "bench").public_dict()
     return {**doc, "scadaDbConfig": {}}
@@ -312,7 +312,7 @@ def _enqueue(run_id: str, org_id: str, auto_deploy: bool) -> str:
 def _scheduler(rt: Runtime) -> DatabaseScheduler:
     """The project's Celery Beat scheduler on this runtime, on the fixed clock."""
     from beat_schedules.scheduler import DatabaseScheduler
-    from training_tasks.celery_app import app
+    from training_tasks.messaging.app import app
 
     scheduler = DatabaseScheduler(app, runtime=rt)
     scheduler.clock = lambda: NOW

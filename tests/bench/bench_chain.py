@@ -22,12 +22,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Run small trainings end to end through a real worker; report overhead per run."""
     from celery import Celery
 
-    from tests.integration.processes import celery_worker, service_env
+    from tests.support.processes import celery_worker, service_env
+    from training_tasks.config.settings import Settings
     from training_tasks.demo import scada
-    from training_tasks.embedded_redis import EmbeddedRedis
+    from training_tasks.demo.embedded_redis import EmbeddedRedis
     from training_tasks.runtime import build_runtime
     from training_tasks.service import TrainingService
-    from training_tasks.settings import Settings
 
     runs_n = 5 if quick else 15
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as redis_server:

@@ -158,9 +158,9 @@ def _measure(method: str, job: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
     import sqlalchemy as sa
 
-    from training_tasks.org_config import SchemaConfig
-    from training_tasks.stages.extract import extract
-    from training_tasks.training_config import TrainingConfig
+    from training_tasks.config.org import SchemaConfig
+    from training_tasks.config.training import TrainingConfig
+    from training_tasks.stages.extract.stage import extract
 
     baseline_kb = _start_peak_tracking()
     end = datetime.fromisoformat(job["end"])

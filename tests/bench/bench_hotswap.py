@@ -70,7 +70,7 @@ for message in p.listen():
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run every measurement; returns the figures and the ratios to the floor."""
-    from training_tasks.embedded_redis import EmbeddedRedis
+    from training_tasks.demo.embedded_redis import EmbeddedRedis
 
     many = 10 if quick else 50
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
@@ -92,7 +92,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _models(base: Path, count: int) -> list[tuple[str, Path]]:
-    from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
+    from tests.support.onnx_fixtures import make_data, to_onnx, train_booster
 
     booster = train_booster(*make_data(2000), rounds=50)
     out = []
@@ -153,7 +153,7 @@ def _pubsub_threads(url: str, count: int) -> dict[str, float]:
 def _swaps(
     url: str, base: Path, models: list[tuple[str, Path]], count: int, code: str
 ) -> dict[str, float]:
-    from training_tasks import hotswap
+    from training_tasks.protocol import hotswap
 
     client = redis_lib.Redis.from_url(url)
     client.delete(hotswap.current_key(ORG))
@@ -170,7 +170,7 @@ def _swaps(
 
 
 def _announce(client: Any, model: tuple[str, Path], sequence: int, *, publish: bool) -> None:
-    from training_tasks import hotswap
+    from training_tasks.protocol import hotswap
 
     version, path = model
     deployment = hotswap.Deployment(
@@ -191,8 +191,8 @@ def _announce(client: Any, model: tuple[str, Path], sequence: int, *, publish: b
 def _processes(
     url: str, base: Path, count: int, code: str
 ) -> Iterator[list[subprocess.Popen[str]]]:
-    from training_tasks.child_process import die_with_parent
-    from training_tasks.hotswap import channel
+    from training_tasks.demo.child_process import die_with_parent
+    from training_tasks.protocol.hotswap import channel
 
     argv = [sys.executable, "-c", code, url, str(base), ORG if code is CACHE_PROC else channel(ORG)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

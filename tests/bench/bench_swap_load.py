@@ -36,7 +36,7 @@ Reply = tuple[float, float, int, str | None, str]  # started, latency s, status,
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Deploy and roll back under load; returns failures, wrong versions and latencies."""
-    from training_tasks.embedded_redis import EmbeddedRedis
+    from training_tasks.demo.embedded_redis import EmbeddedRedis
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis() as server:
         svc, env, versions = _setup(Path(tmp), server.url)
@@ -52,11 +52,11 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _setup(base: Path, redis_url: str) -> tuple[Any, dict[str, str], list[str]]:
-    from tests.registry_fixtures import ORG_DOC, finished_run, record_model
-    from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
+    from tests.support.onnx_fixtures import make_data, to_onnx, train_booster
+    from tests.support.registry_fixtures import ORG_DOC, finished_run, record_model
+    from training_tasks.config.settings import Settings
     from training_tasks.runtime import build_runtime
     from training_tasks.service import TrainingService
-    from training_tasks.settings import Settings
 
     env = {
         **os.environ,
@@ -88,7 +88,7 @@ def _setup(base: Path, redis_url: str) -> tuple[Any, dict[str, str], list[str]]:
 
 
 def _start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    from training_tasks.child_process import die_with_parent
+    from training_tasks.demo.child_process import die_with_parent
 
     argv = [sys.executable, "-m", "training_tasks.cli", "serve", "--port", "0", "--org", ORG]
     proc = subprocess.Popen(

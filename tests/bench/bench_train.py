@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training_tasks.sandbox import ResourceLimits, allowed_env
-from training_tasks.settings import BUNDLED_SCRIPT
+from training_tasks.config.settings import BUNDLED_SCRIPT
+from training_tasks.config.training import DEFAULT_HYPERPARAMETERS, TrainingConfig
+from training_tasks.sandbox.runner import ResourceLimits, allowed_env
 from training_tasks.stages.train import train
-from training_tasks.training_config import DEFAULT_HYPERPARAMETERS, TrainingConfig
 
 FEATURES = [f"sensor_{i}" for i in range(10)]
 TARGET = "failure"

@@ -18,7 +18,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Validate a realistic model (200 trees, 63 leaves, 20 features) several times; report timings."""
     import lightgbm as lgb
 
-    from tests.unit.onnx_fixtures import (
+    from tests.support.onnx_fixtures import (
         ORG_ID,
         TARGET,
         VERSION,
@@ -26,8 +26,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         save_model,
         write_holdout,
     )
-    from training_tasks.org_config import THRESHOLD_DEFAULTS
-    from training_tasks.stages.validate import validate
+    from training_tasks.config.org import THRESHOLD_DEFAULTS
+    from training_tasks.stages.validate.stage import validate
 
     rows, repeats = (20_000, 2) if quick else (100_000, 5)
     features = [f"sensor_{i:02d}" for i in range(WIDTH)]

@@ -11,10 +11,10 @@ import lightgbm as lgb
 import pytest
 import redis as redis_lib
 
-from tests.integration.chaos import chaos  # noqa: F401  (the fixture, for every integration test)
-from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
-from training_tasks import hotswap
-from training_tasks.hotswap import Deployment
+from tests.support.chaos import chaos  # noqa: F401  (the fixture, for every integration test)
+from tests.support.onnx_fixtures import make_data, to_onnx, train_booster
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.hotswap import Deployment
 
 
 def version_id(n: int) -> str:

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from tests.integration.local_servers import Webhook
-from training_tasks.alerts import ALERT_CHANNEL, WEBHOOK_ATTEMPTS, Alert, send_alert
-from training_tasks.org_config import parse_org_config
-from training_tasks.paths import ModelStore
+from tests.support.local_servers import Webhook
+from training_tasks.config.org import parse_org_config
+from training_tasks.config.settings import Settings
+from training_tasks.pipeline.alerts import ALERT_CHANNEL, WEBHOOK_ATTEMPTS, Alert, send_alert
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.runtime import Runtime
-from training_tasks.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 

@@ -19,7 +19,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine, select
 
-from tests.integration.beat_process import (
+from tests.support.beat_process import (
     Beat,
     FileClock,
     beat_process,
@@ -27,14 +27,14 @@ from tests.integration.beat_process import (
     step_through,
     wait_for_tick,
 )
-from tests.integration.processes import service_env, wait_for
-from tests.registry_fixtures import ORG_DOC, migrated_engine
+from tests.support.processes import service_env, wait_for
+from tests.support.registry_fixtures import ORG_DOC, migrated_engine
+from training_tasks.config.settings import Settings
 from training_tasks.db.tables import schedule_slots, training_runs
-from training_tasks.ids import org_queue
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.ids import org_queue
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.runtime import Runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 

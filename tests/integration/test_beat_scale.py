@@ -13,18 +13,18 @@ import redis as redis_lib
 from sqlalchemy import Engine, func, insert, select
 
 from beat_schedules.dispatch import Dispatcher, Policy
-from tests.integration.beat_process import FileClock, beat_process, step_through
-from tests.integration.processes import service_env
-from tests.registry_fixtures import ORG_DOC, migrated_engine
+from tests.support.beat_process import FileClock, beat_process, step_through
+from tests.support.processes import service_env
+from tests.support.registry_fixtures import ORG_DOC, migrated_engine
+from training_tasks.config.settings import Settings
 from training_tasks.db.tables import (
     organizations,
     schedule_slots,
     training_runs,
     training_schedules,
 )
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.runtime import Runtime
-from training_tasks.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 

@@ -12,11 +12,17 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine
 
-from tests.registry_fixtures import NOW, finished_run, migrated_engine, record_model, register
-from training_tasks import hotswap
+from tests.support.registry_fixtures import (
+    NOW,
+    finished_run,
+    migrated_engine,
+    record_model,
+    register,
+)
 from training_tasks.errors import DeployError
 from training_tasks.files import sha256_file
-from training_tasks.paths import ModelStore
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import orgs, versions
 from training_tasks.stages.deploy import deploy, reconcile
 
@@ -175,7 +181,7 @@ def test_a_non_python_subscriber_reads_the_same_message_from_the_channel(
     import shutil
     import subprocess
 
-    from training_tasks.child_process import die_with_parent
+    from training_tasks.demo.child_process import die_with_parent
 
     cli = shutil.which("redis-cli")
     assert cli, "redis-cli is installed with Redis; the channel must be readable without Python"

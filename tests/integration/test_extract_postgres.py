@@ -12,6 +12,8 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
+from training_tasks.config.org import SchemaConfig
+from training_tasks.config.training import TrainingConfig
 from training_tasks.demo.scada import (
     ACME_LAYOUT,
     FEATURES,
@@ -22,9 +24,7 @@ from training_tasks.demo.scada import (
     write_scada_sqlite,
 )
 from training_tasks.errors import ExtractError, SourceUnavailableError
-from training_tasks.org_config import SchemaConfig
-from training_tasks.stages.extract import extract
-from training_tasks.training_config import TrainingConfig
+from training_tasks.stages.extract.stage import extract
 
 pytestmark = pytest.mark.integration
 ORG = "globex"

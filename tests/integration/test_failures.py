@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.integration.chaos import RANGE, RUN_TIMEOUT_S, Chaos
-from tests.integration.local_servers import RedisServer, TcpProxy
-from tests.integration.processes import Worker, celery_worker, wait_for, worker_pid
+from tests.support.chaos import RANGE, RUN_TIMEOUT_S, Chaos
+from tests.support.local_servers import RedisServer, TcpProxy
+from tests.support.processes import Worker, celery_worker, wait_for, worker_pid
+from training_tasks.config.settings import BUNDLED_SCRIPT, Settings
 from training_tasks.demo import scada
 from training_tasks.runtime import build_runtime
-from training_tasks.service import FINISHED, TrainingService
-from training_tasks.settings import BUNDLED_SCRIPT, Settings
+from training_tasks.service.api import FINISHED, TrainingService
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.processes import (
+from tests.support.processes import (
     Flower,
     Worker,
     celery_worker,
@@ -34,12 +34,12 @@ from tests.integration.processes import (
     stop_group,
     wait_for,
 )
-from training_tasks.child_process import die_with_parent
+from training_tasks.config.settings import Settings
 from training_tasks.demo import scada
+from training_tasks.demo.child_process import die_with_parent
 from training_tasks.registry import runs
 from training_tasks.runtime import build_runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
 
@@ -298,7 +298,7 @@ finally:
 def test_flower_shows_the_train_stage_in_progress_with_its_iteration(
     stack: Stack, worker: Worker, flower: Flower
 ) -> None:
-    from training_tasks.settings import BUNDLED_SCRIPT
+    from training_tasks.config.settings import BUNDLED_SCRIPT
 
     scripts = stack.base / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)

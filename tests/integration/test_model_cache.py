@@ -18,9 +18,9 @@ import pytest
 import redis as redis_lib
 
 from tests.integration.conftest import version_id
-from tests.unit.onnx_fixtures import FEATURES
-from training_tasks import hotswap
-from training_tasks.hotswap import Deployment
+from tests.support.onnx_fixtures import FEATURES
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache import ModelCache, ModelCacheError, ModelUnavailable, read_replicas
 
 pytestmark = pytest.mark.integration

@@ -21,13 +21,13 @@ import onnxruntime as ort
 import pytest
 import redis as redis_lib
 
-from tests.integration.processes import Worker, celery_worker, service_env, wait_for
-from training_tasks import hotswap
+from tests.support.processes import Worker, celery_worker, service_env, wait_for
 from training_tasks.client import TrainingClient
+from training_tasks.config.settings import Settings
 from training_tasks.demo import scada
+from training_tasks.protocol import hotswap
 from training_tasks.runtime import build_runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -295,7 +295,7 @@ runpy.run_path({bundled!r}, run_name="__main__")
 
 
 def test_an_org_script_runs_and_a_duplicate_delivered_mid_run_does_nothing(stack, worker) -> None:
-    from training_tasks.settings import BUNDLED_SCRIPT
+    from training_tasks.config.settings import BUNDLED_SCRIPT
 
     scripts = stack.base / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,11 @@ import pytest
 import redis as redis_lib
 
 from tests.integration.conftest import version_id
-from tests.integration.processes import free_port, spawn_logged, stop_group, wait_for
-from tests.registry_fixtures import finished_run, migrated_engine, record_model, register
-from tests.unit.onnx_fixtures import FEATURES, to_onnx
-from training_tasks import hotswap
-from training_tasks.hotswap import Deployment
+from tests.support.onnx_fixtures import FEATURES, to_onnx
+from tests.support.processes import free_port, spawn_logged, stop_group, wait_for
+from tests.support.registry_fixtures import finished_run, migrated_engine, record_model, register
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache import read_replicas
 from workers.prediction_service import MAX_BODY_BYTES, PredictionService
 
@@ -322,9 +322,9 @@ def _registry_with_versions(
     env: dict[str, str], org: str, booster: lgb.Booster
 ) -> tuple[Any, tuple[str, str]]:
     """A service on the test's database with `org` registered and two validated versions."""
+    from training_tasks.config.settings import Settings
     from training_tasks.runtime import build_runtime
     from training_tasks.service import TrainingService
-    from training_tasks.settings import Settings
 
     svc = TrainingService(build_runtime(Settings.from_env(env)))
     register(svc.rt.engine, org)

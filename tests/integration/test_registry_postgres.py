@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from tests.registry_fixtures import migrated_engine
+from tests.support.registry_fixtures import migrated_engine
 from tests.unit.test_registry_contract import RegistryContract
 
 pytestmark = pytest.mark.integration

@@ -21,19 +21,19 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine, func, select, update
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, record_model, register
-from tests.unit import onnx_fixtures as fx
-from training_tasks import hotswap
+from tests.support import onnx_fixtures as fx
+from tests.support.registry_fixtures import NOW, ORG_DOC, migrated_engine, record_model, register
+from training_tasks.config.settings import Settings
 from training_tasks.db.engine import make_engine
 from training_tasks.db.tables import audit_events, model_versions, training_runs
 from training_tasks.errors import ConfigError, ConflictError, DeployError, NotFoundError
 from training_tasks.files import sha256_file
-from training_tasks.ids import new_run_id, new_version_id
-from training_tasks.paths import ModelStore
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.ids import new_run_id, new_version_id
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import audit, orgs, runs, versions
 from training_tasks.runtime import Runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 from training_tasks.stages import deploy as deploy_stage
 
 pytestmark = pytest.mark.integration

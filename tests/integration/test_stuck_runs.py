@@ -19,10 +19,10 @@ import psutil
 import pytest
 import redis
 
-from tests.integration.chaos import RANGE, RUN_TIMEOUT_S, Chaos
-from tests.integration.processes import celery_worker, wait_for
+from tests.support.chaos import RANGE, RUN_TIMEOUT_S, Chaos
+from tests.support.processes import celery_worker, wait_for
 from training_tasks.demo import scada
-from training_tasks.ids import org_queue
+from training_tasks.protocol.ids import org_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from tests.integration.processes import Worker, celery_worker, service_env
 from tests.security.test_hostile_messages import still_works
+from tests.support.processes import Worker, celery_worker, service_env
 from training_tasks.client import REQUESTS_QUEUE, SUBMIT_TASK, TrainingClient
+from training_tasks.config.settings import Settings
 from training_tasks.errors import ConfigError
 from training_tasks.runtime import build_runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 

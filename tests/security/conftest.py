@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training_tasks.sandbox import ResourceLimits, allowed_env, run_sandboxed
+from training_tasks.sandbox.runner import ResourceLimits, allowed_env, run_sandboxed
 
 
 @pytest.fixture(scope="session")

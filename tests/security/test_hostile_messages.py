@@ -16,12 +16,12 @@ import redis as redis_lib
 from celery import Celery
 from kombu import Connection
 
-from tests.integration.processes import Worker, celery_worker, service_env, wait_for
-from tests.registry_fixtures import ORG_DOC
+from tests.support.processes import Worker, celery_worker, service_env, wait_for
+from tests.support.registry_fixtures import ORG_DOC
 from training_tasks.client import TrainingClient
+from training_tasks.config.settings import Settings
 from training_tasks.runtime import build_runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 

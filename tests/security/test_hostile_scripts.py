@@ -26,15 +26,15 @@ import psutil
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.integration.processes import celery_worker, service_env
 from tests.security.conftest import needs
+from tests.support.processes import celery_worker, service_env
 from tests.unit.test_train_stage import VERSION, training_config
+from training_tasks.config.settings import BUNDLED_SCRIPT, Settings
 from training_tasks.demo import scada
 from training_tasks.errors import TrainingError, TrainingKilled
 from training_tasks.runtime import build_runtime
-from training_tasks.sandbox import KILL_GRACE_S, ResourceLimits
+from training_tasks.sandbox.runner import KILL_GRACE_S, ResourceLimits
 from training_tasks.service import TrainingService
-from training_tasks.settings import BUNDLED_SCRIPT, Settings
 from training_tasks.stages.train import TrainResult, train
 
 LIMITS = ResourceLimits(memory_mb=1024, file_size_mb=16, processes=64)

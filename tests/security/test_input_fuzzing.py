@@ -14,17 +14,17 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training_tasks import training_config
+from training_tasks.config import training as training_config
+from training_tasks.config.org import parse_org_config, parse_schedule
 from training_tasks.errors import ConfigError
-from training_tasks.ids import (
+from training_tasks.protocol.ids import (
     ORG_ID_PATTERN,
     check_org_id,
     check_run_id,
     check_version_id,
     org_queue,
 )
-from training_tasks.org_config import parse_org_config, parse_schedule
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.paths import ModelStore
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -21,8 +21,7 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import Engine, select
 
-from tests.registry_fixtures import NOW, finished_run, migrated_engine, record_model, register
-from tests.unit.onnx_fixtures import (
+from tests.support.onnx_fixtures import (
     FEATURES,
     TARGET,
     make_data,
@@ -30,11 +29,18 @@ from tests.unit.onnx_fixtures import (
     train_booster,
     write_holdout,
 )
-from training_tasks.crypto import MODEL_MAGIC, Keyring, is_sealed
-from training_tasks.hotswap import Deployment
-from training_tasks.paths import ModelStore
+from tests.support.registry_fixtures import (
+    NOW,
+    finished_run,
+    migrated_engine,
+    record_model,
+    register,
+)
+from training_tasks.protocol.hotswap import Deployment
+from training_tasks.protocol.keyring import MODEL_MAGIC, Keyring, is_sealed
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.stages.deploy import deploy
-from training_tasks.stages.validate import validate
+from training_tasks.stages.validate.stage import validate
 from workers.model_cache import ModelCache, ModelRejected, read_replicas
 from workers.model_cache.model import load_model
 
@@ -280,7 +286,7 @@ def _moved_files_are_refused_and_the_old_model_keeps_serving(
     version: str,
     deployed: Path,
 ) -> None:
-    from training_tasks import hotswap
+    from training_tasks.protocol import hotswap
 
     # The sealed file copied into the other organization's folder, announced for that org.
     foreign = store.deployed_model(other, version)
@@ -345,13 +351,13 @@ def test_a_worker_with_a_key_seals_the_model_and_the_scada_url_and_a_second_run_
     postgres_factory: Callable[[], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.integration.processes import celery_worker, service_env
+    from tests.support.processes import celery_worker, service_env
+    from training_tasks.config.settings import Settings
     from training_tasks.db.engine import make_engine
     from training_tasks.db.tables import organizations
     from training_tasks.demo import scada
     from training_tasks.runtime import build_runtime
     from training_tasks.service import TrainingService
-    from training_tasks.settings import Settings
 
     service_db, scada_db = postgres_factory(), postgres_factory()
     frames = scada.iter_sensor_frames(assets=6, days=45, interval_min=10, seed=7, start=START)

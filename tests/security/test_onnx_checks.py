@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.unit.onnx_fixtures import FEATURES, make_data, to_onnx, train_booster
-from training_tasks.onnx_checks import (
+from tests.support.onnx_fixtures import FEATURES, make_data, to_onnx, train_booster
+from training_tasks.protocol.onnx_checks import (
     ModelShape,
     UnsafeModel,
     check_model_bytes,

@@ -6,7 +6,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import pytest
 from sqlalchemy.engine import make_url
 
-from training_tasks.stages.extract_sql import _libpq_uri
+from training_tasks.stages.extract.source import _libpq_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 

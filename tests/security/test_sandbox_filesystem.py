@@ -28,15 +28,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.processes import celery_worker, service_env
 from tests.security.conftest import needs
+from tests.support.processes import celery_worker, service_env
 from tests.unit.test_train_script import write_dataset
 from tests.unit.test_train_stage import VERSION, training_config
+from training_tasks.config.settings import Settings
 from training_tasks.demo import scada
 from training_tasks.runtime import build_runtime
-from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
+from training_tasks.sandbox.runner import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 from training_tasks.stages.train import train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,14 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.processes import Worker, celery_worker, service_env, wait_for
 from tests.security.test_hostile_scripts import GOOD_SCRIPT, Attack
+from tests.support.processes import Worker, celery_worker, service_env, wait_for
+from training_tasks.config.settings import BUNDLED_SCRIPT, Settings
 from training_tasks.demo import scada
 from training_tasks.errors import TrainingError, TrainingKilled
 from training_tasks.files import write_json_atomic
 from training_tasks.runtime import build_runtime
-from training_tasks.service import TrainingHandle, TrainingService
-from training_tasks.settings import BUNDLED_SCRIPT, Settings
+from training_tasks.service.api import TrainingHandle, TrainingService
 from training_tasks.stages.train import store_model
 
 GOOD_METRICS = '{"accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75, "auc": 0.93}'

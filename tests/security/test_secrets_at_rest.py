@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from training_tasks import sandbox
-from training_tasks.crypto import Keyring, SealedDataError
+from training_tasks.config.org import parse_org_config
+from training_tasks.config.training import resolve
 from training_tasks.db.engine import make_engine, migrate
 from training_tasks.db.tables import organizations
-from training_tasks.org_config import parse_org_config
+from training_tasks.protocol.keyring import Keyring, SealedDataError
 from training_tasks.registry import audit, orgs
+from training_tasks.sandbox import runner as sandbox
 from training_tasks.stages.train import script_config
-from training_tasks.training_config import resolve
 
 PASSWORD = "hunter2-Xq9"
 SCADA_URL = f"postgresql://plant:{PASSWORD}@10.0.0.7:5432/scada"

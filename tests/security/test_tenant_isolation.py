@@ -12,7 +12,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from tests.registry_fixtures import (
+from tests.support.registry_fixtures import (
     NOW,
     ORG_DOC,
     finished_run,
@@ -20,14 +20,14 @@ from tests.registry_fixtures import (
     record_model,
     register,
 )
+from training_tasks.config.org import parse_org_config
+from training_tasks.config.settings import Settings
+from training_tasks.config.training import resolve
 from training_tasks.errors import ConfigError, ExtractError, NotFoundError, TrainingServiceError
-from training_tasks.org_config import parse_org_config
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.runtime import Runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
-from training_tasks.stages.extract_sql import plan_source
-from training_tasks.training_config import resolve
+from training_tasks.stages.extract.source import plan_source
 
 PASSED = {"passed": True, "failures": [], "metrics": {}}
 

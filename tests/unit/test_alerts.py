@@ -15,13 +15,13 @@ import fakeredis
 import pytest
 
 from tests.unit.test_org_config import BASE
-from training_tasks import alerts
-from training_tasks.alerts import ALERT_CHANNEL, Alert, display_url, send_alert
+from training_tasks.config.org import parse_org_config
+from training_tasks.config.settings import Settings
 from training_tasks.errors import ConfigError
-from training_tasks.org_config import parse_org_config
-from training_tasks.paths import ModelStore
+from training_tasks.pipeline import alerts
+from training_tasks.pipeline.alerts import ALERT_CHANNEL, Alert, display_url, send_alert
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.runtime import Runtime
-from training_tasks.settings import Settings
 
 VERSION = "v2026-06-01T12-00-00-000Z_a1b2c3d4"
 AT = datetime(2026, 6, 1, 12, 0, 5, 250000, tzinfo=UTC)

@@ -90,7 +90,7 @@ def test_an_invalid_organization_id_is_refused(tmp_path: Path) -> None:
 
 def _registered(tmp_path: Path, org_id: str = "acme-corp", doc: dict | None = None) -> Any:
     """The service database under tmp_path/ml with ORG_ID registered, as `trainctl` finds it."""
-    from tests.registry_fixtures import migrated_engine, register
+    from tests.support.registry_fixtures import migrated_engine, register
 
     engine = migrated_engine(f"sqlite:///{tmp_path / 'ml' / 'training.db'}")
     register(engine, org_id, doc or {**BASE_ORG, "scadaDbConfig": {"url": "sqlite:///x.db"}})
@@ -103,10 +103,10 @@ def _version(engine: Any, tmp_path: Path, org_id: str, offset_s: int, **run: Any
 
     from sqlalchemy import update
 
-    from tests.registry_fixtures import NOW, record_model
+    from tests.support.registry_fixtures import NOW, record_model
     from training_tasks.db.tables import training_runs
-    from training_tasks.ids import new_run_id, new_version_id
-    from training_tasks.paths import ModelStore
+    from training_tasks.protocol.ids import new_run_id, new_version_id
+    from training_tasks.protocol.paths import ModelStore
     from training_tasks.registry import runs
 
     now, store = NOW + timedelta(seconds=offset_s), ModelStore(tmp_path / "ml")
@@ -194,7 +194,7 @@ def test_validate_without_a_holdout_says_to_train_first(tmp_path: Path) -> None:
 
 
 def test_validate_prints_every_failed_check_and_exits_1_when_rejected(tmp_path: Path) -> None:
-    from tests.unit import onnx_fixtures as fx
+    from tests.support import onnx_fixtures as fx
 
     org = fx.ORG_ID
     doc = {
@@ -250,8 +250,8 @@ def one_error_line(result: subprocess.CompletedProcess[str] | tuple[int, str], c
 
 def in_process(capsys: Any, *args: str) -> tuple[int, str]:
     """Run `trainctl ARGS` in this process (for checks made before any service is touched)."""
-    from training_tasks.cli import cli
-    from training_tasks.cli_common import run_cli
+    from training_tasks.cli.common import run_cli
+    from training_tasks.cli.main import cli
 
     code = run_cli(cli, list(args))
     out, err = capsys.readouterr()
@@ -278,7 +278,7 @@ def test_an_unreachable_redis_is_one_line_naming_redis_url_when_the_command_need
     from sqlalchemy import update
 
     from training_tasks.db.tables import organizations
-    from training_tasks.paths import ModelStore
+    from training_tasks.protocol.paths import ModelStore
 
     engine = _registered(tmp_path, doc=BASE_ORG)  # its SCADA URL is not set here: not checked
     version = _version(engine, tmp_path, "acme-corp", 0)
@@ -388,7 +388,7 @@ def test_a_usage_error_is_one_line_with_where_to_read_more(tmp_path: Path, capsy
 
 
 def test_another_organizations_version_is_refused_as_if_it_did_not_exist(tmp_path: Path) -> None:
-    from tests.registry_fixtures import register
+    from tests.support.registry_fixtures import register
 
     engine = _registered(tmp_path)
     register(engine, "globex", {**BASE_ORG, "scadaDbConfig": {"url": "sqlite:///y.db"}})

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_cli import one_error_line, trainctl
+from training_tasks.config.org import SchemaConfig
+from training_tasks.config.settings import Settings
+from training_tasks.config.training import TrainingConfig
 from training_tasks.errors import ConfigError, ExtractError
-from training_tasks.org_config import SchemaConfig
 from training_tasks.runtime import build_runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
-from training_tasks.stages.extract import extract
-from training_tasks.training_config import TrainingConfig
+from training_tasks.stages.extract.stage import extract
 
 MAPPINGS = {"fail_flag": "failure", "temperature": "temp_c"}
 ORG = {

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml  # PyYAML: a dev dependency
 
-from training_tasks.settings import BUNDLED_SCRIPT, PROJECT_ROOT, Settings
+from training_tasks.config.settings import BUNDLED_SCRIPT, PROJECT_ROOT, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -296,10 +296,10 @@ def test_every_celery_command_loads_the_app_and_its_subcommand_and_options_exist
 
 def test_the_scan_of_the_source_finds_variables_read_in_each_way() -> None:
     reads = variables_read()
-    assert {"training_tasks/settings.py", "celeryconfig.py"} <= reads["TRAINING_TIMEOUT_S"]
-    assert "training_tasks/settings.py" in reads["ALERT_WEBHOOK_URL"]  # _http_url(env, ...)
+    assert {"training_tasks/config/settings.py", "celeryconfig.py"} <= reads["TRAINING_TIMEOUT_S"]
+    assert "training_tasks/config/settings.py" in reads["ALERT_WEBHOOK_URL"]  # _http_url(env, ...)
     assert "celeryconfig.py" in reads["BEAT_MAX_INTERVAL_S"]  # os.environ.get(...)
-    assert "training_tasks/sandbox.py" in reads["OMP_NUM_THREADS"]  # passed on to training
+    assert "training_tasks/sandbox/runner.py" in reads["OMP_NUM_THREADS"]  # passed on to training
     assert "POSTGRES_PASSWORD" not in reads
 
 

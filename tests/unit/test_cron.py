@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beat_schedules.cron import CronSchedule
+from training_tasks.config.org import parse_schedule
 from training_tasks.errors import ConfigError
-from training_tasks.org_config import parse_schedule
 
 MINUTE = timedelta(minutes=1)
 ZONES = (

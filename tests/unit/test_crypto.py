@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from training_tasks.crypto import (
+from training_tasks.config.settings import Settings
+from training_tasks.errors import SettingsError
+from training_tasks.protocol.keyring import (
     MODEL_MAGIC,
     Keyring,
     SealedDataError,
@@ -16,8 +18,6 @@ from training_tasks.crypto import (
     is_sealed,
     parse_master_keys,
 )
-from training_tasks.errors import SettingsError
-from training_tasks.settings import Settings
 
 ORG, OTHER_ORG = "acme-corp", "globex"
 VERSION = "v2026-06-01T12-00-00-000Z_a1b2c3d4"

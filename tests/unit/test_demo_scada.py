@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from training_tasks.config.org import parse_org_config
 from training_tasks.demo import (
     ACME_LAYOUT,
     GLOBEX_LAYOUT,
@@ -22,7 +23,6 @@ from training_tasks.demo import (
     write_scada_sqlite,
 )
 from training_tasks.demo.scada import FEATURES, TARGET, default_start
-from training_tasks.org_config import parse_org_config
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 

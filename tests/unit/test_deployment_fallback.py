@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.registry_fixtures import migrated_engine, register
-from training_tasks.paths import ModelStore
+from tests.support.registry_fixtures import migrated_engine, register
+from training_tasks.protocol.paths import ModelStore
 from workers.deployment_fallback import DatabaseFallback, registered_deployment
 
 ORG = "acme"

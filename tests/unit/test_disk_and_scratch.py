@@ -7,14 +7,14 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine
-from training_tasks import scratch
-from training_tasks.disk import check_free_space
+from tests.support.registry_fixtures import NOW, ORG_DOC, migrated_engine
+from training_tasks.config.settings import Settings
 from training_tasks.errors import InsufficientDisk
-from training_tasks.paths import ModelStore
+from training_tasks.pipeline import scratch
+from training_tasks.pipeline.disk import check_free_space
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.runtime import Runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 ORG = {**ORG_DOC, "scadaDbConfig": {"urlEnv": "ACME_SCADA_URL"}}
 

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from training_tasks.config.org import SchemaConfig, parse_org_config
+from training_tasks.config.training import TrainingConfig
 from training_tasks.demo.scada import (
     ACME_LAYOUT,
     FEATURES,
@@ -22,9 +24,7 @@ from training_tasks.demo.scada import (
     write_scada_sqlite,
 )
 from training_tasks.errors import ExtractError
-from training_tasks.org_config import SchemaConfig, parse_org_config
-from training_tasks.stages.extract import ExtractResult, extract
-from training_tasks.training_config import TrainingConfig
+from training_tasks.stages.extract.stage import ExtractResult, extract
 
 ORG = "acme"
 T0 = datetime(2024, 3, 1, tzinfo=UTC)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.unit.onnx_fixtures import (
+from tests.support.onnx_fixtures import (
     FEATURES,
     ORG_ID,
     TARGET,
@@ -26,8 +26,8 @@ from tests.unit.onnx_fixtures import (
     write_holdout,
 )
 from tests.unit.test_extract import ACME_SCHEMA, acme_db, config, frame  # noqa: F401  # fixtures
-from training_tasks.stages.extract import ExtractResult, extract
-from training_tasks.stages.validate import ValidationReport, validate
+from training_tasks.stages.extract.stage import ExtractResult, extract
+from training_tasks.stages.validate.stage import ValidationReport, validate
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training_tasks import hotswap
+from training_tasks.protocol import hotswap
 
 DEPLOYMENT = hotswap.Deployment(
     organizationId="acme-corp",

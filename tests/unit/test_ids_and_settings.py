@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from training_tasks.config.settings import Settings
 from training_tasks.errors import ConfigError, SettingsError
-from training_tasks.ids import check_org_id, new_version_id, org_queue
-from training_tasks.paths import ModelStore
-from training_tasks.settings import Settings
+from training_tasks.protocol.ids import check_org_id, new_version_id, org_queue
+from training_tasks.protocol.paths import ModelStore
 
 
 @pytest.mark.parametrize(

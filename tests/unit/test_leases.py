@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.registry_fixtures import NOW, queued_run, register
-from training_tasks.leases import LeaseKeeper
+from tests.support.registry_fixtures import NOW, queued_run, register
+from training_tasks.config.settings import Settings
+from training_tasks.pipeline.leases import LeaseKeeper
 from training_tasks.registry import runs
 from training_tasks.runtime import build_runtime
-from training_tasks.settings import Settings
 
 
 def test_a_held_lease_is_renewed_and_a_released_one_is_left_to_expire(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def test_the_celery_client_imports_neither_sqlalchemy_nor_lightgbm() -> None:
 
 @pytest.mark.parametrize("heavy", ["celery", "sqlalchemy"])
 def test_the_hot_swap_protocol_imports_neither_celery_nor_sqlalchemy(heavy: str) -> None:
-    assert heavy not in loaded_after("training_tasks.hotswap")
+    assert heavy not in loaded_after("training_tasks.protocol.hotswap")
 
 
 def test_celeryconfig_imports_without_side_effects() -> None:

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, event, insert
 
-from tests.registry_fixtures import NOW, migrated_engine, register
+from tests.support.registry_fixtures import NOW, migrated_engine, register
 from training_tasks.db.engine import make_engine
 from training_tasks.db.tables import audit_events, schedule_slots, training_runs
-from training_tasks.metrics import metrics_app, registry_for
+from training_tasks.registry.metrics import metrics_app, registry_for
 
 ORGS = ("acme-corp", "globex", "initech")
 

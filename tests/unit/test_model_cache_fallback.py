@@ -9,9 +9,9 @@ from pathlib import Path
 import lightgbm as lgb
 import pytest
 
-from tests.unit.onnx_fixtures import make_data, to_onnx, train_booster
-from training_tasks import hotswap
-from training_tasks.hotswap import Deployment
+from tests.support.onnx_fixtures import make_data, to_onnx, train_booster
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache import LinkFallback, ModelCache, ModelRejected, ModelUnavailable, fallback
 from workers.model_cache.fallback import UNKNOWN_SEQUENCE
 from workers.model_cache.model import load_model

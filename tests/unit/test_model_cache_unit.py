@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import redis
 
-from tests.unit.onnx_fixtures import FEATURES, make_data, to_onnx, train_booster
-from training_tasks.hotswap import Deployment
+from tests.support.onnx_fixtures import FEATURES, make_data, to_onnx, train_booster
+from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache import ModelCache, ModelRejected, ModelUnavailable
 from workers.model_cache import cache as cache_module
 from workers.model_cache.model import check_model_path, check_sha256, load_model

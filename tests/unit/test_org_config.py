@@ -2,8 +2,8 @@
 
 import pytest
 
+from training_tasks.config.org import mask_url, parse_org_config
 from training_tasks.errors import ConfigError
-from training_tasks.org_config import mask_url, parse_org_config
 
 BASE = {
     "mlModelConfig": {"featureColumns": ["temperature"], "targetColumn": "failure"},
@@ -72,7 +72,7 @@ def test_mask_url_hides_only_the_password() -> None:
 
 
 def test_a_password_is_masked_also_without_a_user_name() -> None:
-    from training_tasks.org_config import mask_url
+    from training_tasks.config.org import mask_url
 
     assert mask_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert mask_url("postgresql://scada:s3cret@db/plant") == "postgresql://scada:***@db/plant"
@@ -143,7 +143,7 @@ def test_an_error_repeats_at_most_about_100_characters_of_a_bad_value(
 def test_a_schedule_of_the_wrong_shape_is_refused_by_field_in_a_short_message(
     schedule: object, field: str, problem: str
 ) -> None:
-    from training_tasks.org_config import parse_schedule
+    from training_tasks.config.org import parse_schedule
 
     with pytest.raises(ConfigError) as err:
         parse_schedule(schedule)

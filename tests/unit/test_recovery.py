@@ -12,15 +12,14 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, queued_run, register
-from training_tasks.alerts import ALERT_CHANNEL
+from tests.support.registry_fixtures import NOW, ORG_DOC, migrated_engine, queued_run, register
+from training_tasks.config.settings import Settings
 from training_tasks.errors import NotFoundError
-from training_tasks.failure_alerts import alert_run_end
-from training_tasks.paths import ModelStore
-from training_tasks.recovery import reap
+from training_tasks.pipeline.alerts import ALERT_CHANNEL, alert_run_end
+from training_tasks.pipeline.recovery import reap
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import run_control, runs
 from training_tasks.runtime import Runtime
-from training_tasks.settings import Settings
 
 
 @dataclass

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, register
+from tests.support.registry_fixtures import NOW, ORG_DOC, migrated_engine, register
 from training_tasks.errors import ConflictError, LeaseHeld, NotFoundError, RunFinished
-from training_tasks.ids import new_run_id, new_version_id
+from training_tasks.protocol.ids import new_run_id, new_version_id
 from training_tasks.registry import audit, orgs, runs
 
 

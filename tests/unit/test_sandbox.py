@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
+from training_tasks.sandbox.runner import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
 
 LIMITS = ResourceLimits(memory_mb=1024, file_size_mb=16)
 
@@ -294,8 +294,8 @@ def test_where_the_host_allows_the_program_is_pid_2_of_its_own_namespace(tmp_pat
 WITHOUT_NAMESPACES = """
 import ctypes, json, logging, sys, time
 from pathlib import Path
-from training_tasks import sandbox_launcher as io
-from training_tasks.sandbox import ResourceLimits, allowed_env, run_sandboxed
+from training_tasks.sandbox import launcher as io
+from training_tasks.sandbox.runner import ResourceLimits, allowed_env, run_sandboxed
 
 logging.basicConfig(format="%(levelname)s %(message)s")
 program = [(0x20, 0, 0, 0), (0x15, 0, 1, int(sys.argv[1])), (0x06, 0, 0, 0x50001), (0x06, 0, 0, 0x7FFF0000)]

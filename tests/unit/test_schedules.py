@@ -13,15 +13,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from beat_schedules.dispatch import Dispatcher, Policy
-from tests.registry_fixtures import ORG_DOC, migrated_engine
+from tests.support.registry_fixtures import ORG_DOC, migrated_engine
+from training_tasks.config.settings import Settings
 from training_tasks.db.tables import schedule_slots, training_schedules
 from training_tasks.errors import ConfigError, NotFoundError
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import runs, schedules
 from training_tasks.registry.schedules import PlannedRun
 from training_tasks.runtime import Runtime
 from training_tasks.service import TrainingService
-from training_tasks.settings import Settings
 
 START = datetime(2027, 1, 1, tzinfo=UTC)
 

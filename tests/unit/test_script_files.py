@@ -13,7 +13,7 @@ import pytest
 from training_tasks import files
 from training_tasks.errors import TrainingError
 from training_tasks.files import UnsafeFile, open_append_own, read_script_output, write_json_atomic
-from training_tasks.sandbox_io import BoundedLog
+from training_tasks.sandbox.output import BoundedLog
 
 LIMIT = 1 << 20
 

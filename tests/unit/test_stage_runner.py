@@ -10,13 +10,13 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.registry_fixtures import NOW, ORG_DOC, migrated_engine, queued_run, register
-from training_tasks import stage_runner
+from tests.support.registry_fixtures import NOW, ORG_DOC, migrated_engine, queued_run, register
+from training_tasks.config.settings import Settings
 from training_tasks.errors import StageOutOfMemory
-from training_tasks.paths import ModelStore
+from training_tasks.pipeline import stage_runner
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import runs
 from training_tasks.runtime import Runtime
-from training_tasks.settings import Settings
 
 
 @pytest.fixture

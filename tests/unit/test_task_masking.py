@@ -8,8 +8,8 @@ import pytest
 from celery.contrib.testing.mocks import TaskMessage
 from celery.worker.request import Request
 
-from training_tasks.celery_app import app
-from training_tasks.task_masking import (
+from training_tasks.messaging.app import app
+from training_tasks.messaging.task_masking import (
     MASK,
     is_secret_key,
     mask_received_request,
@@ -131,7 +131,7 @@ def test_the_apps_messages_carry_masked_reprs_also_in_the_task_sent_event() -> N
 
 
 def test_the_worker_masks_a_message_from_a_client_that_sent_plain_reprs() -> None:
-    import training_tasks.tasks  # noqa: F401 - registers training.submit
+    import training_tasks.messaging.tasks  # noqa: F401 - registers training.submit
 
     message = TaskMessage(
         "training.submit", args=[REQUEST], kwargs={"trigger": "api"}, argsrepr=repr([REQUEST])

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training_tasks.settings import BUNDLED_SCRIPT
+from training_tasks.config.settings import BUNDLED_SCRIPT
 
 FEATURES = ["temperature", "pressure", "vibration", "rpm"]
 TARGET = "failure"

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from tests.unit.test_train_script import FEATURES, TARGET, write_dataset
+from training_tasks.config.settings import BUNDLED_SCRIPT
+from training_tasks.config.training import DEFAULT_HYPERPARAMETERS, TrainingConfig
 from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
-from training_tasks.sandbox import ResourceLimits
-from training_tasks.settings import BUNDLED_SCRIPT
+from training_tasks.sandbox.runner import ResourceLimits
 from training_tasks.stages.train import TrainResult, train
-from training_tasks.training_config import DEFAULT_HYPERPARAMETERS, TrainingConfig
 
 ORG = "acme-plant"
 VERSION = "v2026-06-01T12-00-00-000Z_a1b2c3d4"

@@ -4,13 +4,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from training_tasks.errors import ConfigError
-from training_tasks.training_config import (
+from training_tasks.config.training import (
     DEFAULT_HYPERPARAMETERS,
     check_request,
     from_wire,
     resolve,
 )
+from training_tasks.errors import ConfigError
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ORG_DEFAULTS = {

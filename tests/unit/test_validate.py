@@ -11,7 +11,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from tests.unit.onnx_fixtures import (
+from tests.support.onnx_fixtures import (
     FEATURES,
     ORG_ID,
     TARGET,
@@ -21,9 +21,9 @@ from tests.unit.onnx_fixtures import (
     train_booster,
     write_holdout,
 )
+from training_tasks.config.org import THRESHOLD_DEFAULTS
 from training_tasks.errors import ValidationRejected
-from training_tasks.org_config import THRESHOLD_DEFAULTS
-from training_tasks.stages.validate import ValidationReport, validate
+from training_tasks.stages.validate.stage import ValidationReport, validate
 
 
 @pytest.fixture(scope="module")

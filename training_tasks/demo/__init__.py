@@ -1,4 +1,5 @@
-"""Demo data: a synthetic SCADA sensor history that a failure classifier can learn from."""
+"""Demo data and `make run`: a synthetic SCADA sensor history a failure classifier can learn from,
+the embedded Redis server, and the whole job started and stopped in one command. The top layer."""
 
 from training_tasks.demo.scada import (
     ACME_LAYOUT,

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from training_tasks.child_process import die_with_parent
-from training_tasks.settings import Settings
+from training_tasks.config.settings import Settings
+from training_tasks.demo.child_process import die_with_parent
 
 DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO_DAYS = 120
@@ -35,7 +35,7 @@ def run_demo(
     *, keep_running: bool = False, assets: int = DEMO_ASSETS, days: int = DEMO_DAYS
 ) -> int:
     """Run the demo end to end; returns the process exit code (0 if both orgs deployed)."""
-    from training_tasks.cli_views import console
+    from training_tasks.cli.views import console
 
     base = Path(os.environ.get("ML_BASE_PATH") or "./ml").resolve()
     # SIGTERM or a closed terminal unwinds like Ctrl-C, so the worker and Redis are stopped.
@@ -48,7 +48,7 @@ def run_demo(
         console.print(
             f"[bold]Redis[/] {redis_url}   [bold]database[/] {_masked(settings.database_url)}"
         )
-        from training_tasks.service import TrainingService
+        from training_tasks.service.api import TrainingService
 
         svc = TrainingService()
         orgs = _prepare_demo_orgs(svc, base / "demo", assets, days)
@@ -58,7 +58,7 @@ def run_demo(
 
 
 def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool, days: int) -> int:
-    from training_tasks.cli_views import console, deployed_table, follow_runs
+    from training_tasks.cli.views import console, deployed_table, follow_runs
     from workers.prediction_service import PredictionService
 
     data_range = {
@@ -103,7 +103,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def _report(svc: Any, prediction: Any, result: dict[str, Any]) -> None:
     """Where the deployed files are, and the prediction service answering with the new model."""
-    from training_tasks.cli_views import console
+    from training_tasks.cli.views import console
 
     org, version = result["organizationId"], result["version"]
     if not result["success"]:
@@ -139,7 +139,7 @@ def _ask(port: int, org_id: str) -> str:
 
 
 def _prepare_demo_orgs(svc: Any, demo_dir: Path, assets: int, days: int) -> list[str]:
-    from training_tasks.cli_views import console
+    from training_tasks.cli.views import console
     from training_tasks.demo import scada
     from training_tasks.errors import NotFoundError
 
@@ -171,7 +171,7 @@ def _embedded_redis_unless_set(base: Path) -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    from training_tasks.embedded_redis import EmbeddedRedis
+    from training_tasks.demo.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url
@@ -228,7 +228,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
     from celery import Celery
 
-    from training_tasks.cli_views import console
+    from training_tasks.cli.views import console
 
     probe = Celery(broker=redis_url)
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
@@ -250,6 +250,6 @@ def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
 
 
 def _masked(url: str) -> str:
-    from training_tasks.org_config import mask_url
+    from training_tasks.config.org import mask_url
 
     return mask_url(url)

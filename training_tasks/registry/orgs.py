@@ -9,11 +9,17 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from training_tasks.crypto import ENV_NAME, Keyring, SealedDataError, is_encrypted_text, text_key_id
+from training_tasks.config.org import OrgConfig, mask_url, parse_org_config
 from training_tasks.db.tables import organizations
 from training_tasks.errors import ConflictError, NotFoundError
-from training_tasks.ids import check_org_id
-from training_tasks.org_config import OrgConfig, mask_url, parse_org_config
+from training_tasks.protocol.ids import check_org_id
+from training_tasks.protocol.keyring import (
+    ENV_NAME,
+    Keyring,
+    SealedDataError,
+    is_encrypted_text,
+    text_key_id,
+)
 from training_tasks.registry import audit, schedules
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, select
 
 from training_tasks.db.tables import ACTIVE_STATUSES, model_versions, training_runs
 from training_tasks.errors import ConfigError, PermanentError
-from training_tasks.paths import ModelStore
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
 DEFAULT_KEEP = 5

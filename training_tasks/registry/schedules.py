@@ -26,7 +26,7 @@ from training_tasks.db.tables import (
 )
 from training_tasks.errors import NotFoundError
 from training_tasks.fields import iso, iso_or_none
-from training_tasks.ids import check_org_id
+from training_tasks.protocol.ids import check_org_id
 from training_tasks.registry import audit, orgs, runs
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import redis as redis_lib
 from sqlalchemy import Engine, update
 
-from training_tasks import hotswap
 from training_tasks.db.tables import model_versions, organizations
 from training_tasks.errors import ConflictError, DeployError, NotFoundError, VersionNotFound
 from training_tasks.fields import iso
@@ -34,7 +33,8 @@ from training_tasks.files import (
     sha256_file,
     write_json_atomic,
 )
-from training_tasks.paths import ModelStore
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 
 log = logging.getLogger(__name__)

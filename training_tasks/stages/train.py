@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training_tasks.config.training import TrainingConfig
 from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
 from training_tasks.files import (
     UnsafeFile,
@@ -22,8 +23,7 @@ from training_tasks.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from training_tasks.sandbox import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
-from training_tasks.training_config import TrainingConfig
+from training_tasks.sandbox.runner import ResourceLimits, SandboxResult, allowed_env, run_sandboxed
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ While Redis holds no announcement of an organization it serves the deployment th
 `models/<org>/current` link names, verified like an announced one (see `fallback`).
 
 It imports neither Celery nor SQLAlchemy: only redis, onnxruntime, numpy, the standard library
-and the hot-swap protocol module `training_tasks.hotswap`.
+and the hot-swap protocol module `training_tasks.protocol.hotswap`.
 """
 
 from workers.model_cache.cache import ModelCache, Prediction

@@ -20,10 +20,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training_tasks import hotswap
 from training_tasks.files import UnsafeFile, read_script_output, sha256_file
-from training_tasks.hotswap import Deployment
-from training_tasks.ids import VERSION_PATTERN
+from training_tasks.protocol import hotswap
+from training_tasks.protocol.hotswap import Deployment
+from training_tasks.protocol.ids import VERSION_PATTERN
 from workers.model_cache.errors import ModelRejected
 from workers.model_cache.model import check_org_id
 

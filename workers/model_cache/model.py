@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from training_tasks.crypto import Keyring, SealedDataError
 from training_tasks.errors import SettingsError
-from training_tasks.hotswap import Deployment
-from training_tasks.ids import ORG_ID_PATTERN
-from training_tasks.onnx_checks import UnsafeModel, check_model_bytes
+from training_tasks.protocol.hotswap import Deployment
+from training_tasks.protocol.ids import ORG_ID_PATTERN
+from training_tasks.protocol.keyring import Keyring, SealedDataError
+from training_tasks.protocol.onnx_checks import UnsafeModel, check_model_bytes
 from workers.model_cache.errors import ModelRejected
 
 PROBABILITY_OUTPUT = "failure_probability"

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
-from training_tasks.hotswap import Deployment
+from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache.errors import ModelRejected, ModelUnavailable
 
 log = logging.getLogger("workers.model_cache")

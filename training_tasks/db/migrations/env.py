@@ -10,8 +10,8 @@ config = context.config
 def run() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
+        from training_tasks.config.settings import Settings
         from training_tasks.db.engine import make_engine
-        from training_tasks.settings import Settings
 
         engine = make_engine(Settings.from_env().database_url)
     with engine.connect() as connection:

@@ -1,0 +1,181 @@
+"""The service's own settings: one frozen object built from the environment and checked there."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from training_tasks.errors import SettingsError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
+NODE_ENVS = ("development", "production", "test")
+# After beat was down: run the latest missed slot once (the others are recorded as skipped), or
+# skip every slot that is later than SCHEDULE_GRACE_S.
+MISSED_SLOT_POLICIES = ("latest", "skip")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_SCRIPT = PROJECT_ROOT / "ml" / "scripts" / "train_model.py"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the service keeps its files and how it reaches Redis and its database."""
+
+    ml_base_path: Path
+    python_env: str
+    debug: bool
+    redis_url: str
+    database_url: str
+    training_timeout_s: float
+    lease_ttl_s: float
+    org_queue_poll_s: float
+    beat_lock_ttl_s: float = 30.0
+    schedule_missed_slots: str = "latest"
+    schedule_grace_s: float = 300.0
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_s: float = 5.0
+    reaper_interval_s: float = 15.0
+    # How long an active run may wait for its next stage's message, with none in its queue,
+    # before the reaper takes the message as lost and sends the stage again.
+    run_stall_s: float = 300.0
+    retry_backoff_s: float = 5.0
+    min_free_disk_mb: float = 1024.0
+    # ML_MASTER_KEYS as given (checked by parsing); never shown, see training_tasks.protocol.keyring.
+    master_keys: str | None = field(default=None, repr=False)
+
+    @property
+    def models_path(self) -> Path:
+        return self.ml_base_path / "models"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.ml_base_path / "artifacts"
+
+    @property
+    def scripts_path(self) -> Path:
+        return self.ml_base_path / "scripts"
+
+    @property
+    def default_script(self) -> Path:
+        """The bundled training script, or `<ML_BASE_PATH>/scripts/train_model.py` if installed apart."""
+        if BUNDLED_SCRIPT.is_file():
+            return BUNDLED_SCRIPT
+        return self.scripts_path / "train_model.py"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build and check the settings; a bad variable raises SettingsError naming it."""
+        env = os.environ if environ is None else environ
+        base = Path(env.get("ML_BASE_PATH") or "./ml").expanduser().resolve()
+        if base.exists() and not base.is_dir():
+            raise SettingsError("ML_BASE_PATH", f"{base} exists and is not a directory")
+        node_env = env.get("NODE_ENV", "production") or "production"
+        if node_env not in NODE_ENVS:
+            raise SettingsError("NODE_ENV", f"{node_env!r} is not one of {', '.join(NODE_ENVS)}")
+        return cls(
+            ml_base_path=base,
+            python_env=_python_env(env.get("PYTHON_ENV")),
+            debug=node_env == "development",
+            redis_url=_redis_url(env.get("REDIS_URL") or DEFAULT_REDIS_URL),
+            database_url=_database_url(env.get("DATABASE_URL"), base),
+            training_timeout_s=_positive(env, "TRAINING_TIMEOUT_S", 7200.0),
+            lease_ttl_s=_positive(env, "RUN_LEASE_TTL_S", 60.0),
+            org_queue_poll_s=_positive(env, "ORG_QUEUE_POLL_S", 2.0),
+            beat_lock_ttl_s=_positive(env, "BEAT_LOCK_TTL_S", 30.0),
+            schedule_missed_slots=_choice(env, "SCHEDULE_MISSED_SLOTS", MISSED_SLOT_POLICIES),
+            schedule_grace_s=_positive(env, "SCHEDULE_GRACE_S", 300.0),
+            alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
+            alert_webhook_timeout_s=_positive(env, "ALERT_WEBHOOK_TIMEOUT_S", 5.0),
+            reaper_interval_s=_positive(env, "REAPER_INTERVAL_S", 15.0),
+            run_stall_s=_positive(env, "RUN_STALL_S", 300.0),
+            retry_backoff_s=_positive(env, "RETRY_BACKOFF_S", 5.0),
+            min_free_disk_mb=_positive(env, "MIN_FREE_DISK_MB", 1024.0),
+            master_keys=_master_keys(env),
+        )
+
+
+def _python_env(value: str | None) -> str:
+    if not value:
+        return sys.executable
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "bin" / "python"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise SettingsError(
+            "PYTHON_ENV",
+            f"{value!r} is not an executable Python interpreter or a virtualenv folder; "
+            "point it at the interpreter that runs training scripts, or unset it to use this one",
+        )
+    return str(path)
+
+
+def _redis_url(value: str) -> str:
+    scheme = urlparse(value).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise SettingsError(
+            "REDIS_URL",
+            f"scheme {scheme!r} is not supported; use one of {', '.join(REDIS_SCHEMES)} "
+            "(for example redis://127.0.0.1:6379/0)",
+        )
+    return value
+
+
+def _database_url(value: str | None, base: Path) -> str:
+    if not value:
+        return f"sqlite:///{base / 'training.db'}"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise SettingsError("DATABASE_URL", f"not a SQLAlchemy URL ({exc})") from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise SettingsError(
+            "DATABASE_URL",
+            f"backend {url.get_backend_name()!r} is not supported; use postgresql+psycopg://... "
+            "or sqlite:///path",
+        )
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return value
+
+
+def _master_keys(env: Mapping[str, str]) -> str | None:
+    raw = env.get("ML_MASTER_KEYS") or None
+    if raw is not None:
+        from training_tasks.protocol.keyring import parse_master_keys
+
+        parse_master_keys(raw)  # a bad key fails start-up, naming the entry but not the key
+    return raw
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name) or None
+    if value is not None and urlparse(value).scheme not in ("http", "https"):
+        raise SettingsError(name, f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or allowed[0]
+    if value not in allowed:
+        raise SettingsError(name, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise SettingsError(name, f"must be greater than 0, got {raw}")
+    return value

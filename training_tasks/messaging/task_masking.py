@@ -1,0 +1,174 @@
+"""Task arguments as Flower, events and logs show them: with every secret masked.
+
+Celery shows a task's arguments through the reprs `argsrepr` and `kwargsrepr`: the publisher's
+`task-sent` event carries them, the message headers carry them to the worker, and the worker's
+`task-received` event, `celery inspect` and its log records' extra data repeat them. A client
+may put a secret into a request by mistake (a SCADA URL with its password, a token). Here the
+reprs are rebuilt from the real arguments with the value under every secret-looking key
+replaced by `***` and the password of every `scheme://user:pass@host` string masked. The
+arguments themselves (the message body) are never changed.
+
+A secret can enter through three doors, so there are three hooks, all idempotent:
+
+- `MaskingAMQP`, this app's message builder, masks the reprs when a message is created, so the
+  `task-sent` event (sent before any publish signal) is masked too;
+- `mask_task_headers` (`before_task_publish`) masks the headers of a message of any Celery app
+  in a process that loaded this one, such as a `TrainingClient`'s bare app;
+- `mask_received_request` (`task_received`) masks, in the worker, a message from a client that
+  never loaded this code (another service's bare Celery app), before its `task-received` event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from celery.app.amqp import AMQP
+from celery.signals import before_task_publish, task_received
+from celery.utils.saferepr import saferepr
+
+from training_tasks.config.org import mask_url
+
+MASK = "***"
+# Celery's own limits for argsrepr/kwargsrepr (AMQP.argsrepr_maxsize, task_repr_maxlevels).
+REPR_MAX_CHARS = 1024
+REPR_MAX_LEVELS = 3
+# Deeper than this a value is not looked into but hidden whole.
+MAX_DEPTH = 32
+
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "passphrase",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+    }
+)
+_KEY_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+# mask_url needs a user name; Redis URLs usually have none: redis://:password@host:6379/0.
+_EMPTY_USER_PASSWORD = re.compile(r"(://:)[^@/\s]+@")
+# libpq keyword strings (`host=h password=p`) and query strings (`?token=t&x=1`).
+_KEYWORD_SECRET = re.compile(
+    r"(?i)(?<![\w-])((?:[\w-]*[_-])?(?:password|passwd|pwd|secret|token|api[_-]?key"
+    r"|access[_-]?key))(\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)"
+)
+
+
+def is_secret_key(key: object) -> bool:
+    """Whether a mapping key names a secret: a word of it is password, token, key, ..."""
+    if not isinstance(key, str):
+        return False
+    return any(word.lower() in SECRET_WORDS for word in _KEY_WORDS.findall(key))
+
+
+def mask_text(text: str) -> str:
+    """`text` with URL passwords and `password=...`-style values replaced by ***."""
+    text = _EMPTY_USER_PASSWORD.sub(rf"\1{MASK}@", mask_url(text))
+    return _KEYWORD_SECRET.sub(rf"\1\2{MASK}", text)
+
+
+def masked(value: Any, _depth: int = 0) -> Any:
+    """A copy of `value` (JSON-like data) that is safe to show: secrets replaced by ***."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if _depth >= MAX_DEPTH:
+        return MASK
+    if isinstance(value, Mapping):
+        return {
+            k: MASK if is_secret_key(k) and v is not None else masked(v, _depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        items = [masked(v, _depth + 1) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
+def masked_repr(value: Any, maxlen: int = REPR_MAX_CHARS, maxlevels: int = REPR_MAX_LEVELS) -> str:
+    """The repr Celery would show for `value`, made from its masked copy."""
+    return str(saferepr(masked(value), maxlen=maxlen, maxlevels=maxlevels))
+
+
+def as_list(args: Any) -> list[Any]:
+    """Positional arguments as a list, whether a publisher holds them as a tuple or a worker as
+    the list JSON gave it: the sent and the received event then show the same repr (Flower keeps
+    whichever of the two it hears last)."""
+    return list(args) if isinstance(args, list | tuple) else ([] if args is None else [args])
+
+
+class MaskingAMQP(AMQP):
+    """Celery's message builder with masked argument reprs, in the headers and the sent event.
+
+    Creating it (the app does on first use) also connects the two signal handlers below.
+    """
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        connect_handlers()
+
+    def as_task_v2(
+        self,
+        task_id: str,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        *rest: Any,
+        argsrepr: str | None = None,
+        kwargsrepr: str | None = None,
+        **options: Any,
+    ) -> Any:
+        levels = self.app.conf.task_repr_maxlevels
+        return super().as_task_v2(
+            task_id,
+            name,
+            args,
+            kwargs,
+            *rest,
+            # A repr the caller chose may hold a secret just as well: rebuild it from the data.
+            argsrepr=masked_repr(as_list(args), self.argsrepr_maxsize, levels),
+            kwargsrepr=masked_repr(kwargs or {}, self.kwargsrepr_maxsize, levels),
+            **options,
+        )
+
+
+def mask_task_headers(
+    sender: Any = None, body: Any = None, headers: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """`before_task_publish`: set argsrepr/kwargsrepr of a protocol-2 message to masked reprs."""
+    if headers is None or not isinstance(body, list | tuple) or len(body) != 3:
+        return  # protocol 1 carries no reprs; its body is a dict
+    args, kwargs, _embed = body
+    headers["argsrepr"] = masked_repr(as_list(args))
+    headers["kwargsrepr"] = masked_repr(kwargs if kwargs is not None else {})
+
+
+def mask_received_request(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """`task_received` (worker): mask the reprs of a message before its task-received event."""
+    if request is None:
+        return
+    argsrepr = masked_repr(as_list(request.args))
+    kwargsrepr = masked_repr(request.kwargs if request.kwargs is not None else {})
+    # The event and `inspect` read the request's own copies; the task's context reads the dict.
+    request.request_dict.update(argsrepr=argsrepr, kwargsrepr=kwargsrepr)
+    if hasattr(request, "_argsrepr"):
+        request._argsrepr, request._kwargsrepr = argsrepr, kwargsrepr
+
+
+def connect_handlers() -> None:
+    """Connect both signal handlers, once per process (Celery signals are process-wide)."""
+    before_task_publish.connect(
+        mask_task_headers, weak=False, dispatch_uid="training_tasks.mask_task_headers"
+    )
+    task_received.connect(
+        mask_received_request, weak=False, dispatch_uid="training_tasks.mask_received_request"
+    )

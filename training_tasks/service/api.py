@@ -1,0 +1,432 @@
+"""The Python API of the training service: register, train, inspect, deploy, roll back, clean up."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from training_tasks.config import org as org_config
+from training_tasks.errors import NotFoundError, TrainingServiceError
+from training_tasks.fields import iso, iso_or_none
+from training_tasks.protocol.ids import VERSION_PATTERN, check_org_id, check_version_id
+from training_tasks.registry import audit, orgs, retention, runs, versions
+from training_tasks.runtime import Runtime, build_runtime
+from training_tasks.service.schedules import ScheduleApi
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from training_tasks.protocol.hotswap import Deployment
+
+FINISHED = ("succeeded", "validated", "rejected", "failed", "cancelled")
+ProgressCallback = Callable[[dict[str, Any]], None]
+VERSION_IN_PATH = re.compile(VERSION_PATTERN.pattern.strip("^$"))
+HOLDOUT_SEARCH_RUNS = 200
+
+
+@dataclass
+class TrainingHandle:
+    """A submitted run: poll its status or wait for its result."""
+
+    service: TrainingService
+    run_id: str
+    version: str
+    queue: str
+
+    def status(self) -> dict[str, Any]:
+        """The run as it stands now (status, stage, progress, metrics, error)."""
+        return run_summary(runs.get_run(self.service.rt.engine, self.run_id), self.service.rt)
+
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        poll_interval_s: float = 0.25,
+    ) -> dict[str, Any]:
+        """Block until the run finishes (or `timeout_s` passes) and return its result."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            summary = self.status()
+            if on_progress is not None:
+                on_progress(summary)
+            if summary["status"] in FINISHED:
+                return summary
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {self.run_id} is still {summary['status']} after {timeout_s} s; "
+                    f"follow it with `trainctl status {summary['organizationId']}`"
+                )
+            time.sleep(poll_interval_s)
+
+
+class TrainingService(ScheduleApi):
+    """Everything `trainctl` does, as Python calls. Handles come from the environment by default."""
+
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.rt = runtime or build_runtime()
+
+    def close(self) -> None:
+        self.rt.close()
+
+    def register_organization(
+        self, org_id: str, config: Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Register an organization; its queue is served by running workers within seconds."""
+        org = org_config.parse_org_config(config, check_org_id(org_id))
+        orgs.create_org(self.rt.engine, org, actor=actor, now=self.rt.now())
+        return org.public_dict()
+
+    def update_organization(
+        self, org_id: str, config: Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Replace an organization's config."""
+        org = org_config.parse_org_config(config, check_org_id(org_id))
+        orgs.update_org(self.rt.engine, org, actor=actor, now=self.rt.now())
+        return org.public_dict()
+
+    def get_organization(self, org_id: str) -> dict[str, Any]:
+        """The organization's config (SCADA secret masked) and deployment state."""
+        org = orgs.get_org(self.rt.engine, org_id)
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        return {
+            **org.public_dict(),
+            "currentVersion": row["current_version"],
+            "previousVersion": row["previous_version"],
+            "deploySequence": row["deploy_sequence"],
+        }
+
+    def list_organizations(self) -> list[str]:
+        return orgs.list_org_ids(self.rt.engine)
+
+    def train_model(
+        self,
+        org_id: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout_s: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        trigger: str = "api",
+        actor: str = "api",
+        poll_interval_s: float = 0.25,
+    ) -> dict[str, Any] | TrainingHandle:
+        """Start training; with `wait` return the result, else a handle that can wait for it."""
+        from training_tasks.messaging.tasks import enqueue_chain
+        from training_tasks.pipeline.submit import submit_training
+
+        enqueue = functools.partial(enqueue_chain, broker_url=self.rt.settings.redis_url)
+        queued = submit_training(
+            self.rt, config, org_id=org_id, trigger=trigger, actor=actor, enqueue=enqueue
+        )
+        handle = TrainingHandle(self, queued["runId"], queued["version"], queued["queue"])
+        return handle.wait(timeout_s, on_progress, poll_interval_s) if wait else handle
+
+    def cancel_training(
+        self, org_id: str, *, actor: str = "api", wait_s: float = 0.0
+    ) -> dict[str, Any]:
+        """Cancel the organization's queued or running run; returns `{runId, version, status}`.
+
+        A queued run is cancelled at once; a running one is stopped by its worker within about a
+        second. With `wait_s`, wait that long for the run to end (`status` is then `cancelled`,
+        or whatever the run ended as if it finished first).
+        """
+        from training_tasks.registry import run_control
+
+        check_org_id(org_id)
+        doc = run_control.request_cancel(self.rt.engine, org_id, actor=actor, now=self.rt.now())
+        deadline = time.monotonic() + wait_s
+        while doc["status"] == "cancelling" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = runs.get_run(self.rt.engine, doc["runId"])["status"]
+            doc["status"] = "cancelling" if status in ("queued", "running") else status
+        return doc
+
+    def get_training_status(self, org_id: str) -> dict[str, Any]:
+        """The deployed version, which prediction replicas confirm it, and the latest run."""
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        latest = runs.list_runs(self.rt.engine, org_id, limit=1)
+        return {
+            "organizationId": org_id,
+            "deployedVersion": row["current_version"],
+            "previousVersion": row["previous_version"],
+            "deploySequence": row["deploy_sequence"],
+            "replicas": self._replicas(org_id),
+            "latestRun": run_summary(latest[0], self.rt) if latest else None,
+        }
+
+    def _replicas(self, org_id: str) -> dict[str, Any] | None:
+        """Live model-cache confirmations, or None when Redis does not answer."""
+        import redis
+
+        from workers.model_cache import read_replicas
+
+        try:
+            return read_replicas(self.rt.redis, org_id)
+        except redis.RedisError:
+            return None
+
+    def get_training_history(self, org_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The training log of an organization, newest first."""
+        orgs.get_org_row(self.rt.engine, org_id)
+        return [run_summary(run, self.rt) for run in runs.list_runs(self.rt.engine, org_id, limit)]
+
+    def list_versions(self, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The organization's model versions with their validation verdicts, newest first."""
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        return [
+            version_summary(v, row["current_version"])
+            for v in versions.list_versions(self.rt.engine, org_id, limit)
+        ]
+
+    def deploy_model(
+        self,
+        org_id: str,
+        version: str,
+        model_path: str | Path | None = None,
+        *,
+        actor: str = "api",
+    ) -> dict[str, Any]:
+        """Deploy a validated version now; a given `model_path` must be that version's own file."""
+        from training_tasks.stages.deploy import deploy
+
+        check_org_id(org_id)
+        check_version_id(version)
+        deployment = deploy(
+            self.rt.engine,
+            self.rt.redis,
+            self.rt.store,
+            org_id,
+            version,
+            now=self.rt.now(),
+            actor=actor,
+            model_path=None if model_path is None else Path(model_path),
+        )
+        return deployment_summary(deployment, "deployed")
+
+    def rollback_model(
+        self, org_id: str, version: str | None = None, *, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Deploy an earlier version again (default: the previous one) and announce the rollback."""
+        from training_tasks.stages.deploy import rollback
+
+        check_org_id(org_id)
+        if version is not None:
+            check_version_id(version)
+        deployment = rollback(
+            self.rt.engine,
+            self.rt.redis,
+            self.rt.store,
+            org_id,
+            version,
+            now=self.rt.now(),
+            actor=actor,
+        )
+        return deployment_summary(deployment, "rolled_back")
+
+    def validate_model(self, org_id: str, model_path: str | Path) -> dict[str, Any]:
+        """Judge an ONNX file of the organization with the service's checks on its latest holdout.
+
+        Nothing is recorded: the report is returned (camelCase, with `passed` and `failures`).
+        """
+        from training_tasks.config.training import from_wire
+        from training_tasks.stages.validate.stage import validate
+
+        org = orgs.get_org(self.rt.engine, check_org_id(org_id))
+        path = self.rt.store.check_inside_org(org_id, Path(model_path))
+        if not path.is_file():
+            raise NotFoundError(
+                f"model file {model_path} of organization {org_id} does not exist; give the path "
+                f"of an ONNX file under {self.rt.store.org_models(org_id)}"
+            )
+        run, holdout = latest_holdout(self.rt.engine, org_id)
+        config = from_wire(run["config"])
+        version, native = self._model_identity(org_id, path)
+        report = validate(
+            org_id=org_id,
+            version=version,
+            model_path=path,
+            holdout_path=holdout,
+            # Old runs did not record it; theirs is read unverified.
+            holdout_sha256=(run["data_stats"] or {}).get("holdout_sha256"),
+            feature_columns=config.feature_columns,
+            target_column=config.target_column,
+            thresholds=org.thresholds,
+            native_model_path=native,
+            deployed_model_path=self._deployed_copy(org_id),
+        )
+        return {
+            **report.as_dict(),
+            "modelPath": str(path),
+            "holdoutPath": str(holdout),
+            "holdoutRunId": run["id"],
+            "holdoutVersion": run["version"],
+        }
+
+    def collect_garbage(
+        self,
+        org_id: str | None = None,
+        keep: int = retention.DEFAULT_KEEP,
+        dry_run: bool = False,
+        *,
+        actor: str = "api",
+    ) -> list[dict[str, Any]]:
+        """Delete the files of versions the retention rule does not keep (every org by default).
+
+        Kept: the deployed and previous version, the newest `keep`, and those of active runs.
+        """
+        retention.check_keep(keep)
+        org_ids = [check_org_id(org_id)] if org_id is not None else self.list_organizations()
+        removed: list[dict[str, Any]] = []
+        for org in org_ids:
+            done = retention.collect(
+                self.rt.engine,
+                self.rt.store,
+                org,
+                keep=keep,
+                now=self.rt.now(),
+                actor=actor,
+                dry_run=dry_run,
+            )
+            removed += [removal.as_dict() for removal in done]
+        return removed
+
+    def _model_identity(self, org_id: str, path: Path) -> tuple[str, Path | None]:
+        """The version a model file is, and the native LightGBM model to check parity with."""
+        match = VERSION_IN_PATH.search(f"{path.parent.name}/{path.name}")
+        if match is None:
+            return _metadata_version(path) or "(not recorded)", None
+        version, store = match.group(0), self.rt.store
+        own = (
+            store.version_model(org_id, version),
+            store.deployed_model(org_id, version),
+            store.artifacts(org_id, version) / "model.onnx",
+        )
+        native = store.artifacts(org_id, version) / "model.txt"
+        if path in {candidate.resolve() for candidate in own} and native.is_file():
+            return version, native
+        return version, None
+
+    def _deployed_copy(self, org_id: str) -> Path | None:
+        row = orgs.get_org_row(self.rt.engine, org_id)
+        if not row["current_version"]:
+            return None
+        path = self.rt.store.deployed_model(org_id, row["current_version"])
+        return path if path.is_file() else None
+
+    def reconcile(self) -> list[str]:
+        """Repair every org's `current` pointer and Redis key from the database."""
+        from training_tasks.stages.deploy import reconcile
+
+        return reconcile(self.rt.engine, self.rt.redis, self.rt.store)
+
+    def get_audit_trail(self, org_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The organization's audit events, newest first."""
+        return [
+            {**event, "at": iso(event["at"])}
+            for event in audit.list_events(self.rt.engine, check_org_id(org_id), limit)
+        ]
+
+
+def run_summary(run: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
+    """A run as the API returns it (camelCase, ISO times), like the original service's result."""
+    status = run["status"]
+    model_path = None
+    if status in ("succeeded", "validated"):
+        model_path = str(rt.store.version_model(run["organization_id"], run["version"]))
+    return {
+        "runId": run["id"],
+        "organizationId": run["organization_id"],
+        "version": run["version"],
+        "status": status,
+        "success": status in ("succeeded", "validated"),
+        "stage": run["stage"],
+        "progress": run["progress"],
+        "modelPath": model_path,
+        "metrics": run["metrics"],
+        "error": run["error"],
+        "trigger": run["trigger"],
+        "scheduleSlot": iso_or_none(run["schedule_slot"]),
+        "queuedAt": iso_or_none(run["queued_at"]),
+        "startedAt": iso_or_none(run["started_at"]),
+        "finishedAt": iso_or_none(run["finished_at"]),
+        "stageTimings": run["stage_timings"],
+        "data": run["data_stats"],
+        "worker": run["worker"],
+        "attempt": run["attempt"],
+    }
+
+
+def deployment_summary(deployment: Deployment, event: str) -> dict[str, Any]:
+    """A deployment or rollback as the API returns it."""
+    return {
+        "organizationId": deployment.organizationId,
+        "version": deployment.version,
+        "modelPath": deployment.modelPath,
+        "sha256": deployment.sha256,
+        "sequence": deployment.sequence,
+        "event": event,
+    }
+
+
+def latest_holdout(engine: Engine, org_id: str) -> tuple[dict[str, Any], Path]:
+    """The organization's newest run whose extracted holdout is still on disk, and that holdout."""
+    for run in runs.list_runs(engine, org_id, limit=HOLDOUT_SEARCH_RUNS):
+        holdout = (run["data_stats"] or {}).get("holdout_path")
+        # A regular file itself, not a link: validation refuses anything else.
+        if holdout and stat.S_ISREG(_lstat_mode(Path(holdout))):
+            return run, Path(holdout)
+    raise NotFoundError(
+        f"organization {org_id} has no holdout to validate against: none of its runs has "
+        "extracted data left on disk (a run's extract stage writes it; `trainctl gc` deletes it "
+        f"with the version). Run `trainctl train {org_id} --wait`, then validate again"
+    )
+
+
+def _lstat_mode(path: Path) -> int:
+    """The mode of `path` itself (0 when it does not exist)."""
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _metadata_version(path: Path) -> str | None:
+    """The `version` a model records in its ONNX metadata, if it can be read."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises protobuf's own error types; the load check will report it
+        return None
+    return next((prop.value for prop in model.metadata_props if prop.key == "version"), None)
+
+
+def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]:
+    """A model version as the API returns it."""
+    validation = v["validation"] or {}
+    return {
+        "version": v["version"],
+        "organizationId": v["organization_id"],
+        "runId": v["run_id"],
+        "status": v["status"],
+        "deployed": v["version"] == current,
+        "modelPath": v["model_path"],
+        "sha256": v["sha256"],
+        "sizeBytes": v["size_bytes"],
+        "metrics": validation.get("metrics") or {},
+        "validationPassed": validation.get("passed"),
+        "validationFailures": validation.get("failures") or [],
+        "createdAt": iso_or_none(v["created_at"]),
+        "deployedAt": iso_or_none(v["deployed_at"]),
+        "removedAt": iso_or_none(v["removed_at"]),
+    }
+
+
+__all__ = ["TrainingHandle", "TrainingService", "TrainingServiceError"]

@@ -1,0 +1,3 @@
+"""The validate stage: `stage` judges a trained model, `model_checks` checks the file and the ONNX
+session, `holdout` scores the holdout with every model and judges the scores.
+"""

@@ -1,0 +1,307 @@
+"""Model side of the validate stage: check records, ONNX session and contract, latency, memory."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import onnx
+import onnxruntime as ort
+import psutil
+
+from training_tasks.files import UnsafeFile, read_script_output
+from training_tasks.protocol.keyring import Keyring, is_sealed
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "failure_probability"
+BATCH_ROWS = 1_000
+WARMUP_RUNS = 20
+SINGLE_ROW_RUNS = 200
+BATCH_RUNS = 5
+BYTES_PER_MB = 1024 * 1024
+# Model files are read whole into memory; past this a file is refused, not loaded.
+MAX_MODEL_READ_BYTES = 1 << 30
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One validation check as recorded in validation.json."""
+
+    name: str
+    passed: bool
+    value: float | str | None
+    limit: float | str | None
+    detail: str
+    # The failed check that kept this one from running; that cause is reported once, not per check.
+    blocked_by: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The check as JSON: name, passed, value, limit, detail."""
+        keys = ("name", "passed", "value", "limit", "detail")
+        return {key: getattr(self, key) for key in keys}
+
+
+def not_run(name: str, blocker: str) -> Check:
+    """A check that could not run because the check `blocker` failed."""
+    return Check(name, False, None, None, f"not run: the {blocker} check failed", blocker)
+
+
+def at_most(name: str, what: str, value: float, limit: float, unit: str, hint: str = "") -> Check:
+    """A check that `value` does not exceed `limit`, worded for people."""
+    if value <= limit:
+        return Check(name, True, value, limit, f"{what} is {value:.4g} {unit}")
+    detail = f"{what} is {value:.4g} {unit}, above the limit {limit:.4g} {unit}{hint}"
+    return Check(name, False, value, limit, detail)
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A loaded ONNX session and where its probability of class 1 comes from."""
+
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+    # 1 when the probability is column 1 of an [N, 2] output; None when the output is [N].
+    probability_column: int | None
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Probability of class 1 for each row, as a 1-D float32 array."""
+        out = np.asarray(self.session.run([self.output_name], {self.input_name: features})[0])
+        if out.ndim == 2 and self.probability_column is not None and out.shape[1] == 2:
+            out = out[:, self.probability_column]
+        elif out.ndim == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.shape != (len(features),):
+            raise ValueError(
+                f"output {self.output_name!r} has shape {out.shape} for {len(features)} rows"
+            )
+        return out
+
+
+def open_session(model_bytes: bytes) -> ort.InferenceSession:
+    """An onnxruntime CPU session of the model; raises whatever onnxruntime raises."""
+    options = ort.SessionOptions()
+    # Errors only: an export that keeps its [1]-shaped label output warns on every run otherwise.
+    options.log_severity_level = 3
+    # Workers share cores with training subprocesses; spinning threads would steal them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def bind_contract(session: ort.InferenceSession, width: int) -> tuple[OnnxModel | None, Check]:
+    """Check the input/output contract; the model comes back only when it can be fed and read."""
+    problems, notes = _input_problems(session, width)
+    output_name, column, output_note = _pick_output(session)
+    (problems if output_name is None else notes).extend([output_note] if output_note else [])
+    if problems:
+        return None, Check("contract", False, None, None, "; ".join(problems))
+    model = OnnxModel(session, session.get_inputs()[0].name, str(output_name), column)
+    detail = "; ".join(notes) or f"input float [N, {width}], output {OUTPUT_NAME!r} [N]"
+    return model, Check("contract", True, str(output_name), OUTPUT_NAME, detail)
+
+
+def _input_problems(session: ort.InferenceSession, width: int) -> tuple[list[str], list[str]]:
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        return [f"the model has {len(inputs)} inputs; it must have exactly one"], []
+    arg, problems, notes = inputs[0], [], []
+    if arg.type != "tensor(float)":
+        problems.append(f"input {arg.name!r} is {arg.type}; it must be tensor(float)")
+    if len(arg.shape) != 2:
+        problems.append(f"input {arg.name!r} has shape {arg.shape}; it must be [N, {width}]")
+    elif isinstance(arg.shape[1], int) and arg.shape[1] != width:
+        problems.append(
+            f"input {arg.name!r} takes {arg.shape[1]} features, featureColumns has {width}"
+        )
+    if arg.name != INPUT_NAME:
+        notes.append(f"the input is named {arg.name!r}, not {INPUT_NAME!r}")
+    return problems, notes
+
+
+def _pick_output(session: ort.InferenceSession) -> tuple[str | None, int | None, str]:
+    outputs = {out.name: out for out in session.get_outputs()}
+    wanted = outputs.get(OUTPUT_NAME)
+    if wanted is not None:
+        if wanted.type != "tensor(float)":
+            return None, None, f"output {OUTPUT_NAME!r} is {wanted.type}; it must be tensor(float)"
+        return OUTPUT_NAME, None, ""
+    for out in outputs.values():
+        if out.type == "tensor(float)" and len(out.shape) == 2 and out.shape[1] == 2:
+            note = f"no output {OUTPUT_NAME!r}: the probability is column 1 of output {out.name!r}"
+            return out.name, 1, note
+    problem = f"no output {OUTPUT_NAME!r} nor an [N, 2] probability output in {list(outputs)}"
+    return None, None, problem
+
+
+def recorded_features(session: ort.InferenceSession) -> list[str] | None:
+    """The feature_columns a model records in its metadata_props, or None."""
+    try:
+        recorded = json.loads(session.get_modelmeta().custom_metadata_map["feature_columns"])
+    except (KeyError, ValueError):
+        return None
+    return recorded if isinstance(recorded, list) else None
+
+
+def metadata_check(
+    session: ort.InferenceSession, org_id: str, version: str, features: list[str]
+) -> Check:
+    """The model's metadata_props must name the configured features, organization and version."""
+    meta, problems = session.get_modelmeta().custom_metadata_map, []
+    recorded = recorded_features(session)
+    if recorded is None:
+        problems.append("the model does not record feature_columns as a JSON list in its metadata")
+    elif recorded != features:
+        problems.append(f"the model was trained on {recorded} but featureColumns is {features}")
+    for key, expected in (("organization_id", org_id), ("version", version)):
+        if key not in meta:
+            problems.append(f"the model does not record {key} in its metadata")
+        elif meta[key] != expected:
+            problems.append(f"the model's {key} is {meta[key]!r}, not {expected!r}")
+    if problems:
+        return Check("metadata", False, None, None, "; ".join(problems))
+    return Check("metadata", True, None, None, "feature_columns, organization_id and version match")
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def release_free_heap() -> None:
+    """Return freed heap pages to the OS, so a new session cannot hide in memory freed earlier."""
+    # Without glibc the RSS difference can only under-count the session.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@functools.cache
+def prime_runtime() -> None:
+    """Run a one-node model once, so onnxruntime's own set-up never counts as a model's memory."""
+    tensor = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "prime",
+        [tensor("x", onnx.TensorProto.FLOAT, [None])],
+        [tensor("y", onnx.TensorProto.FLOAT, [None])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8  # old enough for any onnxruntime this service supports
+    open_session(model.SerializeToString()).run(None, {"x": np.zeros(1, dtype=np.float32)})
+
+
+def warm_up(model: OnnxModel, sample: np.ndarray) -> None:
+    """Run one row and one batch so lazy allocations happen before anything is measured."""
+    model.predict(sample[:1])
+    model.predict(sample[:BATCH_ROWS])
+
+
+def measure_latency(
+    model: OnnxModel, sample: np.ndarray, timer_ns: Callable[[], int] = time.perf_counter_ns
+) -> dict[str, float]:
+    """Single-row p50/p99 over SINGLE_ROW_RUNS runs and the median time of one batch."""
+    run, names, feed_name = model.session.run, [model.output_name], model.input_name
+    rows = [sample[i % len(sample)][None, :] for i in range(SINGLE_ROW_RUNS)]
+    batch = sample[:BATCH_ROWS]
+    for row in rows[:WARMUP_RUNS]:
+        run(names, {feed_name: row})
+    single_ns, batch_ns = [], []
+    for row in rows:
+        start = timer_ns()
+        run(names, {feed_name: row})
+        single_ns.append(timer_ns() - start)
+    for _ in range(BATCH_RUNS):
+        start = timer_ns()
+        run(names, {feed_name: batch})
+        batch_ns.append(timer_ns() - start)
+    p50_ns, p99_ns = np.percentile(single_ns, [50, 99])
+    batch_median_ns = float(np.median(batch_ns))
+    return {
+        "singleRowRuns": SINGLE_ROW_RUNS,
+        "singleRowP50Ms": float(p50_ns) / 1e6,
+        "singleRowP99Ms": float(p99_ns) / 1e6,
+        "batchRows": len(batch),
+        "batchRuns": BATCH_RUNS,
+        "batchMs": batch_median_ns / 1e6,
+        "batchPerRowUs": batch_median_ns / 1e3 / len(batch),
+    }
+
+
+def open_native(
+    path: Path | None, width: int, limit: float
+) -> tuple[Predictor | None, Check | None]:
+    """The native booster as a predictor, or the final parity check when there is none to use."""
+    if path is None or not os.path.lexists(path):
+        return None, Check("parity", True, None, limit, "skipped (no native model)")
+    try:  # LightGBM gets the text, never a path the script could have made a link or FIFO
+        text = read_script_output(Path(path), MAX_MODEL_READ_BYTES, "the native model").decode()
+        booster = lgb.Booster(model_str=text)
+    except (UnsafeFile, OSError, UnicodeDecodeError) as exc:
+        detail = f"the native model {path} cannot be read: {exc}"
+        return None, Check("parity", False, None, limit, detail)
+    except lgb.basic.LightGBMError as exc:
+        detail = f"the native model {path} cannot be loaded by LightGBM: {str(exc).strip()}"
+        return None, Check("parity", False, None, limit, detail)
+    if booster.num_feature() != width:
+        detail = f"the native model {path} takes {booster.num_feature()} features, not {width}"
+        return None, Check("parity", False, None, limit, detail)
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        out = np.asarray(booster.predict(features))
+        out = out[:, 1] if out.ndim == 2 and out.shape[1] == 2 else out
+        if out.shape != (len(features),):
+            raise ValueError(
+                f"the native model returned shape {out.shape} for {len(features)} rows"
+            )
+        return out
+
+    return predict, None
+
+
+def open_deployed(
+    path: Path | None, features: list[str], enabled: bool, *, org_id: str
+) -> tuple[OnnxModel | None, dict[str, Any]]:
+    """The deployed model to compare with, or the reason the comparison is skipped."""
+    info: dict[str, Any] = {"deployedModelPath": None if path is None else str(path)}
+    if not enabled:
+        return None, {**info, "status": "skipped (disabled by notWorseThanDeployed)"}
+    if path is None:
+        return None, {**info, "status": "skipped (no deployed model)"}
+    try:
+        stored = read_script_output(Path(path), MAX_MODEL_READ_BYTES, "the deployed model")
+        session = open_session(_deployed_onnx(stored, Path(path), org_id))
+    except Exception as exc:  # a broken deployed model must not block its replacement
+        status = "skipped (deployed model cannot be loaded)"
+        return None, {**info, "status": status, "reason": str(exc).strip()}
+    info["deployedSha256"] = hashlib.sha256(stored).hexdigest()
+    recorded = recorded_features(session)
+    if recorded != features:
+        reason = f"the deployed model uses {recorded}, this model {features}"
+        return None, {**info, "status": "skipped (features differ)", "reason": reason}
+    model, contract = bind_contract(session, len(features))
+    if model is None:
+        status = "skipped (deployed model breaks the model contract)"
+        return None, {**info, "status": status, "reason": contract.detail}
+    return model, {**info, "status": "compared"}
+
+
+def _deployed_onnx(stored: bytes, path: Path, org_id: str) -> bytes:
+    """The ONNX bytes of a deployed copy `models/<org>/deployed_<version>/model.onnx`."""
+    if not is_sealed(stored):
+        return stored
+    version = path.parent.name.removeprefix("deployed_")
+    return Keyring.from_env().open_model(stored, org_id, version)
