@@ -1,7 +1,9 @@
-"""Multi-tenant training service: the Celery app, pipeline stages, registry, database and CLI.
+"""Multi-tenant training service. Packages, each importing only the ones below it (make lint):
 
-`celery -A training_tasks` finds the app through `app`; it is imported lazily so that
-lightweight modules (`training_tasks.messaging.client`, `training_tasks.protocol.hotswap`) stay cheap to import.
+cli, demo > service > messaging > pipeline > stages, sandbox > registry, runtime > db > config >
+protocol > errors, fields, files. `celery -A training_tasks` finds the app through `app`; it is
+imported lazily so that light modules (`training_tasks.client`, `training_tasks.protocol`) stay
+cheap to import.
 """
 
 from typing import Any

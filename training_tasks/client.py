@@ -2,6 +2,6 @@
 
 It lives in `training_tasks.messaging.client` and needs nothing but Celery."""
 
-from training_tasks.messaging.client import TrainingClient
+from training_tasks.messaging.client import REQUESTS_QUEUE, SUBMIT_TASK, TrainingClient
 
-__all__ = ["TrainingClient"]
+__all__ = ["REQUESTS_QUEUE", "SUBMIT_TASK", "TrainingClient"]

@@ -44,6 +44,16 @@ class NotFoundError(PermanentError):
     """An organization, run or version that was asked for does not exist."""
 
 
+class OrgNotRegistered(NotFoundError):
+    """An organization id the registry does not hold; the message says how to register it."""
+
+    def __init__(self, org_id: str) -> None:
+        super().__init__(
+            f"organization {org_id} is not registered; register it with "
+            f"`trainctl org create {org_id} --config org.json`"
+        )
+
+
 class ConflictError(PermanentError):
     """The request clashes with the current state (a run already active, a stale deploy)."""
 

@@ -13,6 +13,10 @@ from typing import Any
 
 from celery import bootsteps
 
+from training_tasks.protocol.ids import org_queue
+from training_tasks.registry.orgs import list_org_ids
+from training_tasks.runtime import get_runtime
+
 log = logging.getLogger(__name__)
 REQUESTS_QUEUE = "training.requests"
 
@@ -30,8 +34,6 @@ class OrgQueueFollower(bootsteps.StartStopStep):
         if REQUESTS_QUEUE not in consumer.app.amqp.queues.consume_from:
             log.info("serving only the queues given with -Q; not following new organizations")
             return
-        from training_tasks.runtime import get_runtime
-
         interval_s = get_runtime().settings.org_queue_poll_s
         self._sync(consumer)
         self.timer_entry = consumer.timer.call_repeatedly(interval_s, self._sync, (consumer,))
@@ -42,10 +44,6 @@ class OrgQueueFollower(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def _sync(self, consumer: Any) -> None:
-        from training_tasks.protocol.ids import org_queue
-        from training_tasks.registry.orgs import list_org_ids
-        from training_tasks.runtime import get_runtime
-
         try:
             org_ids = list_org_ids(get_runtime().engine)
         except Exception:  # the database may be briefly away; the next tick tries again

@@ -1,4 +1,4 @@
-"""A worker bootstep that runs the reaper every REAPER_INTERVAL_S seconds (see recovery.py)."""
+"""A worker bootstep that runs the reaper every REAPER_INTERVAL_S seconds (see training_tasks/pipeline/recovery.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import logging
 from typing import Any
 
 from celery import bootsteps
+
+from training_tasks.messaging.tasks import enqueue_chain, queue_waiting
+from training_tasks.pipeline.recovery import reap
+from training_tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +25,6 @@ class RunReaper(bootsteps.StartStopStep):
         self.timer_entry: Any = None
 
     def start(self, consumer: Any) -> None:
-        from training_tasks.runtime import get_runtime
-
         interval_s = get_runtime().settings.reaper_interval_s
         self.timer_entry = consumer.timer.call_repeatedly(interval_s, self._reap, ())
 
@@ -32,10 +34,6 @@ class RunReaper(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def _reap(self) -> None:
-        from training_tasks.messaging.tasks import enqueue_chain, queue_waiting
-        from training_tasks.pipeline.recovery import reap
-        from training_tasks.runtime import get_runtime
-
         rt = get_runtime()
         enqueue = functools.partial(enqueue_chain, broker_url=rt.settings.redis_url)
         waiting = functools.partial(queue_waiting, broker_url=rt.settings.redis_url)

@@ -10,6 +10,13 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
 
+from training_tasks.errors import SettingsError
+from training_tasks.messaging.app import app as training_app
+from training_tasks.runtime import get_runtime, reset_runtime
+from training_tasks.stages.deploy import reconcile
+from workers.org_queues import OrgQueueFollower
+from workers.reaper import RunReaper
+
 log = logging.getLogger(__name__)
 
 # How long a pool child tries to hand a finished stage over to the next one when Redis is away:
@@ -28,10 +35,7 @@ STAGE_HANDOVER_RETRY_POLICY = {
 
 
 def install(app: Celery) -> None:
-    """Attach the hooks and the organization-queue bootstep to `app`."""
-    from workers.org_queues import OrgQueueFollower
-    from workers.reaper import RunReaper
-
+    """Attach the hooks, the organization-queue bootstep and the reaper to `app`."""
     app.steps["consumer"].add(OrgQueueFollower)
     app.steps["consumer"].add(RunReaper)
     worker_init.connect(_check_settings_and_schema, weak=False)
@@ -42,9 +46,6 @@ def install(app: Celery) -> None:
 
 def _check_settings_and_schema(**_: Any) -> None:
     """Fail fast with the variable's name on a bad setting; bring the schema up to date."""
-    from training_tasks.errors import SettingsError
-    from training_tasks.runtime import get_runtime
-
     try:
         rt = get_runtime()
     except SettingsError as exc:
@@ -62,8 +63,6 @@ def _check_settings_and_schema(**_: Any) -> None:
 
 
 def _fresh_handles_in_child(**_: Any) -> None:
-    from training_tasks.runtime import reset_runtime
-
     reset_runtime()
 
 
@@ -77,12 +76,13 @@ def _patient_stage_handover(app: Celery, **_: Any) -> None:
 
 def _reconcile_on_start(**_: Any) -> None:
     """Repair deployment pointers and Redis keys left behind by a crash, from the database."""
-    from training_tasks.runtime import get_runtime
-    from training_tasks.stages.deploy import reconcile
-
     rt = get_runtime()
     try:
         for fix in reconcile(rt.engine, rt.redis, rt.store):
             log.warning("reconcile: %s", fix)
     except Exception:
         log.exception("reconcile at start-up failed; run `trainctl reconcile` by hand")
+
+
+# A worker imports this module as it starts (the app's `include`); that attaches the hooks.
+install(training_app)

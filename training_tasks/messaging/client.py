@@ -1,6 +1,6 @@
 """A Celery-only client for other services: send `training.submit` by name, nothing else needed.
 
-from training_tasks.messaging.client import TrainingClient
+from training_tasks.client import TrainingClient
 client = TrainingClient("redis://127.0.0.1:6379/0")
 queued = client.submit({"organizationId": "acme-corp", "dataRange": {...}}).get(timeout=30)
 # {"runId": ..., "version": ..., "queue": "org.acme-corp"}

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from training_tasks.config.org import OrgConfig, mask_url, parse_org_config
 from training_tasks.db.tables import organizations
-from training_tasks.errors import ConflictError, NotFoundError
+from training_tasks.errors import ConflictError, OrgNotRegistered
 from training_tasks.protocol.ids import check_org_id
 from training_tasks.protocol.keyring import (
     ENV_NAME,
@@ -85,7 +85,7 @@ def update_org(
             .values(name=org.name, config=_stored_config(org), scada_url=scada_url, updated_at=now)
         )
         if result.rowcount == 0:
-            raise NotFoundError(not_registered(org.organization_id))
+            raise OrgNotRegistered(org.organization_id)
         _write_schedule(conn, org, actor, now)
         audit.record(
             conn,
@@ -119,7 +119,7 @@ def get_org_row(engine: Engine, org_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(organizations).where(organizations.c.id == org_id)).first()
     if row is None:
-        raise NotFoundError(not_registered(org_id))
+        raise OrgNotRegistered(org_id)
     return dict(row._mapping)
 
 
@@ -218,11 +218,3 @@ def _write_schedule(conn: Any, org: OrgConfig, actor: str, now: datetime) -> Non
     change = schedules.write_schedule(conn, org.organization_id, org.training_schedule, now=now)
     if change is not None:
         schedules.record_change(conn, org.organization_id, change, actor=actor, now=now)
-
-
-def not_registered(org_id: str) -> str:
-    """Why an unknown organization id is refused, and how to register it."""
-    return (
-        f"organization {org_id} is not registered; register it with "
-        f"`trainctl org create {org_id} --config org.json`"
-    )

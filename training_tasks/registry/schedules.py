@@ -24,10 +24,10 @@ from training_tasks.db.tables import (
     training_runs,
     training_schedules,
 )
-from training_tasks.errors import NotFoundError
+from training_tasks.errors import OrgNotRegistered
 from training_tasks.fields import iso, iso_or_none
 from training_tasks.protocol.ids import check_org_id
-from training_tasks.registry import audit, orgs, runs
+from training_tasks.registry import audit, runs
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def set_schedule(
             query = query.with_for_update()
         config = conn.execute(query).scalar()
         if config is None:
-            raise NotFoundError(orgs.not_registered(org_id))
+            raise OrgNotRegistered(org_id)
         change = write_schedule(conn, org_id, spec, now=now)
         if change is not None:
             doc = {k: v for k, v in config.items() if k != "trainingSchedule"}

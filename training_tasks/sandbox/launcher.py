@@ -2,7 +2,7 @@
 
 Started as `python -I -S -c LAUNCH ROOT LIMITS MODE REPORT_FD PROGRAM [ARG...]` (see
 `sandbox.run_sandboxed`), `launch` is the launcher: with ROOT (the folder holding `training_tasks`)
-on sys.path it imports only the standard library and `sandbox_mounts`. It applies the limits,
+on sys.path it imports only the standard library and `mounts`. It applies the limits,
 isolates what the kernel lets it, starts the program and exits the way the program did.
 Isolation, where allowed:
 
@@ -12,7 +12,7 @@ Isolation, where allowed:
   exits, and the kernel kills every process left in the namespace, whatever session it started;
 - a fresh /proc that shows only the namespace (not the worker's environment), the whole
   filesystem read-only except the working folder and a private tmpfs on /tmp, /var/tmp and
-  /dev/shm, with TMPDIR (if set) pointing at it (see `sandbox_mounts`), and at most
+  /dev/shm, with TMPDIR (if set) pointing at it (see `mounts`), and at most
   `processes` + 300 pids (the per-namespace pid_max of Linux 6.14 and later);
 - for the program itself: no capabilities (also as root), no_new_privs, and (without network) a
   seccomp filter that refuses `socket()` and `io_uring_setup()`, which also shuts the database's
@@ -35,7 +35,7 @@ import sys
 import time
 from typing import NoReturn
 
-from training_tasks.sandbox import mounts as sandbox_mounts
+from training_tasks.sandbox import mounts
 from training_tasks.sandbox.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
@@ -168,7 +168,7 @@ def launch(args: list[str]) -> NoReturn:
 def _apply_limits(arg: str) -> tuple[int | None, int]:
     """Set each `NAME:soft:hard` (never above the inherited hard limit); returns NPROC and the
     size of the private /tmp in bytes (`TMP`, not an rlimit)."""
-    processes, tmp_bytes = None, sandbox_mounts.DEFAULT_TMP_MB << 20
+    processes, tmp_bytes = None, mounts.DEFAULT_TMP_MB << 20
     for item in filter(None, arg.split(",")):
         name, soft_text, hard_text = item.split(":")
         if name == "TMP":
@@ -228,7 +228,7 @@ def _init(
     made = _prepare_namespace(libc, done, *sizes)
     _report(report_fd, made)
     if "tmp" in made:
-        sandbox_mounts.point_temp_vars_at_private_tmp(os.environ)
+        mounts.point_temp_vars_at_private_tmp(os.environ)
     child = os.fork()
     if child == 0:
         _exec(libc, argv, network, report_fd)
@@ -252,7 +252,7 @@ def _prepare_namespace(
     if max_processes and _set_pid_max(max_processes + EXTRA_PIDS):
         made.append("pidmax")
     if private:
-        made += sandbox_mounts.restrict_filesystem(libc, tmp_bytes)
+        made += mounts.restrict_filesystem(libc, tmp_bytes)
     return made
 
 

@@ -1,6 +1,6 @@
 """What a sandboxed program sees of the filesystem, built inside its own mount namespace.
 
-Used by the launcher (see `sandbox_launcher`), so it imports only the standard library. In order:
+Used by the launcher (see `launcher`), so it imports only the standard library. In order:
 
 1. every mount becomes read-only, whatever lies where (the service's code, its virtualenv,
    `ML_BASE_PATH`, other organizations' models and data, the host's /tmp);

@@ -7,7 +7,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from training_tasks.sandbox import mounts as sandbox_mounts
+from training_tasks.sandbox import mounts
 
 DEFAULT_MEMORY_MB = 8192
 MB = 1024 * 1024
@@ -36,7 +36,7 @@ class ResourceLimits:
     @property
     def private_tmp_mb(self) -> int:
         """The size of the private /tmp, /var/tmp and /dev/shm together."""
-        return self.tmp_size_mb or self.file_size_mb or sandbox_mounts.DEFAULT_TMP_MB
+        return self.tmp_size_mb or self.file_size_mb or mounts.DEFAULT_TMP_MB
 
     def launcher_arg(self, timeout_s: float) -> str:
         """The limits as `NAME:soft:hard,...` for the launcher."""

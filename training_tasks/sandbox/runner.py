@@ -1,9 +1,9 @@
 """Run an untrusted program with rlimits, an allow-listed environment and what isolation Linux allows.
 
-The child is a launcher (`python -I -S -c ...`, see `sandbox_launcher`) that sets the limits,
+The child is a launcher (`python -I -S -c ...`, see `launcher`) that sets the limits,
 isolates, runs the program and exits as it did, so no Python code runs between fork and exec in
 this process: `run_sandboxed` is safe to call from several threads and installs no handlers.
-The limits and the description of how a run ended live in `sandbox_result`.
+The limits and the description of how a run ended live in `result`.
 
 Isolation. Where the kernel lets this process (as root, or through an unprivileged user
 namespace) the program runs as pid 2 of a new PID namespace with the launcher's tiny init as
@@ -12,7 +12,7 @@ shows only its own processes (so not the worker's environment with database and 
 no capabilities even as root (so it cannot raise its rlimits or leave its namespaces), and a
 seccomp filter that refuses `socket()`, which also shuts Unix sockets such as PostgreSQL's.
 
-Files (see `sandbox_mounts`). The program can write only into its working folder and into a
+Files (see `mounts`). The program can write only into its working folder and into a
 private /tmp, /var/tmp and /dev/shm: one fresh tmpfs of at most `tmp_size_mb`, which no other
 run and not the host ever see, and which TMPDIR (if set) names. Everything else is read-only,
 wherever the service is installed: its code, its virtualenv, `ML_BASE_PATH` with every

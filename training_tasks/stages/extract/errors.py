@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import adbc_driver_manager
 import psycopg
 
 from training_tasks.config.org import mask_url
 from training_tasks.errors import ExtractError, SourceUnavailableError
-
-if TYPE_CHECKING:
-    from training_tasks.stages.extract.source import SourcePlan
+from training_tasks.stages.extract.plan import SourcePlan
 
 
 @contextmanager

@@ -5,7 +5,7 @@ Table and column names come from the organization's configuration, so every one 
 with SQLAlchemy's inspector before any query runs, and the query is built from `sqlalchemy.table`
 and `column` constructs, which quote whatever needs quoting. Values are always bound:
 on SQLite the two timestamps are parameters of the query; on PostgreSQL they are bound into two
-session settings that the COPY query reads (see `extract.py` for why).
+session settings that the COPY query reads (see `stage.py` for why).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import difflib
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,35 +31,12 @@ from training_tasks.config.org import SchemaConfig, mask_url
 from training_tasks.config.training import TrainingConfig, check_target_not_feature
 from training_tasks.errors import ConfigError, ExtractError
 from training_tasks.stages.extract.errors import source_errors, translate_error
+from training_tasks.stages.extract.plan import SourceColumn, SourcePlan
 
 TIMESTAMP_FIELD = "timestamp"
 ASSET_FIELD = "asset_id"
-Role = Literal["timestamp", "asset", "feature", "target"]
 # Rough bytes per row and column, to turn `batch_rows` into the PostgreSQL driver's size hint.
 _BYTES_PER_VALUE = 12
-
-
-@dataclass(frozen=True)
-class SourceColumn:
-    """One selected column: the config field that names it, its output and physical names."""
-
-    field: str
-    logical: str
-    physical: str
-    role: Role
-
-
-@dataclass(frozen=True)
-class SourcePlan:
-    """A checked query against one organization's SCADA table, ready to stream."""
-
-    organization_id: str
-    backend: Literal["postgresql", "sqlite"]
-    sql: str
-    parameters: tuple[str, ...]
-    columns: tuple[SourceColumn, ...]
-    driver_uri: str  # holds the password: never log it, use masked_url
-    masked_url: str
 
 
 def plan_source(
@@ -292,7 +268,7 @@ def _sqlite_stamp(moment: datetime) -> str:
 
 
 # The range travels as bound parameters into two session settings, and the COPY query reads them
-# with current_setting(): a query with $1/$2 would lose ADBC's COPY path (see extract.py).
+# with current_setting(): a query with $1/$2 would lose ADBC's COPY path (see stage.py).
 _RANGE_SETTINGS = ("training.range_start", "training.range_end")
 _BIND_RANGE = (
     f"SELECT set_config('{_RANGE_SETTINGS[0]}', $1::text, false), "

@@ -41,11 +41,10 @@ from training_tasks import fields as f
 from training_tasks.config.org import SchemaConfig
 from training_tasks.config.training import TrainingConfig
 from training_tasks.errors import ExtractError
+from training_tasks.stages.extract.plan import SourceColumn, SourcePlan
 from training_tasks.stages.extract.source import (
     ASSET_FIELD,
     TIMESTAMP_FIELD,
-    SourceColumn,
-    SourcePlan,
     plan_source,
     read_batches,
 )
