@@ -16,7 +16,7 @@ help:
 	@echo "make migrate  - apply database migrations to DATABASE_URL"
 	@echo "make up       - the whole system in Docker (compose.yaml): build, start in the background"
 	@echo "make down     - stop and remove those containers (volumes and models stay)"
-	@echo "make lint     - ruff and mypy"
+	@echo "make lint     - ruff, mypy and the layering rule (import-linter, .importlinter)"
 	@echo "make bench    - benchmarks; results in tests/bench/results/"
 
 $(STAMP): pyproject.toml
@@ -43,6 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy training_tasks workers beat_schedules celeryconfig.py
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

@@ -1,4 +1,5 @@
-"""Which beat dispatches: a Redis lock with a time to live, and the leader's status key.
+"""Which beat dispatches: a Redis lock with a time to live (the leader's status key and its
+heartbeat are in `training_tasks.protocol.beat_status`).
 
 One beat holds `ml:beat:leader` (its value names the holder) and renews it every tick; any other
 beat stands by and takes the lock once it expires, so a dead leader is replaced within the lock's
@@ -9,11 +10,9 @@ slot fire once (the database's unique key on the slot does that).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
-import time
 import uuid
 from typing import Any
 
@@ -22,7 +21,6 @@ from redis.exceptions import LockError, LockNotOwnedError, RedisError
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "ml:beat:leader"
-STATUS_KEY = "ml:beat:status"
 
 
 def beat_identity() -> str:
@@ -77,15 +75,3 @@ class LeaderLock:
         with contextlib.suppress(RedisError, LockError):
             self._lock.release()
         self.held = False
-
-
-def publish_status(client: Any, status: dict[str, Any], ttl_s: float) -> None:
-    """The leader's heartbeat: what it did last and when (read by `trainctl schedules`)."""
-    doc = dict(status, reportedAt=time.time())
-    client.set(STATUS_KEY, json.dumps(doc), px=max(1, int(ttl_s * 1000)))
-
-
-def read_status(client: Any) -> dict[str, Any] | None:
-    """The last heartbeat of the dispatching beat, or None if no beat reported within its TTL."""
-    raw = client.get(STATUS_KEY)
-    return None if raw is None else json.loads(raw)

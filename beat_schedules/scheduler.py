@@ -20,8 +20,9 @@ from typing import Any
 from celery.beat import Scheduler
 
 from beat_schedules.dispatch import Dispatcher, Policy, TickReport
-from beat_schedules.leader import LeaderLock, beat_identity, publish_status
+from beat_schedules.leader import LeaderLock, beat_identity
 from training_tasks.fields import iso, iso_or_none
+from training_tasks.protocol.beat_status import publish_status
 from training_tasks.runtime import Runtime, build_runtime, utc_now
 
 log = logging.getLogger(__name__)

@@ -165,7 +165,8 @@ def _report(bed: Bed) -> dict[str, Any]:
 
 def _beat_ticks(scheduler: DatabaseScheduler, client: Any, ticks: int) -> list[float]:
     """Time `tick()` after handing this beat the lock; its status key shows it dispatched."""
-    from beat_schedules.leader import LOCK_KEY, STATUS_KEY, read_status
+    from beat_schedules.leader import LOCK_KEY
+    from training_tasks.protocol.beat_status import STATUS_KEY, read_status
 
     client.delete(LOCK_KEY, STATUS_KEY)  # as if the last size's beat had died
     times = _timed(scheduler.tick, ticks)
@@ -380,7 +381,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 @contextmanager
 def _beat_keys(url: str) -> Iterator[None]:
     """Refuse a Redis database a beat is using; delete the beat's keys afterwards."""
-    from beat_schedules.leader import LOCK_KEY, STATUS_KEY
+    from beat_schedules.leader import LOCK_KEY
+    from training_tasks.protocol.beat_status import STATUS_KEY
 
     client = redis_lib.Redis.from_url(url, socket_timeout=10)
     taken = [key for key in (LOCK_KEY, STATUS_KEY) if client.exists(key)]

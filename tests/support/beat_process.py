@@ -16,9 +16,10 @@ from pathlib import Path
 
 import redis as redis_lib
 
-from beat_schedules.leader import LOCK_KEY, read_status
+from beat_schedules.leader import LOCK_KEY
 from tests.support.processes import spawn_logged, stop_group, wait_for
 from training_tasks.fields import iso
+from training_tasks.protocol.beat_status import read_status
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TICK_WAIT_S = 30.0

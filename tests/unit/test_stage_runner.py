@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -31,8 +30,8 @@ def rt(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def task() -> Any:
-    """What run_stage reads of a Celery task: its request's worker name and task id."""
-    return SimpleNamespace(request=SimpleNamespace(hostname="w1@host", id=None))
+    """Who runs the stage: a worker by name, with no message behind it."""
+    return stage_runner.StageCall(worker="w1@host")
 
 
 def test_a_stage_that_runs_out_of_memory_fails_its_run_and_no_memory_error_reaches_celery(

@@ -118,13 +118,14 @@ def unavailable(exc: BaseException) -> str | None:
     import redis
     import sqlalchemy.exc
     from alembic.util.exc import CommandError
-    from kombu.exceptions import OperationalError as BrokerError
+
+    from training_tasks.messaging.broker import BrokerUnavailable
 
     if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
         return _database_line(f"cannot be reached: {_first_line(exc.orig or exc)}")
     if isinstance(exc, CommandError):  # Alembic: a schema this version does not know
         return _database_line(f"cannot be migrated: {_first_line(exc)}")
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | BrokerError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | BrokerUnavailable):
         return (
             f"Redis at {_setting('redis_url')} did not answer: {_first_line(exc)}. Start Redis "
             "or point REDIS_URL at it, then run the command again"

@@ -365,7 +365,7 @@ def demo(keep_running: bool, assets: int, days: int) -> None:
     DATABASE_URL is set), generates demo SCADA data for two organizations, starts a worker,
     trains both at once with progress, prints what was deployed and stops what it started.
     """
-    from training_tasks.demo.run import run_demo
+    from training_tasks.cli.demo import run_demo
 
     sys.exit(run_demo(keep_running=keep_running, assets=assets, days=days))
 

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from training_tasks import fields as f
+from training_tasks.config.sql_url import backend_name
 from training_tasks.config.training import check_hyperparameters, check_target_not_feature
 from training_tasks.errors import ConfigError
 
@@ -247,12 +248,9 @@ def _scada(raw: object) -> tuple[str | None, str | None]:
             )
         return None, env
     url = f.string(cfg["url"], f"{name}.url", max_len=2048)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
+        backend = backend_name(url)
+    except ValueError:
         raise ConfigError(
             f"{name}.url", "is not a SQLAlchemy URL (postgresql://..., sqlite:///...)"
         ) from None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from training_tasks.config.sql_url import driver_name
 from training_tasks.errors import SettingsError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -127,21 +128,18 @@ def _redis_url(value: str) -> str:
 def _database_url(value: str | None, base: Path) -> str:
     if not value:
         return f"sqlite:///{base / 'training.db'}"
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        url = make_url(value)
-    except ArgumentError as exc:
-        raise SettingsError("DATABASE_URL", f"not a SQLAlchemy URL ({exc})") from None
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        driver = driver_name(value)
+    except ValueError as exc:
+        raise SettingsError("DATABASE_URL", str(exc)) from None
+    backend = driver.split("+", 1)[0]
+    if backend not in ("sqlite", "postgresql"):
         raise SettingsError(
             "DATABASE_URL",
-            f"backend {url.get_backend_name()!r} is not supported; use postgresql+psycopg://... "
-            "or sqlite:///path",
+            f"backend {backend!r} is not supported; use postgresql+psycopg://... or sqlite:///path",
         )
-    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
-        value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if driver == "postgresql":
+        value = "postgresql+psycopg" + value[len(driver) :]
     return value
 
 

@@ -1,5 +1,6 @@
-"""Demo data and `make run`: a synthetic SCADA sensor history a failure classifier can learn from,
-the embedded Redis server, and the whole job started and stopped in one command. The top layer."""
+"""What `make run` runs on: a synthetic SCADA sensor history a failure classifier can learn from,
+an embedded Redis server, and child processes that die with their parent. `trainctl demo`
+(`training_tasks/cli/demo.py`) drives the whole job. Imports only the bottom layer."""
 
 from training_tasks.demo.scada import (
     ACME_LAYOUT,

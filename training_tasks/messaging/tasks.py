@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from billiard.process import current_process
 from celery import Task, chain
-from celery.exceptions import WorkerLostError
+from celery.exceptions import Ignore, WorkerLostError
 from sqlalchemy.exc import SQLAlchemyError
 
 from training_tasks.db.tables import ACTIVE_STATUSES
@@ -16,7 +18,14 @@ from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.messaging.app import app
 from training_tasks.pipeline import stage_bodies
 from training_tasks.pipeline.alerts import alert_run_end
-from training_tasks.pipeline.stage_runner import run_stage
+from training_tasks.pipeline.stage_runner import (
+    RetryStage,
+    StageCall,
+    StageContext,
+    StageOutcome,
+    StageSkipped,
+    run_stage,
+)
 from training_tasks.pipeline.submit import submit_training
 from training_tasks.protocol.ids import org_queue
 from training_tasks.registry import runs
@@ -52,25 +61,51 @@ def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[
 @app.task(name="training.extract", bind=True, ignore_result=True)
 def extract(self: Task, run_id: str) -> str:
     """Stage 1: SCADA rows of the requested range into Parquet files."""
-    return run_stage(self, run_id, "extract", stage_bodies.extract_body)
+    return _run(self, run_id, "extract", stage_bodies.extract_body)
 
 
 @app.task(name="training.train", bind=True, ignore_result=True)
 def train(self: Task, run_id: str) -> str:
     """Stage 2: the training script in its sandbox; the model filed under its version."""
-    return run_stage(self, run_id, "train", stage_bodies.train_body)
+    return _run(self, run_id, "train", stage_bodies.train_body)
 
 
 @app.task(name="training.validate", bind=True, ignore_result=True)
 def validate(self: Task, run_id: str) -> str:
     """Stage 3: the service's own checks of the exported model."""
-    return run_stage(self, run_id, "validate", stage_bodies.validate_body)
+    return _run(self, run_id, "validate", stage_bodies.validate_body)
 
 
 @app.task(name="training.deploy", bind=True, ignore_result=True)
 def deploy(self: Task, run_id: str) -> str:
     """Stage 4: deploy atomically and publish the hot-swap message."""
-    return run_stage(self, run_id, "deploy", stage_bodies.deploy_body)
+    return _run(self, run_id, "deploy", stage_bodies.deploy_body)
+
+
+def _run(task: Task, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]) -> str:
+    """Run a stage for this task's message; Celery's Ignore and retry for the runner's decisions."""
+    try:
+        return run_stage(_stage_call(task), run_id, stage, body)
+    except StageSkipped as skipped:
+        raise Ignore() from skipped
+    except RetryStage as again:
+        raise task.retry(
+            exc=again.error, countdown=again.countdown_s, max_retries=again.max_attempts
+        ) from None
+
+
+def _stage_call(task: Task) -> StageCall:
+    def show_progress(progress: dict[str, Any]) -> None:
+        # Flower builds its task views from events only, and shows a task-progress event's
+        # result as the task's PROGRESS (a state in the result backend would never show there).
+        task.send_event("task-progress", retry=False, result=json.dumps(progress, sort_keys=True))
+
+    return StageCall(
+        worker=str(task.request.hostname),
+        message_id=task.request.id,
+        show_progress=show_progress,
+        in_pool_process=current_process().name.startswith("ForkPoolWorker"),
+    )
 
 
 @app.task(name="training.on_failure")

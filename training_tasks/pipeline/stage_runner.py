@@ -3,12 +3,14 @@
 A Celery message only wakes up a run that already exists in the database. The task first claims
 the run's lease for its stage; a duplicate or late delivery finds the stage done or the lease
 held by a live worker and stops without doing anything (and without continuing the chain).
+
+Nothing here imports Celery: the task hands in a `StageCall` (who runs the stage and how its
+progress is shown), and turns `StageSkipped` and `RetryStage` into Celery's Ignore and retry.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
@@ -19,9 +21,6 @@ from datetime import timedelta
 from traceback import format_exception
 from typing import Any, NoReturn
 
-from billiard.process import current_process
-from celery import Task
-from celery.exceptions import Ignore
 from sqlalchemy.exc import DBAPIError
 
 from training_tasks.errors import (
@@ -46,6 +45,30 @@ EVENTS_MUTED_S = 10.0  # after a progress event failed to send, the next ones wa
 EXIT_STUCK_STAGE = 75  # a pool process ended because its cancelled stage did not stop
 
 
+@dataclass(frozen=True)
+class StageCall:
+    """The message that started a stage, as far as the stage runner needs it."""
+
+    worker: str  # the worker's node name, e.g. celery@host
+    message_id: str | None = None  # None when no message started the stage (tests, tools)
+    # Shows progress beside the message (Flower); may raise, for instance when the broker is away.
+    show_progress: Callable[[dict[str, Any]], None] | None = None
+    # A worker's pool process, which may end itself to free its slot from a stuck stage.
+    in_pool_process: bool = False
+
+
+class StageSkipped(Exception):
+    """Nothing to do for this delivery (a duplicate, a cancelled run): do not continue the chain."""
+
+
+class RetryStage(Exception):
+    """Run the stage again after `countdown_s` seconds: it failed with a transient `error`."""
+
+    def __init__(self, error: Exception, countdown_s: float, max_attempts: int) -> None:
+        super().__init__(str(error))
+        self.error, self.countdown_s, self.max_attempts = error, countdown_s, max_attempts
+
+
 @dataclass
 class StageOutcome:
     """What a stage hands back: columns to store on the run, and whether the run is finished."""
@@ -65,7 +88,7 @@ class StageContext:
 
 
 def run_stage(
-    task: Task, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
+    call: StageCall, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
 ) -> str:
     """Run `body` for `stage` of `run_id` under the run's lease; returns run_id for the next task.
 
@@ -73,7 +96,7 @@ def run_stage(
     main process, which then exits and stops every other organization's runs with it.
     """
     try:
-        return _run_stage(task, run_id, stage, body)
+        return _run_stage(call, run_id, stage, body)
     except MemoryError:
         pass  # leave the except block first, so the frames that held the memory are freed
     # Outside the stage's body, which fails the run itself; the chain's error handler does here.
@@ -84,11 +107,11 @@ def run_stage(
 
 
 def _run_stage(
-    task: Task, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
+    call: StageCall, run_id: str, stage: str, body: Callable[[StageContext], StageOutcome]
 ) -> str:
     rt = get_runtime()
     check_run_id(run_id)
-    owner = f"{task.request.hostname}/{os.getpid()}/{task.request.id}"
+    owner = f"{call.worker}/{os.getpid()}/{call.message_id}"
     started = rt.now()
     try:
         run = runs.claim_stage(
@@ -96,13 +119,13 @@ def _run_stage(
             run_id,
             stage,
             owner=owner,
-            worker=str(task.request.hostname),
+            worker=call.worker,
             now=started,
             ttl_s=rt.settings.lease_ttl_s,
         )
     except (RunFinished, LeaseHeld) as exc:
         log.info("run %s: %s delivered again, nothing to do (%s)", run_id, stage, exc)
-        raise Ignore() from exc
+        raise StageSkipped(str(exc)) from exc
     if run["cancel_requested_at"] is not None:
         _cancelled(rt, run, stage)
     log.info(
@@ -113,13 +136,13 @@ def _run_stage(
         run["attempt"],
     )
     cancel = threading.Event()
-    ctx = StageContext(rt, run, _progress_sink(task, rt, run_id, stage, cancel), cancel)
-    stuck = functools.partial(_stop_stuck_stage, rt, run, stage, owner)
+    ctx = StageContext(rt, run, _progress_sink(call, rt, run_id, stage, cancel), cancel)
+    stuck = functools.partial(_stop_stuck_stage, call, rt, run, stage, owner)
     with keeper.hold(rt, run_id, owner, cancel, on_stuck=stuck):
         work_started = time.perf_counter()
         outcome, failure = _call(body, ctx, stage)
         if failure is not None:
-            _on_error(task, rt, run, stage, owner, failure, cancel)
+            _on_error(rt, run, stage, owner, failure, cancel)
             raise failure
         assert outcome is not None
         work_s = time.perf_counter() - work_started
@@ -139,7 +162,7 @@ def _run_stage(
     except LeaseHeld as exc:
         # The run was cancelled (or recovered elsewhere) while this stage finished its work.
         log.warning("run %s: %s finished after the run was taken from it (%s)", run_id, stage, exc)
-        raise Ignore() from exc
+        raise StageSkipped(str(exc)) from exc
     except DBAPIError as exc:
         # The work is done but cannot be recorded: leave the lease to expire, and the reaper
         # runs the stage again when the database is back (failing the run needs it too).
@@ -149,7 +172,7 @@ def _run_stage(
             stage,
             str(exc).splitlines()[0],
         )
-        raise Ignore() from exc
+        raise StageSkipped(str(exc)) from exc
     log.info("run %s of %s: %s done", run_id, run["organization_id"], stage)
     if outcome.final_status is not None:
         scratch.clean_after_success(rt, run)
@@ -174,7 +197,9 @@ def _call(
     )
 
 
-def _stop_stuck_stage(rt: Runtime, run: dict[str, Any], stage: str, owner: str) -> None:
+def _stop_stuck_stage(
+    call: StageCall, rt: Runtime, run: dict[str, Any], stage: str, owner: str
+) -> None:
     """A cancelled stage that did not stop by itself: finish the run, then end this pool process.
 
     Called by the lease keeper's thread. The run is marked cancelled first, so the organization
@@ -183,7 +208,7 @@ def _stop_stuck_stage(rt: Runtime, run: dict[str, Any], stage: str, owner: str) 
     """
     if run_control.finish_cancelled(rt.engine, run["id"], stage=stage, now=rt.now(), owner=owner):
         log.warning("run %s of %s cancelled during %s", run["id"], run["organization_id"], stage)
-    if not current_process().name.startswith("ForkPoolWorker"):
+    if not call.in_pool_process:
         log.error(
             "run %s: %s did not stop after its cancel; it ends when it returns", run["id"], stage
         )
@@ -206,11 +231,10 @@ def _cancelled(rt: Runtime, run: dict[str, Any], stage: str) -> NoReturn:
     """Finish a run whose cancel was requested, and end this task without continuing the chain."""
     run_control.finish_cancelled(rt.engine, run["id"], stage=stage, now=rt.now())
     log.warning("run %s of %s cancelled during %s", run["id"], run["organization_id"], stage)
-    raise Ignore()
+    raise StageSkipped(f"run {run['id']} was cancelled")
 
 
 def _on_error(
-    task: Task,
     rt: Runtime,
     run: dict[str, Any],
     stage: str,
@@ -246,7 +270,7 @@ def _on_error(
                     MAX_ATTEMPTS,
                     countdown_s,
                 )
-                raise task.retry(exc=exc, countdown=countdown_s, max_retries=MAX_ATTEMPTS)
+                raise RetryStage(exc, countdown_s, MAX_ATTEMPTS)
         message = f"{message} (gave up after {run['attempt']} attempts)"
     status = "rejected" if isinstance(exc, ValidationRejected) else "failed"
     trace = None if isinstance(exc, TrainingServiceError) else "".join(format_exception(exc))
@@ -279,9 +303,9 @@ def _transient(exc: Exception) -> bool:
 
 
 def _progress_sink(
-    task: Task, rt: Runtime, run_id: str, stage: str, cancel: threading.Event
+    call: StageCall, rt: Runtime, run_id: str, stage: str, cancel: threading.Event
 ) -> Callable[[dict[str, Any]], None]:
-    """Store progress on the run (and send it to Flower as an event), at most twice a second.
+    """Store progress on the run (and show it beside the message, in Flower), at most twice a second.
 
     Outside training (whose process the cancel event stops), a cancelled run stops at its next
     progress report: the extract checks between record batches.
@@ -303,22 +327,19 @@ def _progress_sink(
         except DBAPIError as exc:  # progress is best effort; the stage's own work goes on
             log.warning("run %s: progress not stored (%s)", run_id, str(exc).splitlines()[0])
         shown = {"runId": run_id, **progress}
-        if task.request.id and now >= muted_until[0] and not _show_in_flower(task, shown):
+        if call.message_id and now >= muted_until[0] and not _show(call, shown):
             # The broker is away: each event would wait for its connection timeout.
             muted_until[0] = now + EVENTS_MUTED_S
 
     return report
 
 
-def _show_in_flower(task: Task, progress: dict[str, Any]) -> bool:
-    """Send a `task-progress` event: Flower shows the task as PROGRESS with this as its result.
-
-    Flower builds its task views from events only (a PROGRESS state in the result backend would
-    never show there, and would go stale as stage results are not stored); best effort: returns
-    whether it was sent.
-    """
+def _show(call: StageCall, progress: dict[str, Any]) -> bool:
+    """Best effort: whether the progress could be shown beside the message."""
+    if call.show_progress is None:
+        return True
     try:
-        task.send_event("task-progress", retry=False, result=json.dumps(progress, sort_keys=True))
+        call.show_progress(progress)
     except Exception:
         log.debug("run %s: progress event not sent", progress.get("runId"), exc_info=True)
         return False

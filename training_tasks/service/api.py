@@ -165,7 +165,7 @@ class TrainingService(ScheduleApi):
         """Live model-cache confirmations, or None when Redis does not answer."""
         import redis
 
-        from workers.model_cache import read_replicas
+        from training_tasks.protocol.replicas import read_replicas
 
         try:
             return read_replicas(self.rt.redis, org_id)

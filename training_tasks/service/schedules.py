@@ -120,7 +120,7 @@ class ScheduleApi:
 
     def beat_status(self) -> dict[str, Any] | None:
         """The dispatching beat's last heartbeat, or None if no beat reported lately."""
-        from beat_schedules.leader import read_status
+        from training_tasks.protocol.beat_status import read_status
 
         return read_status(self.rt.redis)
 

@@ -10,10 +10,10 @@ It imports neither Celery nor SQLAlchemy: only redis, onnxruntime, numpy, the st
 and the hot-swap protocol module `training_tasks.protocol.hotswap`.
 """
 
+from training_tasks.protocol.replicas import read_replicas, replicas_key
 from workers.model_cache.cache import ModelCache, Prediction
 from workers.model_cache.errors import ModelCacheError, ModelRejected, ModelUnavailable
 from workers.model_cache.fallback import Fallback, LinkFallback, no_fallback
-from workers.model_cache.replicas import read_replicas, replicas_key
 from workers.model_cache.slots import OrgStats
 
 __all__ = [

@@ -38,9 +38,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from training_tasks.protocol import hotswap
+from training_tasks.protocol import hotswap, replicas
 from training_tasks.protocol.hotswap import Deployment
-from workers.model_cache import replicas
 from workers.model_cache.errors import ModelCacheError, ModelRejected
 from workers.model_cache.fallback import Fallback, LinkFallback
 from workers.model_cache.model import LoadedModel, check_org_id, load_model

@@ -1,4 +1,4 @@
-"""`make run`: the whole job on the embedded default, started and stopped in one command.
+"""`make run` (`trainctl demo`): the whole job on the embedded default, started and stopped in one command.
 
 An embedded Redis (unless REDIS_URL is set), SQLite under ML_BASE_PATH (unless DATABASE_URL
 is set), demo SCADA databases for two organizations, a real Celery worker process, two
@@ -226,11 +226,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
-    from celery import Celery
-
     from training_tasks.cli.views import console
+    from training_tasks.messaging.broker import WorkerProbe
 
-    probe = Celery(broker=redis_url)
+    probe = WorkerProbe(redis_url)
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     with console.status("starting a Celery worker"):
         try:
@@ -239,7 +238,7 @@ def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
                     raise RuntimeError(
                         f"the worker exited with code {proc.returncode}; see ml/demo/worker.log"
                     )
-                if probe.control.ping(destination=[worker_name()], timeout=0.5):
+                if probe.answers(worker_name(), timeout_s=0.5):
                     console.print(f"worker {proc.pid} is up")
                     return
             raise RuntimeError(
