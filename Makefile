@@ -64,7 +64,7 @@ migrate: $(STAMP)
 	$(BIN)/trainctl db upgrade
 
 up:
-	@command -v docker >/dev/null 2>&1 || { echo "make up: docker is not installed; install Docker Engine with its compose plugin, or start the services by hand (README, Running the real services)"; exit 1; }
+	@command -v docker >/dev/null 2>&1 || { echo "make up: docker is not installed; install Docker Engine with its compose plugin, or start the services by hand (docs/operations.md, Running the real services)"; exit 1; }
 	@docker compose version >/dev/null 2>&1 || { echo "make up: docker has no compose plugin (docker compose); install it (Debian/Ubuntu: docker-compose-plugin)"; exit 1; }
 	docker compose up -d --build
 	@echo "Flower: http://127.0.0.1:5555   prediction service: http://127.0.0.1:8080/health   trainctl: docker compose exec worker trainctl --help"

@@ -2,7 +2,7 @@
 
 A SCADA table in PostgreSQL, an organization registered with the CLI, training requested by a
 Celery client that sends `training.submit` by name with camelCase JSON, and a worker started as
-the README says. What a user would check: the deployed ONNX model scores unseen rows, the Redis
+docs/operations.md says. What a user would check: the deployed ONNX model scores unseen rows, the Redis
 key and message match the database, and the CLI shows the run.
 """
 

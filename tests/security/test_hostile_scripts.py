@@ -3,7 +3,7 @@
 Every attack runs through the train stage as an organization's own script would, fails the run
 with a reason that names the limit it hit, leaves no process behind, and the next, normal
 training succeeds. Attacks that need the kernel's namespaces skip, saying so, on a host that
-does not allow them (the sandbox then logs a warning; see the README's "Security" section).
+does not allow them (the sandbox then logs a warning; see docs/security.md).
 The last test sends three attacks through a real worker.
 """
 
