@@ -1,5 +1,8 @@
 """Celery settings, read from the environment. Importing this module has no side effects.
 
+Variables are read with the service's own checked readers (training_tasks.config.settings), so a
+bad value stops start-up with a SettingsError naming the variable, as the service's settings do.
+
 Training tasks run for minutes to hours, so: acknowledge late (a task lost with its worker is
 delivered again), prefetch one message at a time, and keep Redis's visibility timeout longer than
 the longest allowed training, or Redis would hand a still-running task to a second worker.
@@ -7,7 +10,9 @@ the longest allowed training, or Redis would hand a still-running task to a seco
 
 import os
 
-broker_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+from training_tasks.config.settings import DEFAULT_TRAINING_TIMEOUT_S, read_positive, read_redis_url
+
+broker_url = read_redis_url(os.environ)
 # kombu's Redis transport, except that an item on a queue that is not a Celery message is
 # dropped with a log line instead of stopping the worker, and that the worker survives Redis
 # being restarted under it (training_tasks/messaging/broker_transport.py).
@@ -16,10 +21,10 @@ result_backend = broker_url
 
 # The longest a training subprocess may run (TRAINING_TIMEOUT_S), plus room for extract and
 # validate; a redelivered message is also harmless (the run's lease), but should be rare.
-_longest_training_s = float(os.environ.get("TRAINING_TIMEOUT_S") or 7200)
+_longest_training_s = read_positive(os.environ, "TRAINING_TIMEOUT_S", DEFAULT_TRAINING_TIMEOUT_S)
 _backstop_s = int(_longest_training_s + 3600)
 # BROKER_VISIBILITY_TIMEOUT_S overrides it (tests use a few seconds to provoke redelivery).
-visibility_timeout_s = int(float(os.environ.get("BROKER_VISIBILITY_TIMEOUT_S") or _backstop_s))
+visibility_timeout_s = int(read_positive(os.environ, "BROKER_VISIBILITY_TIMEOUT_S", _backstop_s))
 broker_transport_options = {
     "visibility_timeout": visibility_timeout_s,
     # Each attempt to reach a Redis that is down or unreachable gives up after this, so the
@@ -105,4 +110,4 @@ enable_utc = True
 # Beat fires organizations' schedules from the database (beat_schedules/scheduler.py). It sleeps
 # until the next slot but never longer than this, so edits take effect within seconds.
 beat_scheduler = "beat_schedules.scheduler:DatabaseScheduler"
-beat_max_loop_interval = float(os.environ.get("BEAT_MAX_INTERVAL_S") or 5)
+beat_max_loop_interval = read_positive(os.environ, "BEAT_MAX_INTERVAL_S", 5.0)

@@ -19,8 +19,9 @@ from training_tasks.config.org import parse_org_config
 from training_tasks.config.settings import Settings
 from training_tasks.errors import ConfigError
 from training_tasks.pipeline import alerts
-from training_tasks.pipeline.alerts import ALERT_CHANNEL, Alert, display_url, send_alert
+from training_tasks.pipeline.alerts import ALERT_CHANNEL, Alert, send_alert
 from training_tasks.protocol.paths import ModelStore
+from training_tasks.redaction import display_url
 from training_tasks.runtime import Runtime
 
 VERSION = "v2026-06-01T12-00-00-000Z_a1b2c3d4"

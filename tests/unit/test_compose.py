@@ -156,7 +156,7 @@ def variables_read() -> dict[str, frozenset[str]]:
 
 def _names_read(node: ast.AST) -> list[str]:
     """`os.environ.get("X")`, `env.get("X")`, `os.getenv("X")`, `os.environ["X"]`,
-    `_positive(env, "X", ...)` (a helper handed the environment), and the names in the sandbox's
+    `read_positive(env, "X", ...)` (a helper handed the environment), and the names in the sandbox's
     `ENV_ALLOWED`, which the worker passes on to the training script (OMP_NUM_THREADS)."""
     found: list[ast.expr] = []
     if isinstance(node, ast.Call):
@@ -298,7 +298,7 @@ def test_the_scan_of_the_source_finds_variables_read_in_each_way() -> None:
     reads = variables_read()
     assert {"training_tasks/config/settings.py", "celeryconfig.py"} <= reads["TRAINING_TIMEOUT_S"]
     assert "training_tasks/config/settings.py" in reads["ALERT_WEBHOOK_URL"]  # _http_url(env, ...)
-    assert "celeryconfig.py" in reads["BEAT_MAX_INTERVAL_S"]  # os.environ.get(...)
+    assert "celeryconfig.py" in reads["BEAT_MAX_INTERVAL_S"]  # read_positive(os.environ, ...)
     assert "training_tasks/sandbox/runner.py" in reads["OMP_NUM_THREADS"]  # passed on to training
     assert "POSTGRES_PASSWORD" not in reads
 

@@ -1,6 +1,9 @@
 """Organization ids, version ids and environment settings are checked before any use."""
 
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,6 +77,45 @@ def test_a_bad_environment_variable_is_named(env: dict, name: str) -> None:
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
     assert err.value.field == name
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "unit"),
+    [
+        ("MIN_FREE_DISK_MB", "lots", "a number of megabytes (MB)"),
+        ("RUN_STALL_S", "five minutes", "a number of seconds"),
+        ("TRAINING_TIMEOUT_S", "inf", "a number of seconds"),
+    ],
+)
+def test_a_variable_that_is_not_a_number_is_named_with_its_unit(
+    name: str, value: str, unit: str
+) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    assert err.value.field == name
+    assert err.value.problem == f"{value!r} is not {unit}"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRAINING_TIMEOUT_S", "abc"),
+        ("BROKER_VISIBILITY_TIMEOUT_S", "-1"),
+        ("BEAT_MAX_INTERVAL_S", "soon"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+    ],
+)
+def test_celeryconfig_alone_refuses_a_bad_variable_naming_it(name: str, value: str) -> None:
+    # A fresh interpreter with nothing else set, so only celeryconfig reads the environment.
+    done = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig"],
+        env={"PATH": os.defpath, name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"SettingsError: {name}: " in done.stderr
 
 
 def test_a_plain_postgresql_url_gets_the_psycopg_driver() -> None:

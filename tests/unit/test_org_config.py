@@ -2,8 +2,9 @@
 
 import pytest
 
-from training_tasks.config.org import mask_url, parse_org_config
+from training_tasks.config.org import parse_org_config
 from training_tasks.errors import ConfigError
+from training_tasks.redaction import mask_url
 
 BASE = {
     "mlModelConfig": {"featureColumns": ["temperature"], "targetColumn": "failure"},
@@ -72,8 +73,6 @@ def test_mask_url_hides_only_the_password() -> None:
 
 
 def test_a_password_is_masked_also_without_a_user_name() -> None:
-    from training_tasks.config.org import mask_url
-
     assert mask_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert mask_url("postgresql://scada:s3cret@db/plant") == "postgresql://scada:***@db/plant"
 

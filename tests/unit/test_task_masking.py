@@ -10,14 +10,11 @@ from celery.worker.request import Request
 
 from training_tasks.messaging.app import app
 from training_tasks.messaging.task_masking import (
-    MASK,
-    is_secret_key,
     mask_received_request,
     mask_task_headers,
-    mask_text,
-    masked,
     masked_repr,
 )
+from training_tasks.redaction import MASK, is_secret_key, mask_text, masked
 
 SECRET = "hunter2"
 REQUEST = {

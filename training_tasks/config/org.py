@@ -13,6 +13,7 @@ from training_tasks import fields as f
 from training_tasks.config.sql_url import backend_name
 from training_tasks.config.training import check_hyperparameters, check_target_not_feature
 from training_tasks.errors import ConfigError
+from training_tasks.redaction import mask_url
 
 ORG_KEYS = (
     "organizationId",
@@ -210,11 +211,6 @@ def parse_schedule(raw: object) -> dict[str, Any]:
     cron = CronSchedule.parse(sched.get("pattern"), sched.get("timezone", "UTC"), field=name)
     enabled = f.boolean(sched.get("enabled", True), f"{name}.enabled")
     return {"pattern": cron.pattern, "timezone": cron.timezone, "enabled": enabled}
-
-
-def mask_url(url: str) -> str:
-    """A connection URL with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _thresholds(raw: object, name: str) -> dict[str, Any]:

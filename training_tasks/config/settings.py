@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from training_tasks.config.sql_url import driver_name
 from training_tasks.errors import SettingsError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_TRAINING_TIMEOUT_S = 7200.0
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 NODE_ENVS = ("development", "production", "test")
 # After beat was down: run the latest missed slot once (the others are recorded as skipped), or
@@ -20,6 +22,9 @@ NODE_ENVS = ("development", "production", "test")
 MISSED_SLOT_POLICIES = ("latest", "skip")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_SCRIPT = PROJECT_ROOT / "ml" / "scripts" / "train_model.py"
+# What a number read from the environment counts, told by the variable's suffix (names carry
+# units); a variable without one of these suffixes holds a plain number.
+UNIT_SUFFIXES = {"_S": "seconds", "_MB": "megabytes (MB)"}
 
 
 @dataclass(frozen=True)
@@ -81,20 +86,20 @@ class Settings:
             ml_base_path=base,
             python_env=_python_env(env.get("PYTHON_ENV")),
             debug=node_env == "development",
-            redis_url=_redis_url(env.get("REDIS_URL") or DEFAULT_REDIS_URL),
+            redis_url=read_redis_url(env),
             database_url=_database_url(env.get("DATABASE_URL"), base),
-            training_timeout_s=_positive(env, "TRAINING_TIMEOUT_S", 7200.0),
-            lease_ttl_s=_positive(env, "RUN_LEASE_TTL_S", 60.0),
-            org_queue_poll_s=_positive(env, "ORG_QUEUE_POLL_S", 2.0),
-            beat_lock_ttl_s=_positive(env, "BEAT_LOCK_TTL_S", 30.0),
+            training_timeout_s=read_positive(env, "TRAINING_TIMEOUT_S", DEFAULT_TRAINING_TIMEOUT_S),
+            lease_ttl_s=read_positive(env, "RUN_LEASE_TTL_S", 60.0),
+            org_queue_poll_s=read_positive(env, "ORG_QUEUE_POLL_S", 2.0),
+            beat_lock_ttl_s=read_positive(env, "BEAT_LOCK_TTL_S", 30.0),
             schedule_missed_slots=_choice(env, "SCHEDULE_MISSED_SLOTS", MISSED_SLOT_POLICIES),
-            schedule_grace_s=_positive(env, "SCHEDULE_GRACE_S", 300.0),
+            schedule_grace_s=read_positive(env, "SCHEDULE_GRACE_S", 300.0),
             alert_webhook_url=_http_url(env, "ALERT_WEBHOOK_URL"),
-            alert_webhook_timeout_s=_positive(env, "ALERT_WEBHOOK_TIMEOUT_S", 5.0),
-            reaper_interval_s=_positive(env, "REAPER_INTERVAL_S", 15.0),
-            run_stall_s=_positive(env, "RUN_STALL_S", 300.0),
-            retry_backoff_s=_positive(env, "RETRY_BACKOFF_S", 5.0),
-            min_free_disk_mb=_positive(env, "MIN_FREE_DISK_MB", 1024.0),
+            alert_webhook_timeout_s=read_positive(env, "ALERT_WEBHOOK_TIMEOUT_S", 5.0),
+            reaper_interval_s=read_positive(env, "REAPER_INTERVAL_S", 15.0),
+            run_stall_s=read_positive(env, "RUN_STALL_S", 300.0),
+            retry_backoff_s=read_positive(env, "RETRY_BACKOFF_S", 5.0),
+            min_free_disk_mb=read_positive(env, "MIN_FREE_DISK_MB", 1024.0),
             master_keys=_master_keys(env),
         )
 
@@ -114,7 +119,9 @@ def _python_env(value: str | None) -> str:
     return str(path)
 
 
-def _redis_url(value: str) -> str:
+def read_redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL (broker, results and pub/sub), checked; the local default when it is unset."""
+    value = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     scheme = urlparse(value).scheme
     if scheme not in REDIS_SCHEMES:
         raise SettingsError(
@@ -146,7 +153,7 @@ def _database_url(value: str | None, base: Path) -> str:
 def _master_keys(env: Mapping[str, str]) -> str | None:
     raw = env.get("ML_MASTER_KEYS") or None
     if raw is not None:
-        from training_tasks.protocol.keyring import parse_master_keys
+        from training_tasks.protocol.keyring import parse_master_keys  # cryptography: only if set
 
         parse_master_keys(raw)  # a bad key fails start-up, naming the entry but not the key
     return raw
@@ -166,14 +173,22 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+def read_positive(env: Mapping[str, str], name: str, default: float) -> float:
+    """The number in variable `name`, checked to be greater than 0; `default` if unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
+        value = math.nan  # refused below, as "nan" and "inf" are
+    if not math.isfinite(value):
+        raise SettingsError(name, f"{raw!r} is not {_a_number_of(name)}")
     if value <= 0:
         raise SettingsError(name, f"must be greater than 0, got {raw}")
     return value
+
+
+def _a_number_of(name: str) -> str:
+    units = [unit for suffix, unit in UNIT_SUFFIXES.items() if name.endswith(suffix)]
+    return f"a number of {units[0]}" if units else "a number"

@@ -5,8 +5,9 @@ Celery shows a task's arguments through the reprs `argsrepr` and `kwargsrepr`: t
 `task-received` event, `celery inspect` and its log records' extra data repeat them. A client
 may put a secret into a request by mistake (a SCADA URL with its password, a token). Here the
 reprs are rebuilt from the real arguments with the value under every secret-looking key
-replaced by `***` and the password of every `scheme://user:pass@host` string masked. The
-arguments themselves (the message body) are never changed.
+replaced by `***` and the password of every `scheme://user:pass@host` string masked (the rules
+are `training_tasks.redaction.masked`). The arguments themselves (the message body) are never
+changed.
 
 A secret can enter through three doors, so there are three hooks, all idempotent:
 
@@ -20,78 +21,17 @@ A secret can enter through three doors, so there are three hooks, all idempotent
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from typing import Any
 
 from celery.app.amqp import AMQP
 from celery.signals import before_task_publish, task_received
 from celery.utils.saferepr import saferepr
 
-from training_tasks.config.org import mask_url
+from training_tasks.redaction import masked
 
-MASK = "***"
 # Celery's own limits for argsrepr/kwargsrepr (AMQP.argsrepr_maxsize, task_repr_maxlevels).
 REPR_MAX_CHARS = 1024
 REPR_MAX_LEVELS = 3
-# Deeper than this a value is not looked into but hidden whole.
-MAX_DEPTH = 32
-
-SECRET_WORDS = frozenset(
-    {
-        "password",
-        "passwd",
-        "pwd",
-        "pass",
-        "passphrase",
-        "secret",
-        "token",
-        "key",
-        "apikey",
-        "credential",
-        "credentials",
-        "auth",
-        "authorization",
-    }
-)
-_KEY_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
-# mask_url needs a user name; Redis URLs usually have none: redis://:password@host:6379/0.
-_EMPTY_USER_PASSWORD = re.compile(r"(://:)[^@/\s]+@")
-# libpq keyword strings (`host=h password=p`) and query strings (`?token=t&x=1`).
-_KEYWORD_SECRET = re.compile(
-    r"(?i)(?<![\w-])((?:[\w-]*[_-])?(?:password|passwd|pwd|secret|token|api[_-]?key"
-    r"|access[_-]?key))(\s*=\s*)('[^']*'|\"[^\"]*\"|[^\s&;,'\"]+)"
-)
-
-
-def is_secret_key(key: object) -> bool:
-    """Whether a mapping key names a secret: a word of it is password, token, key, ..."""
-    if not isinstance(key, str):
-        return False
-    return any(word.lower() in SECRET_WORDS for word in _KEY_WORDS.findall(key))
-
-
-def mask_text(text: str) -> str:
-    """`text` with URL passwords and `password=...`-style values replaced by ***."""
-    text = _EMPTY_USER_PASSWORD.sub(rf"\1{MASK}@", mask_url(text))
-    return _KEYWORD_SECRET.sub(rf"\1\2{MASK}", text)
-
-
-def masked(value: Any, _depth: int = 0) -> Any:
-    """A copy of `value` (JSON-like data) that is safe to show: secrets replaced by ***."""
-    if isinstance(value, str):
-        return mask_text(value)
-    if _depth >= MAX_DEPTH:
-        return MASK
-    if isinstance(value, Mapping):
-        return {
-            k: MASK if is_secret_key(k) and v is not None else masked(v, _depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        items = [masked(v, _depth + 1) for v in value]
-        return tuple(items) if isinstance(value, tuple) else items
-    return value
 
 
 def masked_repr(value: Any, maxlen: int = REPR_MAX_CHARS, maxlevels: int = REPR_MAX_LEVELS) -> str:
