@@ -22,7 +22,9 @@ from celery.beat import Scheduler
 from beat_schedules.dispatch import Dispatcher, Policy, TickReport
 from beat_schedules.leader import LeaderLock, beat_identity
 from training_tasks.fields import iso, iso_or_none
+from training_tasks.messaging.tasks import enqueue_chain
 from training_tasks.protocol.beat_status import publish_status
+from training_tasks.redaction import mask_url
 from training_tasks.runtime import Runtime, build_runtime, utc_now
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,6 @@ class DatabaseScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         super().setup_schedule()
-        from training_tasks.messaging.tasks import enqueue_chain
-
         rt = self._runtime or build_runtime()
         self._runtime = rt
         settings = rt.settings
@@ -59,7 +59,7 @@ class DatabaseScheduler(Scheduler):
         log.info(
             "beat %s: schedules from %s, missed slots policy %r, lock TTL %g s, tick at most %g s",
             self._identity,
-            _masked(settings.database_url),
+            mask_url(settings.database_url),
             policy.missed,
             settings.beat_lock_ttl_s,
             self.max_interval,
@@ -102,7 +102,7 @@ class DatabaseScheduler(Scheduler):
     @property
     def info(self) -> str:
         return (
-            f"    . db -> {_masked(self._runtime.settings.database_url) if self._runtime else '?'}"
+            f"    . db -> {mask_url(self._runtime.settings.database_url) if self._runtime else '?'}"
         )
 
     def _publish(self, now: datetime, next_at: datetime | None, report: TickReport) -> None:
@@ -123,9 +123,3 @@ class DatabaseScheduler(Scheduler):
         if time.monotonic() - self._last_error_log >= ERROR_LOG_EVERY_S:
             self._last_error_log = time.monotonic()
             log.error("beat %s could not dispatch schedules: %s; retrying", self._identity, exc)
-
-
-def _masked(url: str) -> str:
-    from training_tasks.config.org import mask_url
-
-    return mask_url(url)

@@ -1,9 +1,9 @@
 """Multi-tenant training service. Packages, each importing only the ones below it (make lint):
 
 cli, demo > service > messaging > pipeline > stages, sandbox > registry, runtime > db > config >
-protocol > errors, fields, files. `celery -A training_tasks` finds the app through `app`; it is
-imported lazily so that light modules (`training_tasks.client`, `training_tasks.protocol`) stay
-cheap to import.
+protocol > errors, fields, files, redaction. `celery -A training_tasks` finds the app through
+`app`; it is imported lazily so that light modules (`training_tasks.client`,
+`training_tasks.protocol`) stay cheap to import.
 """
 
 from typing import Any

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from sqlalchemy import Engine
 
 from training_tasks.config.settings import Settings
+from training_tasks.db.engine import make_engine, migrate
 from training_tasks.protocol.paths import ModelStore
 
 
@@ -39,10 +41,6 @@ class Runtime:
 
 def build_runtime(settings: Settings | None = None, *, migrate_schema: bool = True) -> Runtime:
     """Connect to the configured database and Redis (migrating the schema if asked)."""
-    import redis
-
-    from training_tasks.db.engine import make_engine, migrate
-
     settings = settings or Settings.from_env()
     engine = make_engine(settings.database_url)
     if migrate_schema:

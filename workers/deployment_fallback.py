@@ -29,6 +29,7 @@ _STATEMENT_TIMEOUT_MS = 5000
 
 def registered_deployment(engine: Any, store: ModelStore, org_id: str) -> Deployment | None:
     """The organization's deployment as the registry holds it; None if nothing is deployed."""
+    # SQLAlchemy: only for --fallback database (a prediction service embedding the cache never).
     from training_tasks.registry import orgs, versions
     from training_tasks.stages.deploy import registered
 
@@ -88,7 +89,7 @@ def open_fallback(kind: str, database_url: str, ml_base_path: str | Path) -> Ite
 
 
 def _engine(database_url: str) -> Any:
-    from training_tasks.db.engine import make_engine
+    from training_tasks.db.engine import make_engine  # SQLAlchemy: as above
 
     if not database_url.startswith("postgresql"):
         return make_engine(database_url)

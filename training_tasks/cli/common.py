@@ -17,8 +17,11 @@ from typing import Any
 
 import click
 
+from training_tasks.config.json_input import load_object
+from training_tasks.config.settings import Settings
 from training_tasks.errors import ConfigError, SettingsError, TrainingServiceError
 from training_tasks.fields import SHOWN_CHARS, shown
+from training_tasks.redaction import mask_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 130
 MAX_CONFIG_FILE_BYTES = 1 << 20  # a config names columns and settings; 1 MiB is far more
@@ -37,7 +40,7 @@ class InputFileError(click.ClickException):
 
 
 def _service() -> Any:
-    from training_tasks.service.api import TrainingService
+    from training_tasks.service.api import TrainingService  # Celery, SQLAlchemy: not for --help
 
     return TrainingService()
 
@@ -75,8 +78,6 @@ def read_json_object(path: Path, what: str, option: str = "--config") -> dict[st
         raise InputFileError(
             f"{where} is not UTF-8 text (byte {exc.start:,} is not); save it as UTF-8 JSON"
         ) from None
-    from training_tasks.config.json_input import load_object
-
     try:
         return load_object(text, what)
     except ConfigError as exc:
@@ -116,14 +117,14 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> int:
 def unavailable(exc: BaseException) -> str | None:
     """What to say when the database, Redis or a file cannot be used; None for anything else."""
     import redis
-    import sqlalchemy.exc
-    from alembic.util.exc import CommandError
 
+    # SQLAlchemy and kombu: only on this error path.
+    from training_tasks.db.errors import DATABASE_UNREACHABLE, is_migration_error
     from training_tasks.messaging.broker import BrokerUnavailable
 
-    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+    if isinstance(exc, DATABASE_UNREACHABLE):
         return _database_line(f"cannot be reached: {_first_line(exc.orig or exc)}")
-    if isinstance(exc, CommandError):  # Alembic: a schema this version does not know
+    if is_migration_error(exc):  # Alembic: a schema this version does not know
         return _database_line(f"cannot be migrated: {_first_line(exc)}")
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | BrokerUnavailable):
         return (
@@ -169,9 +170,6 @@ def _database_line(problem: str) -> str:
 
 def _setting(name: str) -> str:
     """A connection URL of the settings with its password masked (the variable if unreadable)."""
-    from training_tasks.config.org import mask_url
-    from training_tasks.config.settings import Settings
-
     try:
         url = str(getattr(Settings.from_env(), name))
     except TrainingServiceError:

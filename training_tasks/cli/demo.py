@@ -8,18 +8,30 @@ trainings at once with live progress, and a table of what was deployed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from training_tasks.cli.views import console, deployed_table, follow_runs
 from training_tasks.config.settings import Settings
+from training_tasks.demo import scada
 from training_tasks.demo.child_process import die_with_parent
+from training_tasks.demo.embedded_redis import EmbeddedRedis
+from training_tasks.errors import NotFoundError
+from training_tasks.messaging.broker import WorkerProbe
+from training_tasks.redaction import mask_url
+from training_tasks.service.api import TrainingService
+from workers.prediction_service import PredictionService
 
 DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO_DAYS = 120
@@ -35,7 +47,6 @@ def run_demo(
     *, keep_running: bool = False, assets: int = DEMO_ASSETS, days: int = DEMO_DAYS
 ) -> int:
     """Run the demo end to end; returns the process exit code (0 if both orgs deployed)."""
-    from training_tasks.cli.views import console
 
     base = Path(os.environ.get("ML_BASE_PATH") or "./ml").resolve()
     # SIGTERM or a closed terminal unwinds like Ctrl-C, so the worker and Redis are stopped.
@@ -46,9 +57,8 @@ def run_demo(
         os.environ.setdefault("ML_BASE_PATH", str(base))
         settings = Settings.from_env()
         console.print(
-            f"[bold]Redis[/] {redis_url}   [bold]database[/] {_masked(settings.database_url)}"
+            f"[bold]Redis[/] {redis_url}   [bold]database[/] {mask_url(settings.database_url)}"
         )
-        from training_tasks.service.api import TrainingService
 
         svc = TrainingService()
         orgs = _prepare_demo_orgs(svc, base / "demo", assets, days)
@@ -58,8 +68,6 @@ def run_demo(
 
 
 def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool, days: int) -> int:
-    from training_tasks.cli.views import console, deployed_table, follow_runs
-    from workers.prediction_service import PredictionService
 
     data_range = {
         "startDate": DEMO_START.isoformat().replace("+00:00", "Z"),
@@ -103,7 +111,6 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def _report(svc: Any, prediction: Any, result: dict[str, Any]) -> None:
     """Where the deployed files are, and the prediction service answering with the new model."""
-    from training_tasks.cli.views import console
 
     org, version = result["organizationId"], result["version"]
     if not result["success"]:
@@ -119,9 +126,6 @@ def _report(svc: Any, prediction: Any, result: dict[str, Any]) -> None:
 
 def _ask(port: int, org_id: str) -> str:
     """One prediction request to the reference service, described in words."""
-    import json
-    import urllib.error
-    import urllib.request
 
     body = json.dumps({"rows": [DEMO_ROW]}).encode()
     request = urllib.request.Request(
@@ -139,9 +143,6 @@ def _ask(port: int, org_id: str) -> str:
 
 
 def _prepare_demo_orgs(svc: Any, demo_dir: Path, assets: int, days: int) -> list[str]:
-    from training_tasks.cli.views import console
-    from training_tasks.demo import scada
-    from training_tasks.errors import NotFoundError
 
     demo_dir.mkdir(parents=True, exist_ok=True)
     layouts = {"acme-corp": scada.ACME_LAYOUT, "globex": scada.GLOBEX_LAYOUT}
@@ -171,7 +172,6 @@ def _embedded_redis_unless_set(base: Path) -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    from training_tasks.demo.embedded_redis import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url
@@ -209,7 +209,6 @@ def _worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[byt
 
 def worker_name() -> str:
     """This demo's worker node name, so readiness is asked of our worker and no other."""
-    import socket
 
     return f"demo-{os.getpid()}@{socket.gethostname()}"
 
@@ -226,8 +225,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
-    from training_tasks.cli.views import console
-    from training_tasks.messaging.broker import WorkerProbe
 
     probe = WorkerProbe(redis_url)
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
@@ -246,9 +243,3 @@ def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
             )
         finally:
             probe.close()
-
-
-def _masked(url: str) -> str:
-    from training_tasks.config.org import mask_url
-
-    return mask_url(url)

@@ -114,7 +114,7 @@ def train(
     org_id: str, config_path: Path | None, wait: bool, timeout_s: float | None, as_json: bool
 ) -> None:
     """Start training ORG_ID now."""
-    from training_tasks.cli.views import follow_runs, print_result
+    from training_tasks.cli.views import follow_runs, print_result  # rich, the service: 0.5 s
 
     request = read_json_object(config_path, "a training config") if config_path else None
     svc = _service()
@@ -136,7 +136,7 @@ def train(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(org_id: str, as_json: bool) -> None:
     """Show the deployed version and the latest run of ORG_ID."""
-    from training_tasks.cli.views import print_status
+    from training_tasks.cli.views import print_status  # rich, the service: 0.5 s
 
     doc = _service().get_training_status(org_id)
     _echo_json(doc) if as_json else print_status(doc)
@@ -200,6 +200,7 @@ def serve(
     Redis and swaps models without failing a request. While Redis holds no announcement of an
     organization (restarted empty, flushed), it serves what --fallback finds. Stop it with Ctrl-C.
     """
+    # onnxruntime (about 0.9 s): only for this command.
     from workers.deployment_fallback import open_fallback
     from workers.prediction_service import serve as run_service
 
@@ -229,7 +230,7 @@ def serve(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def history(org_id: str, limit: int, as_json: bool) -> None:
     """Show the training log of ORG_ID: start, end, status, stage, metrics, error."""
-    from training_tasks.cli.views import print_history
+    from training_tasks.cli.views import print_history  # rich, the service: 0.5 s
 
     runs = _service().get_training_history(org_id, limit)
     _echo_json(runs) if as_json else print_history(org_id, runs)
@@ -240,7 +241,7 @@ def history(org_id: str, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def versions(org_id: str, as_json: bool) -> None:
     """List model versions of ORG_ID with their validation result and which one is deployed."""
-    from training_tasks.cli.views import print_versions
+    from training_tasks.cli.views import print_versions  # rich, the service: 0.5 s
 
     rows = _service().list_versions(org_id)
     _echo_json(rows) if as_json else print_versions(org_id, rows)
@@ -291,7 +292,7 @@ def validate(org_id: str, model_path: Path, as_json: bool) -> None:
     holdout of the organization's latest run that still has its extracted data; nothing is
     recorded. Exits 1 when the model is rejected.
     """
-    from training_tasks.cli.views import print_validation
+    from training_tasks.cli.views import print_validation  # rich, the service: 0.5 s
 
     report = _service().validate_model(org_id, model_path)
     _echo_json(report) if as_json else print_validation(report)
@@ -316,7 +317,7 @@ def gc(org_id: str | None, keep: int, dry_run: bool, as_json: bool) -> None:
     queued or running runs. For the rest the model file, the deployed copy and the artifacts
     folder are deleted, and the version is marked `removed` in the database and audited.
     """
-    from training_tasks.cli.views import print_removals
+    from training_tasks.cli.views import print_removals  # rich, the service: 0.5 s
 
     removed = _service().collect_garbage(org_id, keep=keep, dry_run=dry_run, actor="cli")
     _echo_json(removed) if as_json else print_removals(removed, dry_run=dry_run)
@@ -347,7 +348,10 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply the Alembic migrations to DATABASE_URL (safe to run again)."""
     from training_tasks.config.settings import Settings
-    from training_tasks.db.engine import make_engine, migrate
+    from training_tasks.db.engine import (  # SQLAlchemy, Alembic: this command only
+        make_engine,
+        migrate,
+    )
 
     settings = Settings.from_env()
     migrate(make_engine(settings.database_url))
@@ -365,7 +369,7 @@ def demo(keep_running: bool, assets: int, days: int) -> None:
     DATABASE_URL is set), generates demo SCADA data for two organizations, starts a worker,
     trains both at once with progress, prints what was deployed and stops what it started.
     """
-    from training_tasks.cli.demo import run_demo
+    from training_tasks.cli.demo import run_demo  # the service, the demo data, pandas
 
     sys.exit(run_demo(keep_running=keep_running, assets=assets, days=days))
 

@@ -25,6 +25,8 @@ def metrics_command(host: str, port: int) -> None:
     metrics are Flower's /metrics. Stop it with Ctrl-C.
     """
     from training_tasks.config.settings import Settings
+
+    # SQLAlchemy and prometheus_client: loaded for this command only, not for `trainctl --help`.
     from training_tasks.db.engine import make_engine
     from training_tasks.registry.metrics import make_metrics_server
 

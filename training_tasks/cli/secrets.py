@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from training_tasks.cli.common import _service
+from training_tasks.protocol.keyring import Keyring, generate_key
 
 ROTATION_STEPS = (
     "To rotate: put the new entry first in ML_MASTER_KEYS and keep the old ones after it, "
@@ -22,8 +23,6 @@ def secrets() -> None:
 @click.option("--id", "key_id", default=None, help="Key id (default: k<date>-<4 hex digits>).")
 def new_key(key_id: str | None) -> None:
     """Print a fresh keyid:base64 entry for ML_MASTER_KEYS (32 random bytes)."""
-    from training_tasks.protocol.keyring import generate_key
-
     try:
         entry = generate_key(key_id)
     except ValueError as exc:
@@ -40,8 +39,7 @@ def reencrypt() -> None:
     URL cannot be decrypted (its key is no longer listed), nothing changes and the organization
     is named.
     """
-    from training_tasks.protocol.keyring import Keyring
-    from training_tasks.registry.orgs import reencrypt_scada_urls
+    from training_tasks.registry.orgs import reencrypt_scada_urls  # SQLAlchemy: this command only
 
     svc = _service()
     try:

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from training_tasks.service.api import FINISHED, TrainingHandle
+from training_tasks.registry.rows import FINISHED_STATUSES
+from training_tasks.service.api import TrainingHandle
 
 # Piped output gets a wide fixed width, so tables never fold version ids for grep and scripts.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -49,7 +50,7 @@ def follow_runs(
                     continue
                 summary = latest[handle.run_id] = handle.status()
                 _update(bar, ids[handle.run_id], summary)
-                if summary["status"] in FINISHED:
+                if summary["status"] in FINISHED_STATUSES:
                     results[handle.run_id] = summary
             pending = len(results) < len(handles)
             if pending and deadline is not None and time.monotonic() > deadline:
@@ -80,7 +81,7 @@ def _update(bar: Progress, task: TaskID, summary: dict[str, Any]) -> None:
     if stage == "train" and progress.get("total"):
         it, total = int(progress.get("iteration") or 0), int(progress["total"])
         detail, completed = f"iteration {it}/{total}", 10 + 80 * it / max(total, 1)
-    if status in FINISHED:
+    if status in FINISHED_STATUSES:
         completed, stage = 100.0, status
         detail = summary.get("version") or ""
         if not summary["success"]:

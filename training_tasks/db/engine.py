@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+__all__ = ["Engine", "alembic_config", "make_engine", "migrate"]
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 

@@ -33,9 +33,6 @@ metadata = MetaData(
     }
 )
 
-ACTIVE_STATUSES = ("queued", "running")
-FINISHED_STATUSES = ("succeeded", "validated", "rejected", "failed", "cancelled")
-
 
 class UtcDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on every backend (SQLite keeps no zone)."""
@@ -112,6 +109,7 @@ training_runs = Table(
     Index("ix_training_runs_org_queued", "organization_id", "queued_at"),
     Index("ix_training_runs_waiting_since", "waiting_since"),
     # At most one queued or running run per organization, enforced by the database itself.
+    # (The statuses are `registry.rows.ACTIVE_STATUSES`, spelt out as the migrations spell them.)
     Index(
         "uq_training_runs_active_org",
         "organization_id",

@@ -11,11 +11,12 @@ from typing import Any
 from billiard.process import current_process
 from celery import Task, chain
 from celery.exceptions import Ignore, WorkerLostError
-from sqlalchemy.exc import SQLAlchemyError
+from kombu.exceptions import ChannelError
 
-from training_tasks.db.tables import ACTIVE_STATUSES
+from training_tasks.db.errors import DatabaseError
 from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.messaging.app import app
+from training_tasks.messaging.broker import BrokerUnavailable
 from training_tasks.pipeline import stage_bodies
 from training_tasks.pipeline.alerts import alert_run_end
 from training_tasks.pipeline.stage_runner import (
@@ -26,9 +27,14 @@ from training_tasks.pipeline.stage_runner import (
     StageSkipped,
     run_stage,
 )
-from training_tasks.pipeline.submit import submit_training
+from training_tasks.pipeline.submit import (
+    check_wire_request,
+    shortened_on_refusal,
+    submit_training,
+)
 from training_tasks.protocol.ids import org_queue
 from training_tasks.registry import runs
+from training_tasks.registry.rows import ACTIVE_STATUSES
 from training_tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,6 @@ MAX_REQUEST_BYTES = 64 * 1024  # a request names columns and hyperparameters, ne
 @app.task(name="training.submit", bind=True)
 def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[str, Any]:
     """Public entry: check a camelCase training config, record the run, enqueue its chain."""
-    from training_tasks.pipeline.submit import check_wire_request, shortened_on_refusal
-
     with shortened_on_refusal(self.request, config):
         request = check_wire_request(config)  # shape and nesting first: json.dumps recurses
         size = len(json.dumps(request, default=str))
@@ -120,7 +124,7 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
         return
     rt = get_runtime()
     if isinstance(exc, WorkerLostError):
-        with contextlib.suppress(SQLAlchemyError, NotFoundError):
+        with contextlib.suppress(DatabaseError, NotFoundError):
             if runs.get_run(rt.engine, run_id)["status"] not in ACTIVE_STATUSES:
                 return  # it ended first (a cancelled stage that would not stop ends its process)
         log.warning(
@@ -150,7 +154,7 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
             actor="error-handler",
             now=rt.now(),
         )
-    except SQLAlchemyError as db_exc:
+    except DatabaseError as db_exc:
         log.warning(
             "run %s: could not record its failure (%s); the reaper retries the stage once the "
             "run's lease expires",
@@ -178,13 +182,11 @@ def on_failure(request: Any, exc: BaseException, traceback: Any) -> None:
 
 def _hand_over_lost(rt: Any, run_id: str, exc: BaseException) -> bool:
     """A broker error after the stage was recorded: only the next message is missing."""
-    from kombu.exceptions import OperationalError as BrokerError
-
-    if not isinstance(exc, BrokerError):
+    if not isinstance(exc, BrokerUnavailable):
         return False
     try:
         run = runs.get_run(rt.engine, run_id)
-    except (SQLAlchemyError, NotFoundError):
+    except (DatabaseError, NotFoundError):
         return False
     return run["status"] in ACTIVE_STATUSES and run["lease_owner"] is None
 
@@ -231,8 +233,6 @@ def enqueue_chain(
 
 def queue_waiting(org_id: str, *, broker_url: str | None = None) -> bool:
     """Whether a message waits in the organization's queue (not counting ones a worker took)."""
-    from kombu.exceptions import ChannelError
-
     with app.connection_for_read(broker_url) as connection:
         try:
             declared = connection.default_channel.queue_declare(

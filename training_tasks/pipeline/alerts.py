@@ -12,7 +12,6 @@ import http.client
 import json
 import logging
 import math
-import re
 import threading
 import time
 import urllib.error
@@ -21,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from training_tasks.config.org import mask_url
 from training_tasks.fields import iso
+from training_tasks.redaction import display_url, mask_url
 from training_tasks.registry import orgs, runs
 
 if TYPE_CHECKING:
@@ -36,14 +35,10 @@ WEBHOOK_ATTEMPTS = 3
 WEBHOOK_BACKOFF_S = (0.5, 1.0)
 USER_AGENT = "training-service-alerts"
 EVENTS = ("run.failed", "run.rejected", "deploy.failed")
-# A path segment this long is taken for a token (Slack, Teams and Discord put theirs in the path).
-SECRET_SEGMENT_LEN = 20
 
 log = logging.getLogger("training_tasks.alerts")  # operators route alerts by this name
 T = TypeVar("T")
 _sleep = time.sleep
-# mask_url needs a user name; Redis URLs often carry only a password (redis://:secret@host).
-_BARE_PASSWORD = re.compile(r"(://:)[^@\s/]*@")
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,7 @@ class Alert:
             "runId": self.run_id,
             "version": self.version,
             "stage": self.stage,
-            "reason": mask_secrets(self.reason),
+            "reason": mask_url(self.reason),
             "attempt": self.attempt,
             "at": iso(self.at),
             "details": _clean(self.details),
@@ -100,28 +95,6 @@ def send_alert(rt: Runtime, alert: Alert, *, org_webhook_url: str | None = None)
     return result
 
 
-def mask_secrets(text: str) -> str:
-    """Text with the password of every `scheme://user:password@` URL in it replaced by ***."""
-    return _BARE_PASSWORD.sub(r"\1***@", mask_url(text))
-
-
-def display_url(url: str) -> str:
-    """A webhook URL fit for logs: credentials, query values and long path segments as ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    if "@" in parts.netloc:
-        netloc = f"***@{netloc}"
-    path = "/".join(
-        "***" if len(segment) >= SECRET_SEGMENT_LEN else segment
-        for segment in parts.path.split("/")
-    )
-    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, netloc, path, query, ""))
-
-
 def _log_line(payload: Mapping[str, Any]) -> str:
     words = ["ALERT", payload["event"], payload["organizationId"]]
     for label, key in (("run", "runId"), ("version", "version"), ("at", "stage")):
@@ -138,7 +111,7 @@ def _publish(redis: Any, body: str, timeout_s: float) -> int | None:
         try:
             return int(redis.publish(ALERT_CHANNEL, body))
         except Exception as exc:
-            return mask_secrets(str(exc)) or type(exc).__name__
+            return mask_url(str(exc)) or type(exc).__name__
 
     # redis-py retries a refused connection for seconds and a silent host for longer still.
     done = _within(timeout_s, publish)
@@ -224,11 +197,11 @@ def _attempt(
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             return f"no answer within {timeout_s:g} s", True
-        return f"cannot connect ({mask_secrets(str(exc.reason))})", True
+        return f"cannot connect ({mask_url(str(exc.reason))})", True
     except (ValueError, http.client.InvalidURL) as exc:
         return f"not a usable URL ({type(exc).__name__})", False
     except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__} ({mask_secrets(str(exc))})", True
+        return f"{type(exc).__name__} ({mask_url(str(exc))})", True
     except Exception as exc:
         return f"unexpected {type(exc).__name__}", False
 
@@ -243,16 +216,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def _clean(value: Any) -> Any:
     """A JSON-safe copy of `details`: strings masked, odd values as masked text."""
     if isinstance(value, str):
-        return mask_secrets(value)
+        return mask_url(value)
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, Mapping):
-        return {mask_secrets(str(k)): _clean(v) for k, v in value.items()}
+        return {mask_url(str(k)): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_clean(v) for v in value]
-    return mask_secrets(str(value))
+    return mask_url(str(value))
 
 
 def alert_run_end(rt: Runtime, run_id: str) -> None:

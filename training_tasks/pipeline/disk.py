@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
-
+from training_tasks import fields as f
 from training_tasks.config.training import TrainingConfig
-from training_tasks.db.tables import training_runs
+from training_tasks.db.engine import Engine
 from training_tasks.errors import ConfigError, InsufficientDisk
+from training_tasks.registry import runs
 from training_tasks.runtime import Runtime
 
 MB = 1024 * 1024
@@ -24,18 +24,11 @@ BYTES_PER_VALUE = 8
 
 def estimate_run_mb(engine: Engine, config: TrainingConfig) -> float:
     """Megabytes the run's files will take, from the organization's last extract (0 if none)."""
-    c = training_runs.c
-    query = (
-        select(c.data_stats, c.config)
-        .where(c.organization_id == config.organization_id, c.data_stats.is_not(None))
-        .order_by(c.queued_at.desc())
-        .limit(1)
-    )
-    with engine.connect() as conn:
-        last = conn.execute(query).first()
+    last = runs.last_extract(engine, config.organization_id)
     if last is None:
         return 0.0
-    rows = _rows_per_day(last.data_stats, last.config) * _days(config.start, config.end)
+    stats, wire = last
+    rows = _rows_per_day(stats, wire) * _days(config.start, config.end)
     columns = len(config.feature_columns) + 3  # target, timestamp, asset
     return 2 * rows * columns * BYTES_PER_VALUE / MB
 
@@ -64,8 +57,6 @@ def check_free_space(path: Path, need_mb: float, *, org_id: str, min_free_mb: fl
 
 
 def _rows_per_day(stats: dict[str, Any], wire: dict[str, Any]) -> float:
-    from training_tasks import fields as f
-
     rows = int(stats.get("rows_train", 0)) + int(stats.get("rows_holdout", 0))
     rng = wire.get("dataRange") or {}
     try:

@@ -26,6 +26,7 @@ from typing import Any
 
 from training_tasks.pipeline.alerts import alert_run_end
 from training_tasks.registry import run_control, runs
+from training_tasks.registry.rows import RunRow
 from training_tasks.registry.run_control import MAX_ATTEMPTS, next_stage
 from training_tasks.runtime import Runtime
 
@@ -57,7 +58,7 @@ def reap(
     return done
 
 
-def _reap_dead(rt: Runtime, run: dict[str, Any], stage: str, enqueue_from: EnqueueFrom) -> str:
+def _reap_dead(rt: Runtime, run: RunRow, stage: str, enqueue_from: EnqueueFrom) -> str:
     if run["cancel_requested_at"] is not None:
         return _cancel(rt, run, stage)
     if run["attempt"] >= MAX_ATTEMPTS:
@@ -82,7 +83,7 @@ def _reap_dead(rt: Runtime, run: dict[str, Any], stage: str, enqueue_from: Enque
 
 def _reap_stalled(
     rt: Runtime,
-    run: dict[str, Any],
+    run: RunRow,
     stage: str,
     enqueue_from: EnqueueFrom,
     queue_waiting: QueueWaiting,
@@ -97,7 +98,9 @@ def _reap_stalled(
     except Exception as exc:  # the broker may be away; the next pass looks again
         log.warning("run %s of %s: could not look into its queue (%s)", run_id, org, exc)
         return ""
-    waited_s = (rt.now() - run["waiting_since"]).total_seconds()
+    waiting_since = run["waiting_since"]
+    assert waiting_since is not None  # stalled_runs selects runs by it
+    waited_s = (rt.now() - waiting_since).total_seconds()
     if run["attempt"] >= MAX_ATTEMPTS:
         why = f"no worker took its {stage} message within {waited_s:.0f} s"
         error = (
@@ -116,7 +119,7 @@ def _reap_stalled(
     return _resent(rt, run, task_id, why)
 
 
-def _cancel(rt: Runtime, run: dict[str, Any], stage: str) -> str:
+def _cancel(rt: Runtime, run: RunRow, stage: str) -> str:
     """Finish a run no live worker holds whose cancel was requested."""
     done = run_control.finish_cancelled(
         rt.engine, run["id"], stage=stage, now=rt.now(), unheld=True
@@ -124,7 +127,7 @@ def _cancel(rt: Runtime, run: dict[str, Any], stage: str) -> str:
     return "cancelled" if done else ""
 
 
-def _send(run: dict[str, Any], stage: str, enqueue_from: EnqueueFrom) -> str | None:
+def _send(run: RunRow, stage: str, enqueue_from: EnqueueFrom) -> str | None:
     """Send the chain from `stage` on; its task id, or None (logged) when the broker refused."""
     try:
         return enqueue_from(run["id"], run["organization_id"], bool(run["auto_deploy"]), stage)
@@ -139,7 +142,7 @@ def _send(run: dict[str, Any], stage: str, enqueue_from: EnqueueFrom) -> str | N
         return None
 
 
-def _resent(rt: Runtime, run: dict[str, Any], task_id: str, why: str) -> str:
+def _resent(rt: Runtime, run: RunRow, task_id: str, why: str) -> str:
     """Record the resent chain's task id and say why the stage went again."""
     runs.set_task_id(rt.engine, run["id"], task_id)
     log.warning(
@@ -155,7 +158,7 @@ def _resent(rt: Runtime, run: dict[str, Any], task_id: str, why: str) -> str:
 
 def _give_up(
     rt: Runtime,
-    run: dict[str, Any],
+    run: RunRow,
     stage: str,
     kind: str,
     why: str,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
+from training_tasks.registry.rows import RunRow
 from training_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def clean_after_success(rt: Runtime, run: dict[str, Any]) -> int:
+def clean_after_success(rt: Runtime, run: RunRow) -> int:
     """Remove the finished run's extracted training split; returns the bytes freed."""
     if (run.get("config") or {}).get("keepScratch"):
         return 0

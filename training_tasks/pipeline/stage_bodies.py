@@ -1,4 +1,8 @@
-"""The body of each pipeline stage: look up what the stage needs, call it, say what to store."""
+"""The body of each pipeline stage: look up what the stage needs, call it, say what to store.
+
+The extract and validate stages are imported inside their bodies: they load pyarrow, onnxruntime
+and LightGBM, and this module is imported wherever a run is sent (`trainctl`, the Python API).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from training_tasks.config.org import OrgConfig
 from training_tasks.config.training import TrainingConfig, from_wire
@@ -15,11 +19,12 @@ from training_tasks.fields import iso
 from training_tasks.files import write_json_atomic
 from training_tasks.pipeline.disk import check_run_fits
 from training_tasks.pipeline.stage_runner import StageContext, StageOutcome
-from training_tasks.registry import orgs, runs, versions
-
-if TYPE_CHECKING:
-    from training_tasks.protocol.keyring import Keyring
-    from training_tasks.sandbox.runner import ResourceLimits
+from training_tasks.protocol.keyring import Keyring
+from training_tasks.registry import deployments, orgs, runs, versions
+from training_tasks.registry.rows import FinishedStatus, VersionRow
+from training_tasks.sandbox.runner import ResourceLimits
+from training_tasks.stages.deploy import deploy
+from training_tasks.stages.train import max_model_bytes, store_model, train
 
 
 def _load(ctx: StageContext) -> tuple[OrgConfig, TrainingConfig, str, str]:
@@ -28,9 +33,16 @@ def _load(ctx: StageContext) -> tuple[OrgConfig, TrainingConfig, str, str]:
     return org, from_wire(run["config"]), run["organization_id"], run["version"]
 
 
+def _data_stats(ctx: StageContext) -> dict[str, Any]:
+    """What the extract stage stored on the run; no later stage can claim the run before."""
+    stats = ctx.run["data_stats"]
+    assert stats is not None, f"run {ctx.run['id']} has no data_stats after its extract stage"
+    return stats
+
+
 def extract_body(ctx: StageContext) -> StageOutcome:
     """Pull the configured range out of the org's SCADA database into Parquet files."""
-    from training_tasks.stages.extract.stage import extract
+    from training_tasks.stages.extract.stage import extract  # pyarrow: only where a stage runs
 
     org, config, org_id, version = _load(ctx)
     check_run_fits(ctx.rt, config)
@@ -46,13 +58,11 @@ def extract_body(ctx: StageContext) -> StageOutcome:
 
 def train_body(ctx: StageContext) -> StageOutcome:
     """Run the training script in its sandbox and file the model (sealed if a key is set)."""
-    from training_tasks.protocol.keyring import Keyring
-    from training_tasks.stages.extract.stage import ExtractResult
-    from training_tasks.stages.train import max_model_bytes, store_model, train
+    from training_tasks.stages.extract.stage import ExtractResult  # pyarrow: as above
 
     org, config, org_id, version = _load(ctx)
     settings, store = ctx.rt.settings, ctx.rt.store
-    data = ExtractResult.from_dict(ctx.run["data_stats"])
+    data = ExtractResult.from_dict(_data_stats(ctx))
     model_cfg = org.ml_model_config
     limits = _limits(model_cfg)
     timeout_s = min(
@@ -98,13 +108,14 @@ def train_body(ctx: StageContext) -> StageOutcome:
 
 def validate_body(ctx: StageContext) -> StageOutcome:
     """Score the holdout with the exported model and check every threshold."""
+    # pyarrow, onnxruntime, LightGBM, scikit-learn (about 2 s): only where a stage runs.
     from training_tasks.stages.extract.stage import ExtractResult
     from training_tasks.stages.validate.stage import validate
 
     org, config, org_id, version = _load(ctx)
     store, engine = ctx.rt.store, ctx.rt.engine
     record = versions.get_version(engine, version)
-    data = ExtractResult.from_dict(ctx.run["data_stats"])
+    data = ExtractResult.from_dict(_data_stats(ctx))
     native = store.artifacts(org_id, version) / "model.txt"
     report = validate(
         org_id=org_id,
@@ -117,7 +128,7 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         thresholds=org.thresholds,
         # Whatever the script left under the name; validation reads only a regular file.
         native_model_path=native if os.path.lexists(native) else None,
-        deployed_model_path=_deployed_model(ctx, org_id),
+        deployed_model_path=deployments.deployed_model_file(ctx.rt.engine, ctx.rt.store, org_id),
         script_metrics=record["metrics"],
     )
     report.write(store.artifacts(org_id, version) / "validation.json")
@@ -137,14 +148,12 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         # Keep the measured metrics on the run even though the stage ends in a rejection.
         runs.set_metrics(engine, ctx.run["id"], metrics)
     report.raise_if_rejected()
-    final = None if ctx.run["auto_deploy"] else "validated"
+    final: FinishedStatus | None = None if ctx.run["auto_deploy"] else "validated"
     return StageOutcome(updates={"metrics": metrics}, final_status=final)
 
 
 def deploy_body(ctx: StageContext) -> StageOutcome:
     """Deploy the validated version and announce it to prediction services."""
-    from training_tasks.stages.deploy import deploy
-
     _, _, org_id, version = _load(ctx)
     deployment = deploy(
         ctx.rt.engine,
@@ -156,7 +165,7 @@ def deploy_body(ctx: StageContext) -> StageOutcome:
         actor=f"run {ctx.run['id']}",
     )
     return StageOutcome(
-        updates={"data_stats": {**ctx.run["data_stats"], "deployedSequence": deployment.sequence}},
+        updates={"data_stats": {**_data_stats(ctx), "deployedSequence": deployment.sequence}},
         final_status="succeeded",
     )
 
@@ -169,8 +178,6 @@ def _sealer(keyring: Keyring, org_id: str, version: str) -> Callable[[bytes], by
 
 
 def _limits(model_cfg: Mapping[str, Any]) -> ResourceLimits:
-    from training_tasks.sandbox.runner import ResourceLimits
-
     if "maxMemoryMb" in model_cfg:
         return ResourceLimits(memory_mb=int(model_cfg["maxMemoryMb"]))
     return ResourceLimits()
@@ -190,15 +197,7 @@ def _script(org: OrgConfig, scripts_path: Path, default: Path) -> Path:
     return path
 
 
-def _deployed_model(ctx: StageContext, org_id: str) -> Path | None:
-    row = orgs.get_org_row(ctx.rt.engine, org_id)
-    if not row["current_version"]:
-        return None
-    path = ctx.rt.store.deployed_model(org_id, row["current_version"])
-    return path if path.is_file() else None
-
-
-def _write_manifest(ctx: StageContext, record: dict[str, Any], validation: dict[str, Any]) -> None:
+def _write_manifest(ctx: StageContext, record: VersionRow, validation: dict[str, Any]) -> None:
     run = ctx.run
     manifest = {
         "organizationId": run["organization_id"],

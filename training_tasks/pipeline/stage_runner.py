@@ -21,8 +21,7 @@ from datetime import timedelta
 from traceback import format_exception
 from typing import Any, NoReturn
 
-from sqlalchemy.exc import DBAPIError
-
+from training_tasks.db.errors import DATABASE_UNREACHABLE, StatementError
 from training_tasks.errors import (
     Cancelled,
     LeaseHeld,
@@ -36,6 +35,7 @@ from training_tasks.pipeline.alerts import alert_run_end
 from training_tasks.pipeline.leases import CANCEL_GRACE_S, keeper
 from training_tasks.protocol.ids import check_run_id
 from training_tasks.registry import run_control, runs
+from training_tasks.registry.rows import FinishedStatus, RunRow
 from training_tasks.registry.run_control import MAX_ATTEMPTS
 from training_tasks.runtime import Runtime, get_runtime
 
@@ -74,7 +74,7 @@ class StageOutcome:
     """What a stage hands back: columns to store on the run, and whether the run is finished."""
 
     updates: dict[str, Any] = field(default_factory=dict)
-    final_status: str | None = None
+    final_status: FinishedStatus | None = None
 
 
 @dataclass
@@ -82,7 +82,7 @@ class StageContext:
     """A claimed run and the handles its stage may use."""
 
     rt: Runtime
-    run: dict[str, Any]
+    run: RunRow
     progress: Callable[[dict[str, Any]], None]
     cancel: threading.Event
 
@@ -163,7 +163,7 @@ def _run_stage(
         # The run was cancelled (or recovered elsewhere) while this stage finished its work.
         log.warning("run %s: %s finished after the run was taken from it (%s)", run_id, stage, exc)
         raise StageSkipped(str(exc)) from exc
-    except DBAPIError as exc:
+    except StatementError as exc:
         # The work is done but cannot be recorded: leave the lease to expire, and the reaper
         # runs the stage again when the database is back (failing the run needs it too).
         log.warning(
@@ -197,9 +197,7 @@ def _call(
     )
 
 
-def _stop_stuck_stage(
-    call: StageCall, rt: Runtime, run: dict[str, Any], stage: str, owner: str
-) -> None:
+def _stop_stuck_stage(call: StageCall, rt: Runtime, run: RunRow, stage: str, owner: str) -> None:
     """A cancelled stage that did not stop by itself: finish the run, then end this pool process.
 
     Called by the lease keeper's thread. The run is marked cancelled first, so the organization
@@ -227,7 +225,7 @@ def _stop_stuck_stage(
     os._exit(EXIT_STUCK_STAGE)
 
 
-def _cancelled(rt: Runtime, run: dict[str, Any], stage: str) -> NoReturn:
+def _cancelled(rt: Runtime, run: RunRow, stage: str) -> NoReturn:
     """Finish a run whose cancel was requested, and end this task without continuing the chain."""
     run_control.finish_cancelled(rt.engine, run["id"], stage=stage, now=rt.now())
     log.warning("run %s of %s cancelled during %s", run["id"], run["organization_id"], stage)
@@ -236,7 +234,7 @@ def _cancelled(rt: Runtime, run: dict[str, Any], stage: str) -> NoReturn:
 
 def _on_error(
     rt: Runtime,
-    run: dict[str, Any],
+    run: RunRow,
     stage: str,
     owner: str,
     exc: Exception,
@@ -272,7 +270,7 @@ def _on_error(
                 )
                 raise RetryStage(exc, countdown_s, MAX_ATTEMPTS)
         message = f"{message} (gave up after {run['attempt']} attempts)"
-    status = "rejected" if isinstance(exc, ValidationRejected) else "failed"
+    status: FinishedStatus = "rejected" if isinstance(exc, ValidationRejected) else "failed"
     trace = None if isinstance(exc, TrainingServiceError) else "".join(format_exception(exc))
     now = rt.now()
     last = run_control.attempt_entry(run, stage, status, message, owner, now)
@@ -296,10 +294,7 @@ def _transient(exc: Exception) -> bool:
     """Worth another attempt: our transient errors, and lost connections to the service DB."""
     if isinstance(exc, TrainingServiceError):
         return exc.transient
-    from sqlalchemy.exc import OperationalError
-
-    # OperationalError: the database went away, refused the connection or dropped it.
-    return isinstance(exc, OperationalError | ConnectionError | TimeoutError)
+    return isinstance(exc, (*DATABASE_UNREACHABLE, ConnectionError, TimeoutError))
 
 
 def _progress_sink(
@@ -324,7 +319,7 @@ def _progress_sink(
         last[0] = now
         try:
             runs.set_progress(rt.engine, run_id, progress)
-        except DBAPIError as exc:  # progress is best effort; the stage's own work goes on
+        except StatementError as exc:  # progress is best effort; the stage's own work goes on
             log.warning("run %s: progress not stored (%s)", run_id, str(exc).splitlines()[0])
         shown = {"runId": run_id, **progress}
         if call.message_id and now >= muted_until[0] and not _show(call, shown):

@@ -136,7 +136,7 @@ def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> Non
             "SCADA URL of %s is not set here; the worker checks the schema", org.organization_id
         )
         return
-    from training_tasks.stages.extract.source import plan_source
+    from training_tasks.stages.extract.source import plan_source  # ADBC and pyarrow, about 1 s
 
     try:
         plan_source(url, org.schema_config, config, connect_timeout_s=SCHEMA_CHECK_TIMEOUT_S)

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from training_tasks.errors import PermanentError, SettingsError
+from training_tasks.files import fsync_dir
 
 ENV_NAME = "ML_MASTER_KEYS"
 KEY_BYTES = 32
@@ -212,8 +213,6 @@ class Keyring:
 
     def seal_file(self, path: Path, org_id: str, version: str) -> None:
         """Replace a plain model file with its sealed form in one rename (fsynced)."""
-        from training_tasks.files import fsync_dir
-
         data = Path(path).read_bytes()
         if is_sealed(data):
             return

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 
 from training_tasks.db.tables import audit_events
+from training_tasks.registry.rows import AuditEventRow, as_row
 
 
 def record(
@@ -27,7 +28,7 @@ def record(
     )
 
 
-def list_events(engine: Engine, org_id: str, limit: int = 100) -> list[dict[str, Any]]:
+def list_events(engine: Engine, org_id: str, limit: int = 100) -> list[AuditEventRow]:
     """The newest audit events of an organization, newest first."""
     query = (
         select(audit_events)
@@ -36,4 +37,4 @@ def list_events(engine: Engine, org_id: str, limit: int = 100) -> list[dict[str,
         .limit(limit)
     )
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [as_row(AuditEventRow, row) for row in conn.execute(query)]

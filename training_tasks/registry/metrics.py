@@ -25,17 +25,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import ColumnElement, Connection, Engine, extract, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from training_tasks.db.tables import (
-    ACTIVE_STATUSES,
-    audit_events,
-    schedule_slots,
-    training_runs,
-)
+from training_tasks.db.tables import audit_events, schedule_slots, training_runs
+from training_tasks.registry.rows import ACTIVE_STATUSES, SLOT_OUTCOMES
 
 log = logging.getLogger(__name__)
 
 DEPLOY_EVENTS = {"model.deployed": "deployed", "model.rolled_back": "rolled_back"}
-SLOT_OUTCOMES = ("submitted", "skipped")
 METRICS_PATH = "/metrics"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]

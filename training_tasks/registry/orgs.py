@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from training_tasks.config.org import OrgConfig, mask_url, parse_org_config
+from training_tasks.config.org import OrgConfig, parse_org_config
 from training_tasks.db.tables import organizations
 from training_tasks.errors import ConflictError, OrgNotRegistered
 from training_tasks.protocol.ids import check_org_id
@@ -20,7 +20,9 @@ from training_tasks.protocol.keyring import (
     is_encrypted_text,
     text_key_id,
 )
+from training_tasks.redaction import mask_url
 from training_tasks.registry import audit, schedules
+from training_tasks.registry.rows import OrgRow, as_row
 
 log = logging.getLogger(__name__)
 _warned_plain = False  # the warning about unencrypted SCADA URLs is logged once per process
@@ -113,14 +115,14 @@ def get_org(engine: Engine, org_id: str, *, keyring: Keyring | None = None) -> O
     return parse_org_config(doc, org_id)
 
 
-def get_org_row(engine: Engine, org_id: str) -> dict[str, Any]:
+def get_org_row(engine: Engine, org_id: str) -> OrgRow:
     """The organization's database row (config, current and previous version, sequence)."""
     check_org_id(org_id)
     with engine.connect() as conn:
         row = conn.execute(select(organizations).where(organizations.c.id == org_id)).first()
     if row is None:
         raise OrgNotRegistered(org_id)
-    return dict(row._mapping)
+    return as_row(OrgRow, row)
 
 
 def list_org_ids(engine: Engine) -> list[str]:

@@ -20,10 +20,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from training_tasks.db.tables import ACTIVE_STATUSES, model_versions, training_runs
+from training_tasks.db.tables import model_versions, training_runs
 from training_tasks.errors import ConfigError, PermanentError
 from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
+from training_tasks.registry.rows import ACTIVE_STATUSES
 
 DEFAULT_KEEP = 5
 # A run that failed or was cancelled before it produced a version: its artifacts and data only.

@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlalchemy import Engine, or_, select, update
 
-from training_tasks.db.tables import ACTIVE_STATUSES, training_runs
+from training_tasks.db.tables import training_runs
 from training_tasks.errors import NotFoundError
 from training_tasks.fields import iso
 from training_tasks.registry import audit
+from training_tasks.registry.rows import ACTIVE_STATUSES, RunRow, as_row
 from training_tasks.registry.runs import STAGES, finish_failed, get_run_in
 
 MAX_ATTEMPTS = 3  # the first try and two retries
@@ -38,7 +39,7 @@ def request_cancel(engine: Engine, org_id: str, *, actor: str, now: datetime) ->
                 f"organization {org_id} has no queued or running run to cancel; "
                 f"see `trainctl history {org_id}`"
             )
-        run = dict(found._mapping)
+        run = as_row(RunRow, found)
         summary = {"runId": run["id"], "version": run["version"]}
         if run["cancel_requested_at"] is None:
             conn.execute(
@@ -58,7 +59,7 @@ def request_cancel(engine: Engine, org_id: str, *, actor: str, now: datetime) ->
     return {**summary, "status": "cancelling", "requestedBy": run["cancel_requested_by"] or actor}
 
 
-def next_stage(run: dict[str, Any]) -> str:
+def next_stage(run: RunRow) -> str:
     """The stage a run does next: the one after the last it completed."""
     return STAGES[min(int(run["stages_done"]), len(STAGES) - 1)]
 
@@ -157,17 +158,17 @@ def record_retry(
     return int(run["attempt"]) + 1
 
 
-def dead_runs(engine: Engine, now: datetime) -> list[dict[str, Any]]:
+def dead_runs(engine: Engine, now: datetime) -> list[RunRow]:
     """Running runs whose lease holder stopped renewing (its worker died or hangs)."""
     c = training_runs.c
     query = select(training_runs).where(
         c.status == "running", c.lease_owner.is_not(None), c.lease_expires_at < now
     )
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        return [as_row(RunRow, r) for r in conn.execute(query)]
 
 
-def take_dead(engine: Engine, run: dict[str, Any], *, stage: str, now: datetime) -> bool:
+def take_dead(engine: Engine, run: RunRow, *, stage: str, now: datetime) -> bool:
     """Free a dead run's lease and count the lost attempt, unless someone got there first."""
     c = training_runs.c
     why = "its worker stopped renewing the lease"
@@ -181,7 +182,7 @@ def take_dead(engine: Engine, run: dict[str, Any], *, stage: str, now: datetime)
 
 
 def attempt_entry(
-    run: dict[str, Any], stage: str, kind: str, error: str, worker: str | None, now: datetime
+    run: RunRow, stage: str, kind: str, error: str, worker: str | None, now: datetime
 ) -> dict[str, Any]:
     """One line of a run's attempts log: which attempt, where, how it ended, on which worker."""
     return {
@@ -204,7 +205,7 @@ def expire_lease(engine: Engine, run_id: str, *, owner: str, now: datetime) -> N
         )
 
 
-def stalled_runs(engine: Engine, waiting_before: datetime) -> list[dict[str, Any]]:
+def stalled_runs(engine: Engine, waiting_before: datetime) -> list[RunRow]:
     """Active runs that no worker holds and that have waited for a message since before then."""
     c = training_runs.c
     query = select(training_runs).where(
@@ -213,11 +214,11 @@ def stalled_runs(engine: Engine, waiting_before: datetime) -> list[dict[str, Any
         c.lease_owner.is_(None),
     )
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        return [as_row(RunRow, r) for r in conn.execute(query)]
 
 
 def take_stalled(
-    engine: Engine, run: dict[str, Any], *, stage: str, waited_s: float, now: datetime
+    engine: Engine, run: RunRow, *, stage: str, waited_s: float, now: datetime
 ) -> bool:
     """Count the stalled attempt of a run whose stage was sent again, unless it moved meanwhile."""
     c = training_runs.c
@@ -234,7 +235,7 @@ def take_stalled(
 
 def _count_lost_attempt(
     engine: Engine,
-    run: dict[str, Any],
+    run: RunRow,
     entry: dict[str, Any],
     conditions: list[Any],
     *,

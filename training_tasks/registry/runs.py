@@ -9,10 +9,17 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from training_tasks.db.tables import ACTIVE_STATUSES, FINISHED_STATUSES, training_runs
+from training_tasks.db.tables import training_runs
 from training_tasks.errors import ConflictError, LeaseHeld, NotFoundError, RunFinished
-from training_tasks.fields import iso
+from training_tasks.fields import iso, iso_or_none
 from training_tasks.registry import audit
+from training_tasks.registry.rows import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    FinishedStatus,
+    RunRow,
+    as_row,
+)
 
 STAGES = ("extract", "train", "validate", "deploy")
 
@@ -28,7 +35,7 @@ def create_run(
     auto_deploy: bool,
     actor: str,
     now: datetime,
-) -> dict[str, Any]:
+) -> RunRow:
     """Insert a queued run; refuse it if the organization already has a queued or running one."""
     try:
         with engine.begin() as conn:
@@ -98,7 +105,7 @@ def active_run_message(org_id: str, active: Mapping[Any, Any]) -> str:
     )
 
 
-def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
+def get_run(engine: Engine, run_id: str) -> RunRow:
     """One run by id."""
     with engine.connect() as conn:
         row = conn.execute(select(training_runs).where(training_runs.c.id == run_id)).first()
@@ -106,20 +113,20 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
         raise NotFoundError(
             f"training run {run_id} does not exist; list runs with `trainctl history <org>`"
         )
-    return dict(row._mapping)
+    return as_row(RunRow, row)
 
 
-def active_run(engine: Engine, org_id: str) -> dict[str, Any] | None:
+def active_run(engine: Engine, org_id: str) -> RunRow | None:
     """The organization's queued or running run, if any."""
     query = select(training_runs).where(
         training_runs.c.organization_id == org_id, training_runs.c.status.in_(ACTIVE_STATUSES)
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else as_row(RunRow, row)
 
 
-def list_runs(engine: Engine, org_id: str, limit: int = 20) -> list[dict[str, Any]]:
+def list_runs(engine: Engine, org_id: str, limit: int = 20) -> list[RunRow]:
     """The organization's newest runs, newest first."""
     query = (
         select(training_runs)
@@ -128,12 +135,12 @@ def list_runs(engine: Engine, org_id: str, limit: int = 20) -> list[dict[str, An
         .limit(limit)
     )
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [as_row(RunRow, row) for row in conn.execute(query)]
 
 
 def claim_stage(
     engine: Engine, run_id: str, stage: str, *, owner: str, worker: str, now: datetime, ttl_s: float
-) -> dict[str, Any]:
+) -> RunRow:
     """Take the run's lease for `stage`, or raise RunFinished / LeaseHeld if this message is stale.
 
     One conditional UPDATE does it, so two deliveries of one message cannot both win.
@@ -172,7 +179,7 @@ def claim_stage(
                 details={"runId": run_id, "worker": worker, "attempt": row.attempt},
             )
     if row is not None:
-        return dict(row._mapping)
+        return as_row(RunRow, row)
     run = get_run(engine, run_id)
     if run["status"] in FINISHED_STATUSES or run["stages_done"] > index:
         raise RunFinished(f"run {run_id} is {run['status']} past {stage}; nothing to do")
@@ -180,13 +187,14 @@ def claim_stage(
         raise RunFinished(f"run {run_id} has not finished the stage before {stage}; nothing to do")
     raise LeaseHeld(
         f"run {run_id} stage {stage} is held by {run['lease_owner']} until "
-        f"{iso(run['lease_expires_at'])}"
+        f"{iso_or_none(run['lease_expires_at'])}"
     )
 
 
-def get_run_in(conn: Any, run_id: str) -> dict[str, Any]:
+def get_run_in(conn: Connection, run_id: str) -> RunRow:
+    """One run by id, inside the caller's transaction."""
     row = conn.execute(select(training_runs).where(training_runs.c.id == run_id)).one()
-    return dict(row._mapping)
+    return as_row(RunRow, row)
 
 
 def renew_lease(engine: Engine, run_id: str, *, owner: str, now: datetime, ttl_s: float) -> bool:
@@ -220,9 +228,9 @@ def complete_stage(
     started_at: datetime,
     now: datetime,
     updates: dict[str, Any] | None = None,
-    final_status: str | None = None,
+    final_status: FinishedStatus | None = None,
     work_s: float | None = None,
-    claimed: dict[str, Any] | None = None,
+    claimed: RunRow | None = None,
 ) -> None:
     """Mark `stage` done and release the lease; with `final_status`, finish the run too.
 
@@ -273,7 +281,7 @@ def finish_failed(
     engine: Engine,
     run_id: str,
     *,
-    status: str,
+    status: FinishedStatus,
     stage: str | None,
     error: str,
     trace: str | None,
@@ -340,3 +348,17 @@ def set_metrics(engine: Engine, run_id: str, metrics: dict[str, Any]) -> None:
         conn.execute(
             update(training_runs).where(training_runs.c.id == run_id).values(metrics=metrics)
         )
+
+
+def last_extract(engine: Engine, org_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The data stats and wire config of the organization's newest run that extracted data."""
+    c = training_runs.c
+    query = (
+        select(c.data_stats, c.config)
+        .where(c.organization_id == org_id, c.data_stats.is_not(None))
+        .order_by(c.queued_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        last = conn.execute(query).first()
+    return None if last is None else (last.data_stats, last.config)

@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 
 from beat_schedules.cron import CronSchedule
 from training_tasks.db.tables import (
-    ACTIVE_STATUSES,
     organizations,
     schedule_slots,
     training_runs,
@@ -28,6 +27,7 @@ from training_tasks.errors import OrgNotRegistered
 from training_tasks.fields import iso, iso_or_none
 from training_tasks.protocol.ids import check_org_id
 from training_tasks.registry import audit, runs
+from training_tasks.registry.rows import ACTIVE_STATUSES, ScheduleSlotRow, as_row
 
 
 @dataclass(frozen=True)
@@ -390,17 +390,17 @@ def _insert_slots(
 
 def list_slots(
     engine: Engine, org_id: str | None = None, *, limit: int = 50
-) -> list[dict[str, Any]]:
+) -> list[ScheduleSlotRow]:
     """Recorded slots, newest first: when, what happened (run or skip) and why."""
     s = schedule_slots.c
     query = select(schedule_slots).order_by(s.scheduled_for.desc(), s.id.desc()).limit(limit)
     if org_id is not None:
         query = query.where(s.organization_id == org_id)
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        return [as_row(ScheduleSlotRow, r) for r in conn.execute(query)]
 
 
-def latest_slots(engine: Engine) -> list[dict[str, Any]]:
+def latest_slots(engine: Engine) -> list[ScheduleSlotRow]:
     """Each organization's most recent recorded slot."""
     s = schedule_slots.c
     newest = (
@@ -412,4 +412,4 @@ def latest_slots(engine: Engine) -> list[dict[str, Any]]:
         newest, (s.organization_id == newest.c.organization_id) & (s.scheduled_for == newest.c.at)
     )
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        return [as_row(ScheduleSlotRow, r) for r in conn.execute(query)]

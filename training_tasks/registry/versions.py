@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from training_tasks.db.tables import model_versions, organizations
 from training_tasks.errors import NotFoundError
 from training_tasks.registry import audit
+from training_tasks.registry.rows import (
+    DEPLOYABLE_STATUSES,
+    DeploymentState,
+    VersionRow,
+    VersionStatus,
+    as_row,
+)
 
-# A version in one of these states has passed validation and its files are on disk.
-DEPLOYABLE = ("validated", "superseded", "deployed")
+DEPLOYABLE = DEPLOYABLE_STATUSES  # the name the deploy stage uses
 # Garbage collection deleted the version's files; the row stays for the record.
-REMOVED = "removed"
+REMOVED: Final = "removed"
 
 
 def record_trained(
@@ -51,7 +57,7 @@ def record_validation(
     engine: Engine, version: str, *, report: dict[str, Any], passed: bool, actor: str, now: datetime
 ) -> None:
     """Store the service's validation report and the verdict."""
-    status = "validated" if passed else "rejected"
+    status: VersionStatus = "validated" if passed else "rejected"
     with engine.begin() as conn:
         row = conn.execute(
             update(model_versions)
@@ -71,23 +77,23 @@ def record_validation(
         )
 
 
-def get_version(engine: Engine, version: str) -> dict[str, Any]:
+def get_version(engine: Engine, version: str) -> VersionRow:
     """One model version by id."""
     with engine.connect() as conn:
         return get_version_in(conn, version)
 
 
-def get_version_in(conn: Connection, version: str) -> dict[str, Any]:
+def get_version_in(conn: Connection, version: str) -> VersionRow:
     """One model version by id, inside the caller's transaction."""
     row = conn.execute(select(model_versions).where(model_versions.c.version == version)).first()
     if row is None:
         raise NotFoundError(
             f"model version {version} does not exist; list versions with `trainctl versions <org>`"
         )
-    return dict(row._mapping)
+    return as_row(VersionRow, row)
 
 
-def list_versions(engine: Engine, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
+def list_versions(engine: Engine, org_id: str, limit: int = 50) -> list[VersionRow]:
     """The organization's versions, newest first."""
     query = (
         select(model_versions)
@@ -96,7 +102,7 @@ def list_versions(engine: Engine, org_id: str, limit: int = 50) -> list[dict[str
         .limit(limit)
     )
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [as_row(VersionRow, row) for row in conn.execute(query)]
 
 
 def mark_removed(conn: Connection, version: str, *, now: datetime) -> bool:
@@ -121,7 +127,7 @@ def removed_versions(engine: Engine, org_id: str) -> list[str]:
         return list(conn.execute(query).scalars())
 
 
-def lock_deployment(conn: Connection, org_id: str) -> dict[str, Any] | None:
+def lock_deployment(conn: Connection, org_id: str) -> DeploymentState | None:
     """Lock the org's deployment state until the transaction ends; its current and previous version."""
     # A no-op UPDATE locks the row on PostgreSQL and takes the write lock on SQLite, which a
     # SELECT ... FOR UPDATE would not.
@@ -135,4 +141,4 @@ def lock_deployment(conn: Connection, org_id: str) -> dict[str, Any] | None:
             organizations.c.deploy_sequence,
         )
     ).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else as_row(DeploymentState, row)

@@ -12,20 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from training_tasks.config import org as org_config
+from training_tasks.config.training import from_wire
 from training_tasks.errors import NotFoundError, TrainingServiceError
 from training_tasks.fields import iso, iso_or_none
+from training_tasks.pipeline.submit import submit_training
 from training_tasks.protocol.ids import VERSION_PATTERN, check_org_id, check_version_id
-from training_tasks.registry import audit, orgs, retention, runs, versions
+from training_tasks.protocol.replicas import read_replicas
+from training_tasks.registry import audit, deployments, orgs, retention, run_control, runs, versions
+from training_tasks.registry.rows import ACTIVE_STATUSES, RunRow, VersionRow
+from training_tasks.registry.rows import FINISHED_STATUSES as FINISHED
 from training_tasks.runtime import Runtime, build_runtime
 from training_tasks.service.schedules import ScheduleApi
+from training_tasks.stages.deploy import deploy, reconcile, rollback
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from training_tasks.db.engine import Engine
     from training_tasks.protocol.hotswap import Deployment
 
-FINISHED = ("succeeded", "validated", "rejected", "failed", "cancelled")
 ProgressCallback = Callable[[dict[str, Any]], None]
 VERSION_IN_PATH = re.compile(VERSION_PATTERN.pattern.strip("^$"))
 HOLDOUT_SEARCH_RUNS = 200
@@ -118,8 +124,7 @@ class TrainingService(ScheduleApi):
         poll_interval_s: float = 0.25,
     ) -> dict[str, Any] | TrainingHandle:
         """Start training; with `wait` return the result, else a handle that can wait for it."""
-        from training_tasks.messaging.tasks import enqueue_chain
-        from training_tasks.pipeline.submit import submit_training
+        from training_tasks.messaging.tasks import enqueue_chain  # Celery: only to send a run
 
         enqueue = functools.partial(enqueue_chain, broker_url=self.rt.settings.redis_url)
         queued = submit_training(
@@ -137,15 +142,13 @@ class TrainingService(ScheduleApi):
         second. With `wait_s`, wait that long for the run to end (`status` is then `cancelled`,
         or whatever the run ended as if it finished first).
         """
-        from training_tasks.registry import run_control
-
         check_org_id(org_id)
         doc = run_control.request_cancel(self.rt.engine, org_id, actor=actor, now=self.rt.now())
         deadline = time.monotonic() + wait_s
         while doc["status"] == "cancelling" and time.monotonic() < deadline:
             time.sleep(0.2)
             status = runs.get_run(self.rt.engine, doc["runId"])["status"]
-            doc["status"] = "cancelling" if status in ("queued", "running") else status
+            doc["status"] = "cancelling" if status in ACTIVE_STATUSES else status
         return doc
 
     def get_training_status(self, org_id: str) -> dict[str, Any]:
@@ -163,10 +166,6 @@ class TrainingService(ScheduleApi):
 
     def _replicas(self, org_id: str) -> dict[str, Any] | None:
         """Live model-cache confirmations, or None when Redis does not answer."""
-        import redis
-
-        from training_tasks.protocol.replicas import read_replicas
-
         try:
             return read_replicas(self.rt.redis, org_id)
         except redis.RedisError:
@@ -194,8 +193,6 @@ class TrainingService(ScheduleApi):
         actor: str = "api",
     ) -> dict[str, Any]:
         """Deploy a validated version now; a given `model_path` must be that version's own file."""
-        from training_tasks.stages.deploy import deploy
-
         check_org_id(org_id)
         check_version_id(version)
         deployment = deploy(
@@ -214,8 +211,6 @@ class TrainingService(ScheduleApi):
         self, org_id: str, version: str | None = None, *, actor: str = "api"
     ) -> dict[str, Any]:
         """Deploy an earlier version again (default: the previous one) and announce the rollback."""
-        from training_tasks.stages.deploy import rollback
-
         check_org_id(org_id)
         if version is not None:
             check_version_id(version)
@@ -235,7 +230,7 @@ class TrainingService(ScheduleApi):
 
         Nothing is recorded: the report is returned (camelCase, with `passed` and `failures`).
         """
-        from training_tasks.config.training import from_wire
+        # onnxruntime, LightGBM and scikit-learn (about 2 s): only for a validation.
         from training_tasks.stages.validate.stage import validate
 
         org = orgs.get_org(self.rt.engine, check_org_id(org_id))
@@ -259,7 +254,9 @@ class TrainingService(ScheduleApi):
             target_column=config.target_column,
             thresholds=org.thresholds,
             native_model_path=native,
-            deployed_model_path=self._deployed_copy(org_id),
+            deployed_model_path=deployments.deployed_model_file(
+                self.rt.engine, self.rt.store, org_id
+            ),
         )
         return {
             **report.as_dict(),
@@ -313,17 +310,8 @@ class TrainingService(ScheduleApi):
             return version, native
         return version, None
 
-    def _deployed_copy(self, org_id: str) -> Path | None:
-        row = orgs.get_org_row(self.rt.engine, org_id)
-        if not row["current_version"]:
-            return None
-        path = self.rt.store.deployed_model(org_id, row["current_version"])
-        return path if path.is_file() else None
-
     def reconcile(self) -> list[str]:
         """Repair every org's `current` pointer and Redis key from the database."""
-        from training_tasks.stages.deploy import reconcile
-
         return reconcile(self.rt.engine, self.rt.redis, self.rt.store)
 
     def get_audit_trail(self, org_id: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -334,7 +322,7 @@ class TrainingService(ScheduleApi):
         ]
 
 
-def run_summary(run: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
+def run_summary(run: RunRow, rt: Runtime) -> dict[str, Any]:
     """A run as the API returns it (camelCase, ISO times), like the original service's result."""
     status = run["status"]
     model_path = None
@@ -375,7 +363,7 @@ def deployment_summary(deployment: Deployment, event: str) -> dict[str, Any]:
     }
 
 
-def latest_holdout(engine: Engine, org_id: str) -> tuple[dict[str, Any], Path]:
+def latest_holdout(engine: Engine, org_id: str) -> tuple[RunRow, Path]:
     """The organization's newest run whose extracted holdout is still on disk, and that holdout."""
     for run in runs.list_runs(engine, org_id, limit=HOLDOUT_SEARCH_RUNS):
         holdout = (run["data_stats"] or {}).get("holdout_path")
@@ -399,7 +387,7 @@ def _lstat_mode(path: Path) -> int:
 
 def _metadata_version(path: Path) -> str | None:
     """The `version` a model records in its ONNX metadata, if it can be read."""
-    import onnx
+    import onnx  # about 0.3 s: only when a model file's version must be read
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -408,7 +396,7 @@ def _metadata_version(path: Path) -> str | None:
     return next((prop.value for prop in model.metadata_props if prop.key == "version"), None)
 
 
-def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]:
+def version_summary(v: VersionRow, current: str | None) -> dict[str, Any]:
     """A model version as the API returns it."""
     validation = v["validation"] or {}
     return {
@@ -429,4 +417,4 @@ def version_summary(v: Mapping[str, Any], current: str | None) -> dict[str, Any]
     }
 
 
-__all__ = ["TrainingHandle", "TrainingService", "TrainingServiceError"]
+__all__ = ["FINISHED", "TrainingHandle", "TrainingService", "TrainingServiceError"]

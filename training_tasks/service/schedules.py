@@ -11,8 +11,10 @@ from training_tasks import fields as f
 from training_tasks.config.org import SCHEDULE_KEYS, parse_schedule
 from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.fields import iso
+from training_tasks.protocol.beat_status import read_status
 from training_tasks.protocol.ids import check_org_id
 from training_tasks.registry import orgs, schedules
+from training_tasks.registry.rows import ScheduleSlotRow
 from training_tasks.runtime import Runtime
 
 MAX_PREVIEW = 1000
@@ -120,12 +122,10 @@ class ScheduleApi:
 
     def beat_status(self) -> dict[str, Any] | None:
         """The dispatching beat's last heartbeat, or None if no beat reported lately."""
-        from training_tasks.protocol.beat_status import read_status
-
         return read_status(self.rt.redis)
 
 
-def slot_summary(slot: Mapping[str, Any]) -> dict[str, Any]:
+def slot_summary(slot: ScheduleSlotRow) -> dict[str, Any]:
     """A recorded slot in camelCase."""
     cron = CronSchedule(slot["pattern"], slot["timezone"])
     return {

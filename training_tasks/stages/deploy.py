@@ -1,6 +1,6 @@
 """The deploy stage: copy, record, move the pointer, then tell prediction services.
 
-Order matters for crash safety. The deployed copy is written first (temp name, fsync, rename);
+The SQL is in `registry/deployments.py`. Order matters for crash safety. The deployed copy is written first (temp name, fsync, rename);
 then one database transaction makes the version current (compare-and-swap on the org's deploy
 sequence read before any check, so two deploys or rollbacks at once have one winner); then the
 `current` symlink is pointed at what the database holds, under the organization row's lock; then
@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
-from sqlalchemy import Engine, update
 
-from training_tasks.db.tables import model_versions, organizations
-from training_tasks.errors import ConflictError, DeployError, NotFoundError, VersionNotFound
+from training_tasks.db.engine import Engine
+from training_tasks.errors import DeployError, NotFoundError, VersionNotFound
 from training_tasks.fields import iso
 from training_tasks.files import (
     UnsafeFile,
@@ -35,7 +34,8 @@ from training_tasks.files import (
 )
 from training_tasks.protocol import hotswap
 from training_tasks.protocol.paths import ModelStore
-from training_tasks.registry import audit, orgs, versions
+from training_tasks.registry import deployments, orgs, versions
+from training_tasks.registry.rows import DeploymentState, OrgRow, VersionRow
 
 log = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 64 * 1024  # deployment.json is a few hundred bytes
@@ -99,7 +99,7 @@ def rollback(
     )
 
 
-def check_model_path(store: ModelStore, record: dict[str, Any], path: Path) -> Path:
+def check_model_path(store: ModelStore, record: VersionRow, path: Path) -> Path:
     """Refuse `path` unless it is inside the org's folders and is this version's model file."""
     org_id, version = record["organization_id"], record["version"]
     resolved = store.check_inside_org(org_id, path)
@@ -114,13 +114,13 @@ def check_model_path(store: ModelStore, record: dict[str, Any], path: Path) -> P
     return resolved
 
 
-def _deployable(engine: Engine, org_id: str, version: str) -> dict[str, Any]:
+def _deployable(engine: Engine, org_id: str, version: str) -> VersionRow:
     record = _own_version(engine, org_id, version, "deployed")
     _check_status(record, org_id, "deployed")
     return record
 
 
-def _own_version(engine: Engine, org_id: str, version: str, action: str) -> dict[str, Any]:
+def _own_version(engine: Engine, org_id: str, version: str, action: str) -> VersionRow:
     """The version's record if it is one of the organization's own; else VersionNotFound.
 
     Another organization's version is refused exactly like one that does not exist: a refusal
@@ -138,7 +138,7 @@ def _own_version(engine: Engine, org_id: str, version: str, action: str) -> dict
     return record
 
 
-def _check_status(record: dict[str, Any], org_id: str, action: str) -> None:
+def _check_status(record: VersionRow, org_id: str, action: str) -> None:
     version, status = record["version"], record["status"]
     if status == versions.REMOVED:
         removed_at = iso(record["removed_at"]) if record["removed_at"] else "an earlier run"
@@ -165,8 +165,8 @@ def _deploy_record(
     engine: Engine,
     redis: Any,
     store: ModelStore,
-    row: dict[str, Any],
-    record: dict[str, Any],
+    row: OrgRow,
+    record: VersionRow,
     *,
     now: datetime,
     actor: str,
@@ -174,7 +174,9 @@ def _deploy_record(
 ) -> hotswap.Deployment:
     org_id, version = row["id"], record["version"]
     deployed_path = _write_deployed_copy(store, org_id, version, record["sha256"])
-    sequence = _commit(engine, row, version, str(deployed_path), now=now, actor=actor, event=event)
+    sequence = deployments.commit_deployment(
+        engine, row, version, str(deployed_path), now=now, actor=actor, event=event
+    )
     point_current(engine, store, org_id)
     deployment = hotswap.Deployment(
         organizationId=org_id,
@@ -207,75 +209,18 @@ def _write_deployed_copy(store: ModelStore, org_id: str, version: str, sha256: s
     return dst
 
 
-def _commit(
-    engine: Engine,
-    row: dict[str, Any],
-    version: str,
-    path: str,
-    *,
-    now: datetime,
-    actor: str,
-    event: str,
-) -> int:
-    # Valid only if nobody deployed since `row` was read and garbage collection has not removed
-    # the version meanwhile; either refusal rolls the whole transaction back.
-    org_id, sequence, previous = row["id"], int(row["deploy_sequence"]), row["current_version"]
-    with engine.begin() as conn:
-        swapped = conn.execute(
-            update(organizations)
-            .where(organizations.c.id == org_id, organizations.c.deploy_sequence == sequence)
-            .values(
-                current_version=version,
-                previous_version=previous if previous != version else row["previous_version"],
-                deploy_sequence=sequence + 1,
-                updated_at=now,
-            )
-        )
-        if swapped.rowcount != 1:
-            raise ConflictError(
-                f"another deployment of organization {org_id} committed first; version {version} "
-                f"was not {event.replace('_', ' ')}. Check `trainctl status {org_id}` and try "
-                "again if needed"
-            )
-        marked = conn.execute(
-            update(model_versions)
-            .where(model_versions.c.version == version, model_versions.c.status.in_(DEPLOYABLE))
-            .values(status="deployed", deployed_at=now, deployed_path=path)
-        )
-        if marked.rowcount != 1:
-            raise ConflictError(
-                f"version {version} of organization {org_id} was removed or changed while it was "
-                f"being deployed; nothing changed. See `trainctl versions {org_id}`"
-            )
-        if previous and previous != version:
-            conn.execute(
-                update(model_versions)
-                .where(model_versions.c.version == previous)
-                .values(status="superseded")
-            )
-        audit.record(
-            conn,
-            org_id,
-            f"model.{event}",
-            actor=actor,
-            now=now,
-            details={"version": version, "previous": previous, "sequence": sequence + 1},
-        )
-    return sequence + 1
-
-
 def point_current(engine: Engine, store: ModelStore, org_id: str) -> str | None:
     """Point `current` at the database's deployed version under the org row's lock; new target or None.
 
     Every deployer does this after its commit, and the lock keeps one from reading the database
     and then overwriting a newer deployer's link: the last to run sets what the database says.
     """
-    with engine.begin() as conn:
-        state = versions.lock_deployment(conn, org_id)
-        if state is None or not state["current_version"]:
+    with deployments.locked_deployment(engine, org_id) as locked:
+        if locked is None:
             return None
-        version = state["current_version"]
-        _record_deployment(store, org_id, versions.get_version_in(conn, version), state)
+        state, record = locked
+        version = record["version"]
+        _record_deployment(store, org_id, record, state)
         link, target = store.current_link(org_id), f"deployed_{version}"
         if link.is_symlink() and os.readlink(link) == target:
             return None
@@ -284,7 +229,7 @@ def point_current(engine: Engine, store: ModelStore, org_id: str) -> str | None:
 
 
 def _record_deployment(
-    store: ModelStore, org_id: str, record: dict[str, Any], state: dict[str, Any]
+    store: ModelStore, org_id: str, record: VersionRow, state: DeploymentState
 ) -> None:
     """Write `deployed_<version>/deployment.json`: what the Redis key says, for a cache that
     finds no key (Redis lost it) and falls back on the `current` link."""
@@ -301,7 +246,7 @@ def _record_deployment(
 def registered(
     store: ModelStore,
     org_id: str,
-    record: dict[str, Any],
+    record: VersionRow,
     sequence: int,
     changed_at: datetime | None = None,
 ) -> hotswap.Deployment:

@@ -9,7 +9,7 @@ config = context.config
 
 def run() -> None:
     engine = config.attributes.get("engine")
-    if engine is None:
+    if engine is None:  # alembic run by hand: the service handed over no engine
         from training_tasks.config.settings import Settings
         from training_tasks.db.engine import make_engine
 

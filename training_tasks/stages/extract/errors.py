@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import adbc_driver_manager
 import psycopg
 
-from training_tasks.config.org import mask_url
 from training_tasks.errors import ExtractError, SourceUnavailableError
+from training_tasks.redaction import mask_url
 from training_tasks.stages.extract.plan import SourcePlan
 
 

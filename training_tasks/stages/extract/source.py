@@ -27,9 +27,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from training_tasks.config.org import SchemaConfig, mask_url
+from training_tasks.config.org import SchemaConfig
 from training_tasks.config.training import TrainingConfig, check_target_not_feature
 from training_tasks.errors import ConfigError, ExtractError
+from training_tasks.redaction import mask_url
 from training_tasks.stages.extract.errors import source_errors, translate_error
 from training_tasks.stages.extract.plan import SourceColumn, SourcePlan
 
