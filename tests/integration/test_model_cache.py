@@ -128,6 +128,9 @@ def test_a_stale_or_repeated_announcement_is_ignored_and_counted(
 ) -> None:
     first = deploy(org, 1, publish=False)
     with running(redis_url, base, [org]) as cache:
+        # Subscribed first: else the key re-read after subscribing could find version 2 too and
+        # its message would count as one more repeat.
+        wait_until(lambda: cache.subscriptions == 1, "the subscription")
         second = deploy(org, 2)
         wait_until(lambda: cache.version(org) == version_id(2), "version 2")
         # Sent straight to the channel: the protocol's publish refuses anything not newer.

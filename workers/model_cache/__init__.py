@@ -6,8 +6,8 @@
 While Redis holds no announcement of an organization it serves the deployment the
 `models/<org>/current` link names, verified like an announced one (see `fallback`).
 
-It imports neither Celery nor SQLAlchemy: only redis, onnxruntime, numpy, the standard library
-and the hot-swap protocol module `training_tasks.protocol.hotswap`.
+It imports neither Celery nor SQLAlchemy, LightGBM or pandas: only redis, onnxruntime, numpy,
+the standard library and `training_tasks.protocol`, `.errors` and `.files` (make lint checks it).
 """
 
 from training_tasks.protocol.replicas import read_replicas, replicas_key

@@ -189,7 +189,7 @@ class ModelCache:
 
     @property
     def subscriptions(self) -> int:
-        """How many times the listener has subscribed (1 + the reconnections)."""
+        """How many times the listener has subscribed and re-read the keys (1 + the reconnections)."""
         return self._subscriptions
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -351,9 +351,9 @@ class ModelCache:
             # One SUBSCRIBE confirms the channels in order: after the last one no message can be
             # missed any more, so read what may have been published while away.
             if org_id == self.organizations[-1]:
-                self._subscriptions += 1
                 log.info("subscribed to the channels of %d organizations", len(self.organizations))
                 self._resync_quietly()
+                self._subscriptions += 1  # counted once that re-read is done
         elif message["type"] == "message":
             self._offer(org_id, message["data"], announced=True)
 
