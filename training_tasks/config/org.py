@@ -10,8 +10,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from training_tasks import fields as f
+from training_tasks.config.derived import check_derived_features
 from training_tasks.config.sql_url import backend_name
-from training_tasks.config.training import check_hyperparameters, check_target_not_feature
+from training_tasks.config.training import (
+    check_decision_policy,
+    check_hyperparameters,
+    check_target_not_feature,
+)
 from training_tasks.errors import ConfigError
 from training_tasks.redaction import mask_url
 
@@ -35,6 +40,9 @@ MODEL_KEYS = (
     "autoDeploy",
     "trainingTimeoutS",
     "maxMemoryMb",
+    "innerValidationSplit",
+    "decisionPolicy",
+    "derivedFeatures",
 )
 THRESHOLD_DEFAULTS: dict[str, Any] = {
     "accuracy": 0.70,
@@ -46,6 +54,8 @@ THRESHOLD_DEFAULTS: dict[str, Any] = {
     "maxParityDiff": 1e-4,
     "notWorseThanDeployed": True,
     "maxMetricDrop": 0.02,
+    # Fewer positive holdout rows than this cannot judge precision or recall: the run is rejected.
+    "minHoldoutPositives": 30,
 }
 SCHEMA_KEYS = ("table", "schema", "timestampColumn", "assetColumn", "columnMappings")
 SCADA_KEYS = ("url", "urlEnv")
@@ -197,6 +207,16 @@ def parse_model_config(raw: object) -> dict[str, Any]:
         f.number(cfg["trainingTimeoutS"], f"{name}.trainingTimeoutS", 1, 86400)
     if "maxMemoryMb" in cfg:
         f.integer(cfg["maxMemoryMb"], f"{name}.maxMemoryMb", 64, 1_048_576)
+    if "innerValidationSplit" in cfg:
+        f.number(cfg["innerValidationSplit"], f"{name}.innerValidationSplit", 0.05, 0.5)
+    if "decisionPolicy" in cfg:
+        cfg["decisionPolicy"] = check_decision_policy(
+            cfg["decisionPolicy"], f"{name}.decisionPolicy"
+        )
+    if "derivedFeatures" in cfg:
+        cfg["derivedFeatures"] = check_derived_features(
+            cfg["derivedFeatures"], f"{name}.derivedFeatures", cfg.get("featureColumns")
+        )
     return cfg
 
 
@@ -222,6 +242,10 @@ def _thresholds(raw: object, name: str) -> dict[str, Any]:
     for key in ("maxModelSizeMb", "maxLatencyMs", "maxMemoryMb", "maxParityDiff"):
         if key in th:
             th[key] = f.number(th[key], f"{name}.{key}", 0.0, 1e6, low_open=True)
+    if "minHoldoutPositives" in th:
+        th["minHoldoutPositives"] = f.integer(
+            th["minHoldoutPositives"], f"{name}.minHoldoutPositives", 0, 1_000_000
+        )
     if "notWorseThanDeployed" in th:
         f.boolean(th["notWorseThanDeployed"], f"{name}.notWorseThanDeployed")
     return th

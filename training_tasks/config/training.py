@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from training_tasks import fields as f
+from training_tasks.config.derived import check_derived_features
 from training_tasks.errors import ConfigError
 from training_tasks.protocol.ids import check_org_id
 
@@ -30,7 +31,17 @@ _HYPERPARAMETERS: dict[str, tuple[str, Any]] = {
     "objective": ("objective", lambda v, n: f.choice(v, n, OBJECTIVES)),
     "metric": ("metric", lambda v, n: _metric(v, n)),
     "verbosity": ("verbosity", lambda v, n: f.integer(v, n, -1, 2)),
+    # Reproducibility, and the knobs engineers reach for when failures are rare.
+    "seed": ("seed", lambda v, n: f.integer(v, n, 0, 2**31 - 1)),
+    "scalePosWeight": ("scale_pos_weight", lambda v, n: f.number(v, n, 0.0, 1e6, low_open=True)),
+    "isUnbalance": ("is_unbalance", lambda v, n: f.boolean(v, n)),
+    "minSumHessianInLeaf": ("min_sum_hessian_in_leaf", lambda v, n: f.number(v, n, 0.0, 1e6)),
+    "lambdaL1": ("lambda_l1", lambda v, n: f.number(v, n, 0.0, 1e6)),
+    "lambdaL2": ("lambda_l2", lambda v, n: f.number(v, n, 0.0, 1e6)),
+    "maxBin": ("max_bin", lambda v, n: f.integer(v, n, 2, 65535)),
+    "earlyStoppingRounds": ("early_stopping_round", lambda v, n: f.integer(v, n, 1, 10000)),
 }
+POLICY_TYPES = ("fixed", "maxF1", "precisionAtLeast", "recallAtLeast")
 
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "numLeaves": 31,
@@ -44,8 +55,11 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "objective": "binary",
     "metric": "auc",
     "verbosity": -1,
+    "seed": 42,  # recorded with the version: the same request on the same data trains the same model
 }
 DEFAULT_VALIDATION_SPLIT = 0.2
+DEFAULT_INNER_VALIDATION_SPLIT = 0.2
+DEFAULT_DECISION_POLICY: dict[str, Any] = {"type": "fixed", "threshold": 0.5}
 DEFAULT_WINDOW_DAYS = 90
 REQUEST_KEYS = (
     "organizationId",
@@ -54,6 +68,9 @@ REQUEST_KEYS = (
     "validationSplit",
     "targetColumn",
     "featureColumns",
+    "innerValidationSplit",
+    "decisionPolicy",
+    "derivedFeatures",
     "keepScratch",  # keep the extracted training data after the run (for debugging)
 )
 
@@ -71,6 +88,12 @@ class TrainingConfig:
     feature_columns: tuple[str, ...]
     extra: Mapping[str, Any] = field(default_factory=dict)
     keep_scratch: bool = False
+    # The last share (by time) of the training rows: early stopping and the threshold choice.
+    inner_validation_split: float = DEFAULT_INNER_VALIDATION_SPLIT
+    decision_policy: Mapping[str, Any] = field(
+        default_factory=lambda: dict(DEFAULT_DECISION_POLICY)
+    )
+    derived_features: Mapping[str, str] = field(default_factory=dict)  # name -> expression
 
     def lightgbm_params(self) -> dict[str, Any]:
         """The hyperparameters under LightGBM's own names."""
@@ -85,6 +108,9 @@ class TrainingConfig:
             "validationSplit": self.validation_split,
             "targetColumn": self.target_column,
             "featureColumns": list(self.feature_columns),
+            "innerValidationSplit": self.inner_validation_split,
+            "decisionPolicy": dict(self.decision_policy),
+            "derivedFeatures": dict(self.derived_features),
             "keepScratch": self.keep_scratch,
         }
 
@@ -110,6 +136,12 @@ def check_request(request: object) -> Mapping[str, Any]:
         f.string(req["targetColumn"], "targetColumn", max_len=128)
     if "featureColumns" in req:
         f.string_list(req["featureColumns"], "featureColumns")
+    if "innerValidationSplit" in req:
+        _inner_split(req["innerValidationSplit"], "innerValidationSplit")
+    if "decisionPolicy" in req:
+        check_decision_policy(req["decisionPolicy"], "decisionPolicy")
+    if "derivedFeatures" in req:
+        check_derived_features(req["derivedFeatures"], "derivedFeatures")
     if "keepScratch" in req:
         f.boolean(req["keepScratch"], "keepScratch")
     return req
@@ -119,7 +151,39 @@ def check_hyperparameters(value: object, field_name: str) -> dict[str, Any]:
     """Check a (possibly partial) hyperparameter object; returns it with normalized values."""
     params = f.require_mapping(value, field_name)
     f.reject_unknown(params, _HYPERPARAMETERS, field_name)
-    return {k: _HYPERPARAMETERS[k][1](v, f"{field_name}.{k}") for k, v in params.items()}
+    checked = {k: _HYPERPARAMETERS[k][1](v, f"{field_name}.{k}") for k, v in params.items()}
+    check_class_weighting(checked, field_name)
+    return checked
+
+
+def check_class_weighting(params: Mapping[str, Any], field_name: str) -> None:
+    """Refuse `scalePosWeight` together with `isUnbalance: true`: LightGBM takes one or the other."""
+    if params.get("isUnbalance") is True and "scalePosWeight" in params:
+        raise ConfigError(
+            f"{field_name}.scalePosWeight",
+            "cannot be combined with isUnbalance: true (LightGBM weighs the classes by one or "
+            "the other); remove one of them",
+        )
+
+
+def check_decision_policy(value: object, field_name: str) -> dict[str, Any]:
+    """Check a `decisionPolicy`: how the version's decision threshold is chosen on the inner fold.
+
+    `{"type": "fixed", "threshold": 0.5}`, `{"type": "maxF1"}`,
+    `{"type": "precisionAtLeast", "value": 0.8}` or `{"type": "recallAtLeast", "value": 0.8}`.
+    """
+    policy = f.require_mapping(value, field_name)
+    kind = f.choice(policy.get("type"), f"{field_name}.type", POLICY_TYPES)
+    wanted = {"fixed": ("threshold",), "maxF1": (), "precisionAtLeast": ("value",)}.get(
+        kind, ("value",)
+    )
+    f.reject_unknown(policy, ("type", *wanted), field_name)
+    checked: dict[str, Any] = {"type": kind}
+    for key in wanted:
+        if key not in policy:
+            raise ConfigError(f"{field_name}.{key}", f"is required for type {kind!r}")
+        checked[key] = f.number(policy[key], f"{field_name}.{key}", 0.0, 1.0)
+    return checked
 
 
 def resolve(
@@ -143,6 +207,7 @@ def resolve(
         )
     hyper = {**DEFAULT_HYPERPARAMETERS, **model_defaults.get("hyperparameters", {})}
     hyper.update(check_hyperparameters(req.get("hyperparameters", {}), "hyperparameters"))
+    check_class_weighting(hyper, "hyperparameters")
     if "dataRange" in req:
         start, end = _data_range(req["dataRange"], "dataRange")
     else:
@@ -162,6 +227,17 @@ def resolve(
     split = req.get(
         "validationSplit", model_defaults.get("validationSplit", DEFAULT_VALIDATION_SPLIT)
     )
+    inner = req.get(
+        "innerValidationSplit",
+        model_defaults.get("innerValidationSplit", DEFAULT_INNER_VALIDATION_SPLIT),
+    )
+    policy = req.get(
+        "decisionPolicy", model_defaults.get("decisionPolicy", DEFAULT_DECISION_POLICY)
+    )
+    derived = req.get("derivedFeatures", model_defaults.get("derivedFeatures", {}))
+    derived_field = (
+        "derivedFeatures" if "derivedFeatures" in req else "mlModelConfig.derivedFeatures"
+    )
     return TrainingConfig(
         organization_id=org_id,
         start=start,
@@ -171,7 +247,22 @@ def resolve(
         target_column=target,
         feature_columns=feature_tuple,
         keep_scratch=bool(req.get("keepScratch", False)),
+        inner_validation_split=_inner_split(inner, "innerValidationSplit"),
+        decision_policy=check_decision_policy(policy, "decisionPolicy"),
+        derived_features=_derived(derived, derived_field, feature_tuple, target),
     )
+
+
+def _derived(
+    value: object, field_name: str, features: Sequence[str], target: str
+) -> dict[str, str]:
+    spec = check_derived_features(value, field_name, features)
+    if target in spec:
+        raise ConfigError(
+            f"{field_name}.{target}",
+            f"{target!r} is the targetColumn; give the derived feature another name",
+        )
+    return spec
 
 
 def check_target_not_feature(
@@ -221,6 +312,12 @@ def from_wire(wire: Mapping[str, Any]) -> TrainingConfig:
         target_column=wire["targetColumn"],
         feature_columns=tuple(wire["featureColumns"]),
         keep_scratch=bool(wire.get("keepScratch", False)),
+        # Runs stored before these existed trained as the defaults say.
+        inner_validation_split=float(
+            wire.get("innerValidationSplit", DEFAULT_INNER_VALIDATION_SPLIT)
+        ),
+        decision_policy=dict(wire.get("decisionPolicy") or DEFAULT_DECISION_POLICY),
+        derived_features=dict(wire.get("derivedFeatures") or {}),
     )
 
 
@@ -241,6 +338,10 @@ def _data_range(value: object, name: str) -> tuple[datetime, datetime]:
 
 
 def _split(value: object, name: str) -> float:
+    return f.number(value, name, 0.05, 0.5)
+
+
+def _inner_split(value: object, name: str) -> float:
     return f.number(value, name, 0.05, 0.5)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training_tasks.config.derived import compile_features
 from training_tasks.config.training import TrainingConfig
 from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
 from training_tasks.files import (
@@ -77,9 +78,14 @@ class TrainResult:
 def script_config(
     config: TrainingConfig, *, version: str, train_path: Path, holdout_path: Path, output_dir: Path
 ) -> dict[str, Any]:
-    """The JSON config the training script receives (camelCase, absolute paths)."""
+    """The JSON config the training script receives (camelCase, absolute paths).
+
+    `derivedFeatures` arrives parsed ([{name, expression, ast}], see `config/derived.py`), so a
+    script computes the features without an expression parser of its own.
+    """
     return {
         **config.to_wire(),
+        "derivedFeatures": compile_features(config.derived_features, config.feature_columns),
         "version": version,
         "outputPath": str(output_dir.resolve()),
         "trainDataPath": str(train_path.resolve()),
