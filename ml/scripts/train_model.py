@@ -5,27 +5,39 @@ The script contract (an organization may supply its own script that honours it):
 
     python train_model.py <config.json>
 
-The config holds `organizationId`, `version`, `featureColumns`, `targetColumn`,
-`hyperparameters` (camelCase), `validationSplit`, `dataRange`, `outputPath`, `trainDataPath` and
-`holdoutDataPath`; unknown keys are ignored. The script reads only those files and writes
-`model.onnx` (one input `input` float32 [N, features], one output `failure_probability` float32
-[N]), `model.txt` (the native LightGBM model) and `metrics.json` into `outputPath`, each
-atomically. Progress goes to stdout as JSON lines (`start`, `loaded`, `iteration`, `exported`,
-`done`, or `error`); LightGBM's own logging stays on stderr.
+The config holds `organizationId`, `version`, `featureColumns` (the raw columns), `targetColumn`,
+`hyperparameters` (camelCase), `validationSplit`, `innerValidationSplit`, `decisionPolicy`,
+`derivedFeatures`, `dataRange`, `outputPath`, `trainDataPath` and `holdoutDataPath`; unknown keys
+are ignored. The script reads only those files and writes, each atomically, into `outputPath`:
 
-This file imports nothing from the service, and its heavy imports happen inside functions:
-start-up time counts against every training run.
+- `model.onnx`: input `input` float32 [N, raw features]; the derived features are computed inside
+  the graph; outputs `failure_probability` float32 [N] and `failure_alarm` bool [N] (probability
+  >= the decision threshold, which the metadata also holds);
+- `model.txt`: the native LightGBM model over [raw..., derived...] columns;
+- `metrics.json`: holdout metrics at the decision threshold, and what the training chose.
+
+Training is reproducible: the same config on the same data gives the same trees. The training rows
+are put in time order; the last `innerValidationSplit` share of them is the inner fold, on which
+early stopping and the decision threshold are decided. The model is fit on the rest. The holdout
+decides nothing: it is only scored for the (informational) metrics.
+
+Progress goes to stdout as JSON lines (`start`, `loaded`, `iteration`, `exported`, `done`, or
+`error`); LightGBM's own logging stays on stderr. This file imports nothing from the service, and
+its heavy imports happen inside functions: start-up time counts against every training run. It is
+one file, above the usual module size, because it is the unit an organization copies and adapts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -33,6 +45,7 @@ if TYPE_CHECKING:
     import lightgbm
     import numpy as np
     import onnx
+    import pyarrow as pa
 
 REQUIRED_KEYS = (
     "organizationId",
@@ -57,15 +70,35 @@ PARAM_NAMES = {
     "objective": "objective",
     "metric": "metric",
     "verbosity": "verbosity",
+    "seed": "seed",
+    "scalePosWeight": "scale_pos_weight",
+    "isUnbalance": "is_unbalance",
+    "minSumHessianInLeaf": "min_sum_hessian_in_leaf",
+    "lambdaL1": "lambda_l1",
+    "lambdaL2": "lambda_l2",
+    "maxBin": "max_bin",
     "earlyStoppingRounds": "early_stopping_round",
 }
 DEFAULT_ITERATIONS = 100
+DEFAULT_SEED = 42
+DEFAULT_INNER_SPLIT = 0.2
+DEFAULT_POLICY: dict[str, Any] = {"type": "fixed", "threshold": 0.5}
+POLICY_TYPES = ("fixed", "maxF1", "precisionAtLeast", "recallAtLeast")
+TIMESTAMP_COLUMN = "timestamp"  # the extract stage's name for the time of a row
 PROGRESS_INTERVAL_S = 0.1
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
+ALARM_NAME = "failure_alarm"
+TREE_INPUT_NAME = "tree_input"  # [raw..., derived...], what the converted trees read
+# GreaterOrEqual needs 12; 13 is the first opset with today's forms of Split, Squeeze and Slice.
+MIN_OPSET = 13
+MIN_IR_VERSION = 7  # the IR version that came with opset 13
 # The script's own metrics are informational (the service scores the whole holdout itself), so
 # an evenly spread sample of the holdout keeps their cost small on large data.
 METRICS_MAX_ROWS = 50_000
+# Expression operations -> ONNX operators; log1p(a) is built as Log(Add(a, 1)): ONNX has no Log1p.
+UNARY = {"neg": "Neg", "abs": "Abs", "sqrt": "Sqrt", "exp": "Exp", "log1p": "Log"}
+BINARY = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "min": "Min", "max": "Max"}
 _PROGRESS: list[IO[str]] = []  # where progress lines go once stdout is reserved
 
 
@@ -91,8 +124,11 @@ def reserve_stdout() -> None:
     os.dup2(2, 1)
 
 
+# --- the config -------------------------------------------------------------------------------
+
+
 def load_config(path: Path) -> dict[str, Any]:
-    """Read the JSON config and check the keys this script relies on."""
+    """Read the JSON config, check the keys this script relies on and fill in the defaults."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -115,15 +151,104 @@ def load_config(path: Path) -> dict[str, Any]:
         raise ScriptError("targetColumn must be a column name that is not a feature column")
     if not isinstance(config["hyperparameters"], dict):
         raise ScriptError("hyperparameters must be a JSON object")
+    config["innerValidationSplit"] = inner_split(
+        config.get("innerValidationSplit", DEFAULT_INNER_SPLIT)
+    )
+    config["decisionPolicy"] = decision_policy(config.get("decisionPolicy", DEFAULT_POLICY))
+    config["derivedFeatures"] = derived_features(config.get("derivedFeatures", []), features)
     return config
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number (not a boolean) that is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def inner_split(value: Any) -> float:
+    """The inner fold's share of the training rows: a number strictly between 0 and 1."""
+    if not (is_number(value) and 0 < value < 1):
+        raise ScriptError(
+            f"innerValidationSplit {value!r} must be a number between 0 and 1 (0.2 is usual)"
+        )
+    return float(value)
+
+
+def decision_policy(value: Any) -> dict[str, Any]:
+    """Check `decisionPolicy`; returns it with its number as a float."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in POLICY_TYPES:
+        raise ScriptError(
+            f"decisionPolicy {json.dumps(value)[:200]} must be an object whose type is one of "
+            f"{', '.join(POLICY_TYPES)}"
+        )
+    if kind == "maxF1":
+        return {"type": kind}
+    key = "threshold" if kind == "fixed" else "value"
+    number = value.get(key)
+    if not (is_number(number) and 0 <= number <= 1):
+        raise ScriptError(f"decisionPolicy {kind} needs {key!r}, a number from 0 to 1")
+    return {"type": kind, key: float(number)}
+
+
+def derived_features(value: Any, features: Sequence[str]) -> list[dict[str, Any]]:
+    """Check `derivedFeatures` ([{name, expression, ast}]): unique new names, known columns."""
+    if not isinstance(value, list):
+        raise ScriptError("derivedFeatures must be a list of {name, expression, ast} objects")
+    names = set(features)
+    for feature in value:
+        name = feature.get("name") if isinstance(feature, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ScriptError(f"derivedFeatures entry {json.dumps(feature)[:200]} has no name")
+        if name in names:
+            raise ScriptError(
+                f"derived feature {name!r} repeats the name of a feature column or of an "
+                "earlier derived feature; give it another name"
+            )
+        names.add(name)
+        check_ast(feature.get("ast"), features, name)
+    return value
+
+
+def check_ast(ast: Any, features: Sequence[str], name: str) -> None:
+    """Refuse an expression tree this script cannot compute, naming the derived feature."""
+    problem = ""
+    if not isinstance(ast, dict):
+        problem = f"{json.dumps(ast)[:100]} is not an expression node"
+    elif "num" in ast:
+        problem = "" if is_number(ast["num"]) else f"{ast['num']!r} is not a finite number"
+    elif "col" in ast:
+        problem = "" if ast["col"] in features else f"{ast['col']!r} is not in featureColumns"
+    else:
+        operation = ast.get("op", ast.get("fn"))
+        arity = 1 if operation in UNARY else 2 if operation in BINARY else 0
+        args = ast.get("args")
+        if arity == 0 or not isinstance(args, list) or len(args) != arity:
+            problem = f"{json.dumps(ast)[:100]} is not an operation with its arguments"
+        else:
+            for arg in args:
+                check_ast(arg, features, name)
+    if problem:
+        raise ScriptError(
+            f"derived feature {name!r}: {problem}; compile derivedFeatures with the service "
+            "(training_tasks.config.derived)"
+        )
+
+
 def lightgbm_params(hyperparameters: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
-    """Map camelCase hyperparameters to LightGBM names; returns (params, number of iterations)."""
+    """Map camelCase hyperparameters to LightGBM names; returns (params, number of iterations).
+
+    The seed (42 unless given), `deterministic` and a fixed row-wise histogram layout make the
+    same config on the same data give the same trees: left to itself, LightGBM picks row- or
+    column-wise by timing a trial, and the two sum the histograms in different orders.
+    """
     params: dict[str, Any] = {"objective": "binary", "verbosity": -1}
     for key, value in hyperparameters.items():
         name = PARAM_NAMES.get(key) or re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
         params[name] = value
+    params.setdefault("seed", DEFAULT_SEED)
+    params["deterministic"] = True
+    if not params.get("force_col_wise"):
+        params["force_row_wise"] = True
     iterations = int(params.pop("num_iterations", DEFAULT_ITERATIONS))
     if not str(params["objective"]).startswith(("binary", "cross_entropy", "xentropy")):
         raise ScriptError(
@@ -133,12 +258,50 @@ def lightgbm_params(hyperparameters: Mapping[str, Any]) -> tuple[dict[str, Any],
     return params, iterations
 
 
-def read_parquet(path: Path, features: Sequence[str], target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read the feature matrix (float32, column-major, NaN for missing) and the 0/1 labels."""
+# --- the data ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """The training rows split by time, and the holdout rows the metrics are computed on."""
+
+    fit: list[Any]  # [features, labels]; the features are dropped once LightGBM binned them
+    inner: tuple[np.ndarray, np.ndarray]  # the last share of the training rows in time order
+    holdout: tuple[np.ndarray, np.ndarray]  # an evenly spread sample of the holdout
+    train_rows: int
+    holdout_rows: int
+
+
+def load_data(config: Mapping[str, Any]) -> Data:
+    """Read both files into float32 matrices of [raw..., derived...] columns and split training."""
+    import numpy as np
+
+    features, target = config["featureColumns"], config["targetColumn"]
+    derived = config["derivedFeatures"]
+    path = Path(config["trainDataPath"])
+    table = open_parquet(path, [*features, target], optional=[TIMESTAMP_COLUMN])
+    rows = table.num_rows
+    inner_rows = int(rows * config["innerValidationSplit"])
+    order = time_order(table, path)
+    if order is None:
+        parts: list[Any] = [slice(0, rows - inner_rows), slice(rows - inner_rows, rows)]
+    else:
+        parts = [order[: rows - inner_rows], order[rows - inner_rows :]]
+    (fit_x, fit_y), inner = read_rows(table, features, target, derived, parts, path)
+    del table
+    path = Path(config["holdoutDataPath"])
+    table = open_parquet(path, [*features, target])
+    step = max(1, -(-table.num_rows // METRICS_MAX_ROWS))
+    sample = slice(0, table.num_rows) if step == 1 else np.arange(0, table.num_rows, step)
+    (holdout,) = read_rows(table, features, target, derived, [sample], path)
+    return Data([fit_x, fit_y], inner, holdout, rows, table.num_rows)
+
+
+def open_parquet(path: Path, columns: Sequence[str], optional: Sequence[str] = ()) -> pa.Table:
+    """Read `columns` (and those of `optional` the file has) from a Parquet file."""
     # Arrow's mimalloc pool reserves address space in large arenas, which makes a memory limit
     # (RLIMIT_AS) fail at unpredictable points; the system allocator keeps the need steady.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    import numpy as np
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -151,29 +314,161 @@ def read_parquet(path: Path, features: Sequence[str], target: str) -> tuple[np.n
             f"{path} is not a readable Parquet file ({exc}); run the extract stage again"
         ) from None
     names = parquet.schema_arrow.names
-    missing = [c for c in (*features, target) if c not in names]
+    missing = [c for c in columns if c not in names]
     if missing:
         raise ScriptError(
             f"{path.name} has no column {', '.join(map(repr, missing))}; "
             f"its columns are {', '.join(names)}; fix featureColumns/targetColumn"
         )
-    table = parquet.read(columns=[*features, target], use_threads=True)
-    # Column-major lets each Arrow column land in one contiguous slice, and LightGBM reads
-    # column-major input directly, so this is the only copy of the data.
-    matrix = np.empty((table.num_rows, len(features)), dtype=np.float32, order="F")
+    present = [c for c in optional if c in names]
+    return parquet.read(columns=[*columns, *present], use_threads=True)
+
+
+def time_order(table: pa.Table, path: Path) -> np.ndarray | None:
+    """Row numbers in time order, or None when the rows already are (or the file has no time).
+
+    The extract stage writes rows in the order the database returns them, which SQL does not
+    promise to be time order; a stable sort keeps the file order among equal timestamps.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    if TIMESTAMP_COLUMN not in table.column_names:
+        return None
+    stamps = table.column(TIMESTAMP_COLUMN)
+    if stamps.null_count:
+        raise ScriptError(
+            f"{path.name}: column {TIMESTAMP_COLUMN!r} has {stamps.null_count} empty values; "
+            "every row needs its time: run the extract stage again"
+        )
+    if not pa.types.is_timestamp(stamps.type):
+        raise ScriptError(f"{path.name}: column {TIMESTAMP_COLUMN!r} holds {stamps.type}")
+    ticks = stamps.cast(pa.int64()).to_numpy()
+    if bool(np.all(ticks[1:] >= ticks[:-1])):
+        return None
+    return np.argsort(ticks, kind="stable")
+
+
+def read_rows(
+    table: pa.Table,
+    features: Sequence[str],
+    target: str,
+    derived: Sequence[Mapping[str, Any]],
+    parts: Sequence[Any],
+    path: Path,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (features, labels) pair per part of the rows; derived columns follow the raw ones.
+
+    The matrices are column-major: each Arrow column lands in one contiguous slice, LightGBM
+    reads column-major input directly, and each derived column is computed into its own slice.
+    """
+    import numpy as np
+
+    width = len(features) + len(derived)
+    matrices = [np.empty((part_rows(p), width), dtype=np.float32, order="F") for p in parts]
     for j, name in enumerate(features):
-        row = 0
-        for chunk in table.column(name).chunks:
-            values = chunk.to_numpy(zero_copy_only=False)  # nulls become NaN
-            matrix[row : row + len(values), j] = values
-            row += len(values)
+        fill_column([m[:, j] for m in matrices], table.column(name), parts)
     labels = table.column(target)
     if labels.null_count:
         raise ScriptError(f"{path.name}: target column {target!r} has {labels.null_count} nulls")
     y = labels.to_numpy()
     if np.count_nonzero((y != 0) & (y != 1)):
         raise ScriptError(f"{path.name}: target column {target!r} must hold only 0 and 1")
-    return matrix, y
+    for matrix in matrices:
+        add_derived(matrix, features, derived)
+    return [(matrix, y[part]) for matrix, part in zip(matrices, parts, strict=True)]
+
+
+def part_rows(part: Any) -> int:
+    """The number of rows a part selects."""
+    return part.stop - part.start if isinstance(part, slice) else len(part)
+
+
+def fill_column(
+    outputs: Sequence[np.ndarray], column: pa.ChunkedArray, parts: Sequence[Any]
+) -> None:
+    """Copy the rows of each part of one Arrow column (nulls become NaN) into its output."""
+    values = None
+    for out, part in zip(outputs, parts, strict=True):
+        if isinstance(part, slice):
+            row = 0
+            for chunk in column.slice(part.start, part.stop - part.start).chunks:
+                piece = chunk.to_numpy(zero_copy_only=False)
+                out[row : row + len(piece)] = piece
+                row += len(piece)
+        else:
+            values = column.to_numpy() if values is None else values
+            out[:] = values[part]
+
+
+def add_derived(
+    matrix: np.ndarray, features: Sequence[str], derived: Sequence[Mapping[str, Any]]
+) -> None:
+    """Compute each derived column from the raw ones, in float32 one operation at a time."""
+    index = {name: j for j, name in enumerate(features)}
+    for i, feature in enumerate(derived):
+        matrix[:, len(features) + i] = evaluate(feature["ast"], lambda c: matrix[:, index[c]])
+
+
+def evaluate(ast: Mapping[str, Any], column: Callable[[str], np.ndarray]) -> Any:
+    """One expression in float32, exactly as the ONNX graph computes it (log1p as log(a + 1))."""
+    import numpy as np
+
+    if "num" in ast:
+        return np.float32(ast["num"])
+    if "col" in ast:
+        return column(ast["col"])
+    args = [evaluate(arg, column) for arg in ast["args"]]
+    name = ast.get("op", ast.get("fn"))
+    with np.errstate(all="ignore"):  # nan and inf flow on, as they do in the graph
+        if name == "log1p":
+            return np.log(args[0] + np.float32(1))
+        function = {
+            "+": np.add,
+            "-": np.subtract,
+            "*": np.multiply,
+            "/": np.divide,
+            "min": np.minimum,
+            "max": np.maximum,
+            "neg": np.negative,
+            "abs": np.abs,
+            "sqrt": np.sqrt,
+            "exp": np.exp,
+        }[name]
+        return function(*args)
+
+
+def check_rows(data: Data, split: float, policy: Mapping[str, Any], early_stopping: bool) -> None:
+    """Refuse data that cannot give a classifier, or an inner fold that cannot decide."""
+    train_y = [data.fit[1], data.inner[1]]
+    rows, positives = sum(map(len, train_y)), int(sum(y.sum() for y in train_y))
+    if rows == 0 or data.holdout_rows == 0:
+        raise ScriptError(
+            f"the training data has {rows} rows and the holdout {data.holdout_rows}; "
+            "both need rows: widen dataRange or change validationSplit"
+        )
+    if positives in (0, rows):
+        raise ScriptError(
+            f"the training data holds only class {int(positives > 0)}; a failure classifier "
+            "needs both failures and normal rows: widen dataRange"
+        )
+    fold = f"the inner validation fold (the last {split:g} of the training rows by time"
+    fit_positives, inner_positives = int(data.fit[1].sum()), int(data.inner[1].sum())
+    if fit_positives in (0, len(data.fit[1])):
+        raise ScriptError(
+            f"the training rows before {fold}) hold only class {int(fit_positives > 0)}; "
+            "widen dataRange or lower innerValidationSplit"
+        )
+    needs_both = early_stopping or policy["type"] != "fixed"
+    if needs_both and inner_positives in (0, len(data.inner[1])):
+        reason = "early stopping" if early_stopping else f"decisionPolicy {policy['type']}"
+        raise ScriptError(
+            f"{fold}, {len(data.inner[1])} rows) holds {inner_positives} failures; {reason} "
+            "needs failures and normal rows in it: widen dataRange or raise innerValidationSplit"
+        )
+
+
+# --- training and the decision threshold ------------------------------------------------------
 
 
 class Progress:
@@ -202,22 +497,31 @@ class Progress:
 def fit(
     params: dict[str, Any],
     iterations: int,
-    train: list[np.ndarray],
-    holdout: tuple[np.ndarray, np.ndarray],
+    train: list[Any],
+    inner: tuple[np.ndarray, np.ndarray],
+    feature_names: Sequence[str],
 ) -> lightgbm.Booster:
-    """Train the booster; the holdout is a valid set only when early stopping asks for one.
+    """Train the booster; early stopping, when asked for, watches the inner fold only.
 
     `train` is [features, labels]; the feature matrix is dropped from it once LightGBM has
     binned it, which roughly halves the peak memory of a large training.
     """
     import lightgbm as lgb
 
-    dataset = lgb.Dataset(train[0], label=train[1], params=dict(params), free_raw_data=True)
+    # LightGBM refuses some characters in names; model.txt then names the columns by number.
+    names = list(feature_names) if not re.search(r'[",:\[\]{}]', "".join(feature_names)) else None
+    dataset = lgb.Dataset(
+        train[0],
+        label=train[1],
+        params=dict(params),
+        free_raw_data=True,
+        feature_name=names or "auto",
+    )
     dataset.construct()
-    train[0] = None  # type: ignore[call-overload]  # the binned Dataset is all training needs
+    train[0] = None  # the binned Dataset is all training needs
     valid: list[Any] = []
     if params.get("early_stopping_round"):
-        valid = [lgb.Dataset(holdout[0], label=holdout[1], reference=dataset)]
+        valid = [lgb.Dataset(inner[0], label=inner[1], reference=dataset)]
     progress = Progress(iterations)
     booster = lgb.train(
         params, dataset, num_boost_round=iterations, valid_sets=valid or None, callbacks=[progress]
@@ -227,66 +531,73 @@ def fit(
     return booster
 
 
-class HideModules:
-    """An import hook that makes the named packages look absent, like `pip uninstall` would.
+def inner_probability(booster: lightgbm.Booster, data: Data, policy: Mapping[str, Any]) -> Any:
+    """The model's probabilities on the inner fold; a fixed policy needs none."""
+    import numpy as np
 
-    This script never uses pandas or scikit-learn, but LightGBM imports both when present and
-    pyarrow imports pandas on its first conversion to numpy: ~1.2 s of start-up together.
+    if policy["type"] == "fixed":
+        return np.empty(0)
+    return booster.predict(data.inner[0])
+
+
+def choose_threshold(policy: Mapping[str, Any], probability: np.ndarray, y: np.ndarray) -> float:
+    """The decision threshold by the policy, from the inner fold's probabilities and labels.
+
+    The result is a float32 value, so `probability >= threshold` decides the same whether a
+    reader compares in float32 (the graph) or float64. A fixed threshold becomes the smallest
+    float32 at or above it, which keeps every float32 probability on the same side.
     """
-
-    def __init__(self, *names: str) -> None:
-        self.names = frozenset(names)
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name.partition(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
-
-
-def holdout_metrics(probability: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
-    """Accuracy, precision, recall, F1 (at 0.5) and ROC AUC of the holdout predictions."""
     import numpy as np
 
-    predicted = probability >= 0.5
-    actual = y == 1
-    tp = int(np.count_nonzero(predicted & actual))
-    fp = int(np.count_nonzero(predicted & ~actual))
-    fn = int(np.count_nonzero(~predicted & actual))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return {
-        "accuracy": float(np.count_nonzero(predicted == actual) / len(y)),
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "auc": roc_auc(probability, actual),
-    }
+    if policy["type"] == "fixed":
+        wanted = policy["threshold"]
+        single = np.float32(wanted)
+        # Compared in float64: numpy would compare a float32 with a Python float in float32.
+        return float(single if float(single) >= wanted else np.nextafter(single, np.float32(1)))
+    thresholds, tp, fp = candidates(probability.astype(np.float32), y)
+    positives = int(np.count_nonzero(y == 1))
+    precision, recall = tp / (tp + fp), tp / positives
+    if policy["type"] == "maxF1":
+        # argmax takes the first of equal values: candidates run from the highest threshold.
+        return float(thresholds[np.argmax(2 * tp / (tp + fp + positives))])
+    if policy["type"] == "recallAtLeast":
+        chosen = np.flatnonzero(recall >= policy["value"])  # never empty: the lowest has recall 1
+        return float(thresholds[chosen[np.argmax(precision[chosen])]])
+    chosen = np.flatnonzero(precision >= policy["value"])
+    if len(chosen) == 0:
+        best = int(np.argmax(precision))
+        raise ScriptError(
+            f"decisionPolicy precisionAtLeast {policy['value']:g}: no threshold reaches that "
+            f"precision on the inner validation fold ({len(y)} rows, {positives} failures); the "
+            f"best reached is {precision[best]:.3f} (threshold {thresholds[best]:.4g}, recall "
+            f"{recall[best]:.3f}): lower the value, use maxF1 or recallAtLeast, or train on more "
+            "data (widen dataRange)"
+        )
+    return float(thresholds[chosen[np.argmax(recall[chosen])]])
 
 
-def roc_auc(score: np.ndarray, actual: np.ndarray) -> float | None:
-    """ROC AUC by the rank-sum formula with tied scores sharing their average rank."""
+def candidates(probability: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each distinct probability, highest first, with the true and false positives at it."""
     import numpy as np
 
-    positives = int(np.count_nonzero(actual))
-    negatives = len(actual) - positives
-    if positives == 0 or negatives == 0:
-        return None
-    order = np.argsort(score, kind="stable")
-    ordered = score[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(ordered)]
-    group_rank = (starts + ends + 1) / 2.0
-    ranks = np.repeat(group_rank, ends - starts)
-    rank_sum = float(ranks[actual[order]].sum())
-    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+    order = np.argsort(probability, kind="stable")[::-1]
+    ordered = probability[order]
+    failures = (y[order] == 1).astype(np.int64)
+    ends = np.flatnonzero(np.r_[ordered[1:] != ordered[:-1], True])  # last row of each value
+    tp = np.cumsum(failures)[ends]
+    return ordered[ends], tp, ends + 1 - tp
 
 
-def export_onnx(model_text: str, config: Mapping[str, Any]) -> bytes:
-    """Convert to ONNX with one float32 input and one `failure_probability` output."""
+# --- the ONNX model ---------------------------------------------------------------------------
+
+
+def convert(model_text: str, config: Mapping[str, Any]) -> onnx.ModelProto:
+    """Convert to ONNX: the raw input, derived columns computed in the graph, the probability."""
     import lightgbm
     from onnxmltools import convert_lightgbm
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    features = config["featureColumns"]
+    features, derived = config["featureColumns"], config["derivedFeatures"]
     text = float32_thresholds(model_text)
     cross_entropy = re.search(r"^objective=(cross_entropy|xentropy)", text, re.MULTILINE)
     if cross_entropy:
@@ -295,17 +606,32 @@ def export_onnx(model_text: str, config: Mapping[str, Any]) -> bytes:
     booster = lightgbm.Booster(model_str=text)
     if cross_entropy:
         booster.params["objective"] = "binary"  # the converter reads it from here first
+    width = len(features) + len(derived)
     model = convert_lightgbm(
         booster,
         name="failure_classifier",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, len(features)]))],
+        initial_types=[
+            (TREE_INPUT_NAME if derived else INPUT_NAME, FloatTensorType([None, width]))
+        ],
         zipmap=False,
     )
     keep_probability_of_failure(model)
+    if derived:
+        compute_derived_in_graph(model.graph, features, derived)
+    return model
+
+
+def finish(model: onnx.ModelProto, config: Mapping[str, Any], threshold: float, seed: int) -> bytes:
+    """Add the alarm at `threshold` and the metadata; returns the serialized model."""
+    add_alarm(model, threshold)
     for key, value in (
-        ("feature_columns", json.dumps(features)),
+        ("feature_columns", json.dumps(config["featureColumns"])),
         ("organization_id", str(config["organizationId"])),
         ("version", str(config["version"])),
+        ("decision_threshold", repr(threshold)),
+        ("decision_policy", json.dumps(config["decisionPolicy"])),
+        ("derived_features", json.dumps(config["derivedFeatures"])),
+        ("seed", str(seed)),
     ):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -357,6 +683,175 @@ def keep_probability_of_failure(model: onnx.ModelProto) -> None:
     graph.node.extend(reversed(kept))
 
 
+class DerivedNodes:
+    """Builds the standard ONNX operators computing derived columns [N, 1] from the raw input."""
+
+    def __init__(self, raw: str, features: Sequence[str]) -> None:
+        self.raw = raw
+        self.index = {name: j for j, name in enumerate(features)}
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.known: dict[Any, str] = {}  # columns and constants already in the graph
+
+    def tensor(self, op: str, inputs: Sequence[str], **attributes: Any) -> str:
+        """Add one node; returns the name of its output."""
+        from onnx import helper
+
+        output = f"derived/{len(self.nodes)}_{op.lower()}"
+        self.nodes.append(helper.make_node(op, list(inputs), [output], **attributes))
+        return output
+
+    def constant(self, value: float, kind: str = "float") -> str:
+        """A scalar initializer (float32, or an int64 [1] column index), added once."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        key = (kind, float(np.float32(value)) if kind == "float" else int(value))
+        if key not in self.known:
+            array = np.array(value, np.float32) if kind == "float" else np.array([value], np.int64)
+            name = f"derived/{kind}_{len(self.known)}"
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self.known[key] = name
+        return self.known[key]
+
+    def split(self) -> list[str]:
+        """Every raw column as its own [N, 1] tensor, from one Split node (fewer nodes than a
+        Gather per column: each node costs single-row inference a fraction of a microsecond)."""
+        from onnx import helper
+
+        if "split" not in self.known:
+            outputs = [f"derived/raw_{j}" for j in range(len(self.index))]
+            if len(outputs) == 1:
+                self.nodes.append(helper.make_node("Identity", [self.raw], outputs))
+            else:
+                self.nodes.append(helper.make_node("Split", [self.raw], outputs, axis=1))
+            self.known["split"] = outputs
+        return list(self.known["split"])
+
+    def value(self, ast: Mapping[str, Any]) -> str:
+        """The tensor computing one expression: [N, 1], or a scalar when it reads no column."""
+        if "num" in ast:
+            return self.constant(ast["num"])
+        if "col" in ast:
+            return self.split()[self.index[ast["col"]]]
+        args = [self.value(arg) for arg in ast["args"]]
+        name = ast.get("op", ast.get("fn"))
+        if name == "log1p":  # ONNX has no Log1p; log(a + 1) is also what training computed
+            return self.tensor("Log", [self.tensor("Add", [args[0], self.constant(1.0)])])
+        return self.tensor({**UNARY, **BINARY}[name], args)
+
+    def column(self, ast: Mapping[str, Any]) -> str:
+        """One derived column [N, 1]; an expression without a column is repeated N times."""
+        result = self.value(ast)
+        if uses_a_column(ast):
+            return result
+        rows = self.tensor(
+            "Shape", [self.tensor("Gather", [self.raw, self.constant(0, "index")], axis=1)]
+        )
+        return self.tensor("Expand", [result, rows])
+
+
+def uses_a_column(ast: Mapping[str, Any]) -> bool:
+    """Whether an expression reads any raw column."""
+    return "col" in ast or any(uses_a_column(arg) for arg in ast.get("args", ()))
+
+
+def compute_derived_in_graph(
+    graph: onnx.GraphProto, features: Sequence[str], derived: Sequence[Mapping[str, Any]]
+) -> None:
+    """Give the graph the raw input and compute the trees' [raw..., derived...] input from it."""
+    from onnx import TensorProto, helper
+
+    build = DerivedNodes(INPUT_NAME, features)
+    columns = [build.column(feature["ast"]) for feature in derived]
+    build.nodes.append(
+        helper.make_node("Concat", [INPUT_NAME, *columns], [TREE_INPUT_NAME], axis=1)
+    )
+    del graph.input[:]
+    graph.input.append(
+        helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", len(features)])
+    )
+    graph.initializer.extend(build.initializers)
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*build.nodes, *existing])
+
+
+def add_alarm(model: onnx.ModelProto, threshold: float) -> None:
+    """Add `failure_alarm` = failure_probability >= threshold, and the opset that needs."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array(threshold, np.float32), "threshold"))
+    graph.node.append(helper.make_node("GreaterOrEqual", [OUTPUT_NAME, "threshold"], [ALARM_NAME]))
+    graph.output.append(helper.make_tensor_value_info(ALARM_NAME, TensorProto.BOOL, ["N"]))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            # The converter's own default-domain operators (Identity, Cast, Mul, Gather) mean
+            # the same from its opset 9 up to 13.
+            opset.version = max(opset.version, MIN_OPSET)
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class HideModules:
+    """An import hook that makes the named packages look absent, like `pip uninstall` would.
+
+    This script never uses pandas or scikit-learn, but LightGBM imports both when present and
+    pyarrow imports pandas on its first conversion to numpy: ~1.2 s of start-up together.
+    """
+
+    def __init__(self, *names: str) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden)", name=name)
+
+
+def holdout_metrics(
+    probability: np.ndarray, y: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """Accuracy, precision, recall, F1 (at the threshold) and ROC AUC of holdout predictions."""
+    import numpy as np
+
+    predicted = probability.astype(np.float32) >= threshold  # as the model's float32 alarm
+    actual = y == 1
+    tp = int(np.count_nonzero(predicted & actual))
+    fp = int(np.count_nonzero(predicted & ~actual))
+    fn = int(np.count_nonzero(~predicted & actual))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "accuracy": float(np.count_nonzero(predicted == actual) / len(y)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "auc": roc_auc(probability, actual),
+    }
+
+
+def roc_auc(score: np.ndarray, actual: np.ndarray) -> float | None:
+    """ROC AUC by the rank-sum formula with tied scores sharing their average rank."""
+    import numpy as np
+
+    positives = int(np.count_nonzero(actual))
+    negatives = len(actual) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(score, kind="stable")
+    ordered = score[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    group_rank = (starts + ends + 1) / 2.0
+    ranks = np.repeat(group_rank, ends - starts)
+    rank_sum = float(ranks[actual[order]].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary name next to `path`, fsync, then rename over it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -375,66 +870,77 @@ def run(config_path: Path) -> dict[str, Any]:
     if not output.is_dir():
         raise ScriptError(f"outputPath {output} is not a directory; create it before training")
     params, iterations = lightgbm_params(config["hyperparameters"])
-    features, target = config["featureColumns"], config["targetColumn"]
-    train = list(read_parquet(Path(config["trainDataPath"]), features, target))
-    holdout = read_parquet(Path(config["holdoutDataPath"]), features, target)
-    check_rows(train[1], holdout[1])
-    emit("loaded", rows=len(train[1]), holdoutRows=len(holdout[1]), features=len(features))
-
-    fit_start = time.perf_counter()
-    booster = fit(params, iterations, train, holdout)
-    fit_seconds = time.perf_counter() - fit_start
-    step = max(1, -(-len(holdout[1]) // METRICS_MAX_ROWS))
-    sample_x, sample_y = holdout[0][::step], holdout[1][::step]
-    probability, export_seconds = export_and_score(booster, sample_x, config, output)
-
-    metrics: dict[str, Any] = holdout_metrics(probability, sample_y)
-    metrics.update(
-        num_iterations=booster.best_iteration or booster.current_iteration(),
-        train_rows=len(train[1]),
-        holdout_rows=len(holdout[1]),
-        holdout_rows_scored=len(sample_y),
-        fit_seconds=round(fit_seconds, 3),
-        export_seconds=round(export_seconds, 3),
+    policy, seed = config["decisionPolicy"], int(params["seed"])
+    data = load_data(config)
+    check_rows(
+        data, config["innerValidationSplit"], policy, bool(params.get("early_stopping_round"))
     )
+    features, derived = config["featureColumns"], config["derivedFeatures"]
+    emit(
+        "loaded",
+        rows=data.train_rows,
+        innerRows=len(data.inner[1]),
+        holdoutRows=data.holdout_rows,
+        features=len(features),
+        derivedFeatures=len(derived),
+    )
+    fit_start = time.perf_counter()
+    names = [*features, *(feature["name"] for feature in derived)]
+    booster = fit(params, iterations, data.fit, data.inner, names)
+    fit_seconds = time.perf_counter() - fit_start
+    threshold, probability, export_seconds = export_and_score(booster, data, config, output, seed)
+    metrics: dict[str, Any] = holdout_metrics(probability, data.holdout[1], threshold)
+    metrics.update(decisions(booster, data, policy, threshold, seed))
+    metrics.update(fit_seconds=round(fit_seconds, 3), export_seconds=round(export_seconds, 3))
     write_atomically(output / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
     emit("done", metrics=metrics)
     return metrics
 
 
+def decisions(
+    booster: lightgbm.Booster, data: Data, policy: Mapping[str, Any], threshold: float, seed: int
+) -> dict[str, Any]:
+    """What the training chose, and on how many rows, for metrics.json."""
+    used = booster.best_iteration or booster.current_iteration()  # early stopping's, or the last
+    return {
+        "decision_threshold": threshold,
+        "decision_policy": policy,
+        "num_iterations": used,
+        "best_iteration": used,
+        "seed": seed,
+        "train_rows": data.train_rows,
+        "inner_rows": len(data.inner[1]),
+        "inner_positives": int(data.inner[1].sum()),
+        "holdout_rows": data.holdout_rows,
+        "holdout_rows_scored": len(data.holdout[1]),
+    }
+
+
 def export_and_score(
-    booster: lightgbm.Booster, holdout_x: np.ndarray, config: Mapping[str, Any], output: Path
-) -> tuple[np.ndarray, float]:
-    """Write model.onnx and model.txt while scoring the holdout; returns (scores, export s)."""
+    booster: lightgbm.Booster, data: Data, config: Mapping[str, Any], output: Path, seed: int
+) -> tuple[float, np.ndarray, float]:
+    """Choose the threshold and write model.onnx and model.txt while scoring the holdout.
+
+    Returns (threshold, holdout probabilities, export seconds). Prediction runs in LightGBM's C++
+    code without the GIL, so scoring the inner fold and the holdout overlaps the conversion,
+    which is mostly Python. predict() uses the best iteration after early stopping.
+    """
     import numpy as np
 
-    # Scoring runs in LightGBM's C++ code without the GIL, so it overlaps the export, which is
-    # mostly Python. predict() uses the best iteration after early stopping.
+    policy = config["decisionPolicy"]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        scoring = pool.submit(booster.predict, holdout_x)
+        inner = pool.submit(inner_probability, booster, data, policy)
+        scoring = pool.submit(booster.predict, data.holdout[0])
         started = time.perf_counter()
         model_text = booster.model_to_string()
-        onnx_bytes = export_onnx(model_text, config)
+        model = convert(model_text, config)
+        threshold = choose_threshold(policy, inner.result(), data.inner[1])
+        onnx_bytes = finish(model, config, threshold, seed)
         write_atomically(output / "model.onnx", onnx_bytes)
         write_atomically(output / "model.txt", model_text.encode("utf-8"))
         export_seconds = time.perf_counter() - started
         emit("exported", modelBytes=len(onnx_bytes), seconds=round(export_seconds, 3))
-        return np.asarray(scoring.result()), export_seconds
-
-
-def check_rows(train_y: np.ndarray, holdout_y: np.ndarray) -> None:
-    """Refuse data that cannot give a classifier: no rows, or a single class in training."""
-    if len(train_y) == 0 or len(holdout_y) == 0:
-        raise ScriptError(
-            f"the training data has {len(train_y)} rows and the holdout {len(holdout_y)}; "
-            "both need rows: widen dataRange or change validationSplit"
-        )
-    positives = int(train_y.sum())
-    if positives in (0, len(train_y)):
-        raise ScriptError(
-            f"the training data holds only class {int(train_y[0])}; a failure classifier needs "
-            "both failures and normal rows: widen dataRange"
-        )
+        return threshold, np.asarray(scoring.result()), export_seconds
 
 
 def main(argv: Sequence[str]) -> int:

@@ -115,10 +115,13 @@ def test_a_celery_client_trains_and_deploys_a_model_that_scores_unseen_rows(stac
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     unseen = scada.generate_sensor_frame(assets=2, days=3, interval_min=10, seed=99, start=START)
     rows = unseen[list(scada.FEATURES)].to_numpy(np.float32)
-    [probabilities] = session.run(None, {"input": rows})
+    probabilities, alarms = session.run(None, {"input": rows})
     assert probabilities.shape == (len(rows),) and np.all(
         (probabilities >= 0) & (probabilities <= 1)
     )
+    # The model's own decision, at the threshold its metadata records (0.5 by default).
+    threshold = float(session.get_modelmeta().custom_metadata_map["decision_threshold"])
+    assert np.array_equal(alarms, probabilities >= np.float32(threshold))
 
     org = stack.service.get_organization("acme-corp")
     stored = hotswap.read_current(redis_lib.Redis.from_url(stack.env["REDIS_URL"]), "acme-corp")

@@ -4,6 +4,7 @@ that names the field, recorded with the run, and handed to the training script."
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,39 @@ def test_features_are_computed_in_float32_as_the_expressions_say() -> None:
     t, r, p, a, w = (columns[n] for n in FEATURES)
     f32 = np.float32
     expected = [
-        t * r * f32(2) * f32(np.pi) / f32(60),
+        t * r * f32(2 * np.pi / 60),  # constants are folded: one multiplication in the graph
         p - a,
-        -np.abs(t - r) + np.maximum(r, f32(20)) / np.sqrt(np.log(np.exp(a / f32(50)) + f32(1))),
+        -np.abs(t - r) + np.maximum(r, f32(20)) / np.sqrt(np.log(np.exp(a * f32(0.02)) + f32(1))),
         np.minimum(t, w) - f32(15),
     ]
     for column, want in zip(got, expected, strict=True):
         assert column.dtype == np.float32 and column.shape == (1000,)
         np.testing.assert_array_equal(column, want.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("text", "ast"),
+    [
+        ("2 * pi / 60", {"num": 2 * math.pi / 60}),
+        (
+            "torque * rpm * 2 * pi / 60",
+            {
+                "op": "*",
+                "args": [
+                    {"op": "*", "args": [{"col": "torque"}, {"col": "rpm"}]},
+                    {"num": 2 * math.pi / 60},
+                ],
+            },
+        ),
+        ("torque / 4 / 2", {"op": "*", "args": [{"col": "torque"}, {"num": 0.125}]}),
+    ],
+)
+def test_constants_are_folded_so_the_model_computes_fewer_operations(
+    text: str, ast: dict[str, Any]
+) -> None:
+    assert parse_feature("f", text, "derivedFeatures", FEATURES) == ast
+
+
+def test_a_division_by_a_zero_constant_is_refused() -> None:
+    with pytest.raises(ConfigError, match="divides by zero at position 8"):
+        parse_feature("f", "torque / 0", "derivedFeatures", FEATURES)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightgbm as lgb
@@ -22,8 +25,17 @@ from training_tasks.config.settings import BUNDLED_SCRIPT
 
 FEATURES = ["temperature", "pressure", "vibration", "rpm"]
 TARGET = "failure"
+PROBABILITY = "failure_probability"
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "auc"}
 COST_KEYS = {"num_iterations", "train_rows", "holdout_rows", "fit_seconds", "export_seconds"}
+DECISION_KEYS = {
+    "decision_threshold",
+    "decision_policy",
+    "best_iteration",
+    "inner_rows",
+    "inner_positives",
+    "seed",
+}
 
 
 def sensor_table(rows: int, seed: int) -> pa.Table:
@@ -103,9 +115,35 @@ def run_script(folder: Path, config: dict[str, Any]) -> Run:
     return Run(done.returncode, events, done.stderr, Path(config["outputPath"]))
 
 
-def holdout_matrix(folder: Path) -> np.ndarray:
-    table = pq.read_table(folder / "holdout.parquet", columns=FEATURES)
+def holdout_matrix(folder: Path, name: str = "holdout.parquet") -> np.ndarray:
+    table = pq.read_table(folder / name, columns=FEATURES)
     return np.column_stack([table.column(c).to_numpy() for c in FEATURES]).astype(np.float32)
+
+
+def labels(folder: Path, name: str = "holdout.parquet") -> np.ndarray:
+    return pq.read_table(folder / name, columns=[TARGET]).column(TARGET).to_numpy()
+
+
+def onnx_outputs(out: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(failure_probability, failure_alarm) of the model in `out` on the raw rows `x`."""
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    probability, alarm = session.run([PROBABILITY, "failure_alarm"], {"input": x})
+    return probability, alarm
+
+
+def onnx_metadata(out: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+
+
+@functools.cache
+def script_module() -> ModuleType:
+    """The bundled script imported as a module (it runs nothing on import)."""
+    spec = importlib.util.spec_from_file_location("bundled_train_model", BUNDLED_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +153,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
     return folder, run_script(folder, script_config(folder))
 
 
-def test_the_onnx_model_has_one_input_and_one_failure_probability_output(
+def test_the_onnx_model_takes_one_input_and_gives_the_probability_and_the_alarm(
     trained: tuple[Path, Run],
 ) -> None:
     _, run = trained
     session = ort.InferenceSession(str(run.out / "model.onnx"))
 
     (model_input,) = session.get_inputs()
-    (model_output,) = session.get_outputs()
+    probability, alarm = session.get_outputs()
     assert run.returncode == 0, run.stderr
     assert (model_input.name, model_input.type) == ("input", "tensor(float)")
     assert model_input.shape[1] == len(FEATURES)
-    assert (model_output.name, model_output.type) == ("failure_probability", "tensor(float)")
-    assert len(model_output.shape) == 1
+    assert (probability.name, probability.type) == ("failure_probability", "tensor(float)")
+    assert (alarm.name, alarm.type) == ("failure_alarm", "tensor(bool)")
+    assert len(probability.shape) == len(alarm.shape) == 1
 
 
 def test_onnx_probabilities_match_the_native_lightgbm_model(trained: tuple[Path, Run]) -> None:
@@ -135,7 +174,7 @@ def test_onnx_probabilities_match_the_native_lightgbm_model(trained: tuple[Path,
     x = holdout_matrix(folder)
     session = ort.InferenceSession(str(run.out / "model.onnx"))
 
-    (onnx_probability,) = session.run(None, {"input": x})
+    (onnx_probability,) = session.run([PROBABILITY], {"input": x})
     native = lgb.Booster(model_file=str(run.out / "model.txt")).predict(x)
 
     assert onnx_probability.shape == (len(x),)
@@ -159,7 +198,7 @@ def test_inputs_sitting_exactly_on_split_thresholds_score_the_same_in_onnx_and_l
     probe[np.arange(len(features)), features] = np.array(thresholds, dtype=np.float32)
 
     (onnx_probability,) = ort.InferenceSession(str(run.out / "model.onnx")).run(
-        None, {"input": probe}
+        [PROBABILITY], {"input": probe}
     )
     native = lgb.Booster(model_file=str(run.out / "model.txt")).predict(probe)
 
@@ -181,11 +220,25 @@ def test_metrics_json_reports_holdout_quality_and_costs(trained: tuple[Path, Run
     _, run = trained
     metrics = json.loads((run.out / "metrics.json").read_text())
 
-    assert set(metrics) >= METRIC_KEYS | COST_KEYS
+    assert set(metrics) >= METRIC_KEYS | COST_KEYS | DECISION_KEYS
     assert metrics["auc"] > 0.85
     assert metrics["accuracy"] > 0.75
     assert (metrics["train_rows"], metrics["holdout_rows"]) == (4000, 2000)
-    assert metrics["num_iterations"] == 40
+    assert metrics["num_iterations"] == metrics["best_iteration"] == 40
+
+
+def test_without_a_policy_the_decision_is_at_one_half_and_the_last_fifth_is_the_inner_fold(
+    trained: tuple[Path, Run],
+) -> None:
+    folder, run = trained
+    metrics = json.loads((run.out / "metrics.json").read_text())
+    inner_labels = labels(folder, "train.parquet")[-800:]
+
+    assert metrics["decision_threshold"] == 0.5
+    assert metrics["decision_policy"] == {"type": "fixed", "threshold": 0.5}
+    assert metrics["seed"] == 42
+    assert (metrics["inner_rows"], metrics["inner_positives"]) == (800, int(inner_labels.sum()))
+    assert onnx_metadata(run.out)["decision_threshold"] == "0.5"
 
 
 def test_stdout_carries_only_json_progress_lines_in_order(trained: tuple[Path, Run]) -> None:
@@ -267,6 +320,8 @@ def test_cross_entropy_models_and_arrow_nulls_export_with_the_same_contract(
 
     assert run.returncode == 0, run.stderr
     x = holdout_matrix(tmp_path)
-    (onnx_probability,) = ort.InferenceSession(str(run.out / "model.onnx")).run(None, {"input": x})
+    (onnx_probability,) = ort.InferenceSession(str(run.out / "model.onnx")).run(
+        [PROBABILITY], {"input": x}
+    )
     native = lgb.Booster(model_file=str(run.out / "model.txt")).predict(x)
     np.testing.assert_allclose(onnx_probability, native, atol=1e-5)
