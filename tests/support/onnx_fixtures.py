@@ -134,3 +134,201 @@ def write_holdout(
     columns[target_column] = pa.array(labels, type=pa.int8())
     pq.write_table(pa.table(columns), path)
     return path
+
+
+# The lowest default-domain opset with GreaterOrEqual is 12; 13 is what the training script uses.
+DECISION_OPSET = 13
+
+
+def to_onnx_with_alarm(
+    booster: lgb.Booster,
+    *,
+    threshold: float = 0.5,
+    threshold_metadata: str | None = None,
+    **onnx_options: Any,
+) -> onnx.ModelProto:
+    """The model contract with a decision: `failure_alarm` bool [N] = probability >= `threshold`.
+
+    Metadata `decision_threshold` is `repr(threshold)`, or `threshold_metadata` when given (to
+    write a value a reader must refuse).
+    """
+    model = to_onnx(booster, **onnx_options)
+    graph = model.graph
+    graph.initializer.append(
+        numpy_helper.from_array(np.array(threshold, dtype=np.float32), "decision_threshold")
+    )
+    graph.node.append(
+        helper.make_node(
+            "GreaterOrEqual", ["failure_probability", "decision_threshold"], ["failure_alarm"]
+        )
+    )
+    graph.output.append(helper.make_tensor_value_info("failure_alarm", TensorProto.BOOL, [None]))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, DECISION_OPSET)
+    shown = repr(threshold) if threshold_metadata is None else threshold_metadata
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "decision_threshold", shown
+    onnx.checker.check_model(model)
+    return model
+
+
+# Operators of the derived-feature expressions, as the training script builds them.
+_DERIVED_OPERATORS = {
+    "+": "Add",
+    "-": "Sub",
+    "*": "Mul",
+    "/": "Div",
+    "neg": "Neg",
+    "abs": "Abs",
+    "sqrt": "Sqrt",
+    "exp": "Exp",
+    "min": "Min",
+    "max": "Max",
+}
+
+
+def derived_spec(spec: dict[str, str], feature_columns: Sequence[str] = FEATURES) -> list[Any]:
+    """Derived features as the run records them ([{name, expression, ast}]) from {name: text}."""
+    from training_tasks.config.derived import compile_features
+
+    return compile_features(spec, feature_columns)
+
+
+def with_derived_columns(
+    features: np.ndarray, derived: Sequence[Any], feature_columns: Sequence[str] = FEATURES
+) -> np.ndarray:
+    """[raw..., derived...], what a model with derived features trains on, by the service's
+    evaluator."""
+    from training_tasks.config.derived import evaluate
+
+    columns = {name: features[:, j] for j, name in enumerate(feature_columns)}
+    return np.column_stack([features, *evaluate(derived, columns)]).astype(np.float32)
+
+
+def to_onnx_with_derived(
+    booster: lgb.Booster,
+    derived: Sequence[Any],
+    *,
+    computed_as: Sequence[Any] | None = None,
+    threshold: float | None = None,
+    feature_columns: Sequence[str] = FEATURES,
+    **onnx_options: Any,
+) -> onnx.ModelProto:
+    """A model over [raw..., derived...] whose graph takes the raw columns and computes the
+    derived ones in front of the trees; metadata `derived_features` records `derived`.
+
+    `computed_as` makes the graph compute other expressions than it records (a broken export);
+    with `threshold` the model also has `failure_alarm` and `decision_threshold`.
+    """
+    options = {"feature_columns": feature_columns, **onnx_options}
+    if threshold is None:
+        model = to_onnx(booster, **options)
+    else:
+        model = to_onnx_with_alarm(booster, threshold=threshold, **options)
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = ["tree_input" if name == "input" else name for name in node.input]
+    nodes, initializers, columns = _derived_nodes(computed_as or derived, feature_columns)
+    nodes.append(helper.make_node("Concat", ["input", *columns], ["tree_input"], axis=1))
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *existing])
+    graph.initializer.extend(initializers)
+    del graph.input[:]
+    graph.input.append(
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(feature_columns)])
+    )
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, DECISION_OPSET)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "derived_features", json.dumps(list(derived))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _derived_nodes(
+    derived: Sequence[Any], feature_columns: Sequence[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[str]]:
+    """Nodes computing each derived column as [N, 1] from `input`, and their constants."""
+    nodes: list[onnx.NodeProto] = []
+    constants: list[onnx.TensorProto] = []
+
+    def add(op: str, inputs: list[str], **attributes: Any) -> str:
+        name = f"derived_{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [name], **attributes))
+        return name
+
+    def constant(array: np.ndarray) -> str:
+        name = f"derived_const_{len(constants)}"
+        constants.append(numpy_helper.from_array(array, name))
+        return name
+
+    def value(ast: dict[str, Any]) -> str:
+        if "num" in ast:
+            return constant(np.array(ast["num"], dtype=np.float32))
+        if "col" in ast:
+            index = constant(np.array([list(feature_columns).index(ast["col"])], dtype=np.int64))
+            return add("Gather", ["input", index], axis=1)
+        args = [value(arg) for arg in ast["args"]]
+        name = ast.get("op") or ast["fn"]
+        if name == "log1p":  # as the script exports it: Log(Add(a, 1))
+            one = constant(np.array(1.0, dtype=np.float32))
+            return add("Log", [add("Add", [args[0], one])])
+        return add(_DERIVED_OPERATORS[name], args)
+
+    columns = [value(feature["ast"]) for feature in derived]
+    return nodes, constants, columns
+
+
+def save_onnx(folder: Path, model: onnx.ModelProto, native: lgb.Booster | None = None) -> Path:
+    """Write `model` as `model.onnx` and, with `native`, its booster as `model.txt` next to it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    if native is not None:
+        native.save_model(str(folder / "model.txt"))
+    return path
+
+
+def column_model(
+    *,
+    column: int = 0,
+    threshold: float | None = None,
+    alarm_threshold: float | None = None,
+    feature_columns: Sequence[str] = FEATURES,
+    org_id: str = ORG_ID,
+    version: str = VERSION,
+) -> onnx.ModelProto:
+    """A model whose `failure_probability` is its input column `column`, so a test holdout
+    decides every score. With `threshold` it records `decision_threshold` and has
+    `failure_alarm` = probability >= `alarm_threshold` (default: the threshold it records)."""
+    nodes = [helper.make_node("Gather", ["input", "column"], ["failure_probability"], axis=1)]
+    initializers = [numpy_helper.from_array(np.array(column, dtype=np.int64), "column")]
+    outputs = [helper.make_tensor_value_info("failure_probability", TensorProto.FLOAT, [None])]
+    metadata = {
+        "feature_columns": json.dumps(list(feature_columns)),
+        "organization_id": org_id,
+        "version": version,
+    }
+    if threshold is not None:
+        cut = threshold if alarm_threshold is None else alarm_threshold
+        initializers.append(numpy_helper.from_array(np.array(cut, dtype=np.float32), "cut"))
+        nodes.append(
+            helper.make_node("GreaterOrEqual", ["failure_probability", "cut"], ["failure_alarm"])
+        )
+        outputs.append(helper.make_tensor_value_info("failure_alarm", TensorProto.BOOL, [None]))
+        metadata["decision_threshold"] = repr(threshold)
+    graph = helper.make_graph(
+        nodes,
+        "column_model",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(feature_columns)])],
+        outputs,
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DECISION_OPSET)])
+    model.ir_version = 8  # old enough for any onnxruntime this service supports
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    return model

@@ -295,6 +295,6 @@ def test_a_model_with_the_wrong_input_width_fails_the_contract_and_says_what_was
         "input 'input' takes 3 features, featureColumns has 4",
         f"the model was trained on {FEATURES[:3]} but featureColumns is {FEATURES}",
         f"the native model {tmp_path / 'm' / 'model.txt'} takes 3 features, not 4",
-        "latency, scores, accuracy, precision, recall could not be checked "
+        "latency, scores, decision, accuracy, precision, recall could not be checked "
         "because the contract check failed",
     ]

@@ -110,6 +110,7 @@ def validate_body(ctx: StageContext) -> StageOutcome:
     """Score the holdout with the exported model and check every threshold."""
     # pyarrow, onnxruntime, LightGBM, scikit-learn (about 2 s): only where a stage runs.
     from training_tasks.stages.extract.stage import ExtractResult
+    from training_tasks.stages.validate.recorded import recorded_by_run
     from training_tasks.stages.validate.stage import validate
 
     org, config, org_id, version = _load(ctx)
@@ -117,6 +118,8 @@ def validate_body(ctx: StageContext) -> StageOutcome:
     record = versions.get_version(engine, version)
     data = ExtractResult.from_dict(_data_stats(ctx))
     native = store.artifacts(org_id, version) / "model.txt"
+    # What the run recorded comes from the database, never from files in the script's folder.
+    derived, thresholds = recorded_by_run(config, record["metrics"])
     report = validate(
         org_id=org_id,
         version=version,
@@ -130,6 +133,8 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         native_model_path=native if os.path.lexists(native) else None,
         deployed_model_path=deployments.deployed_model_file(ctx.rt.engine, ctx.rt.store, org_id),
         script_metrics=record["metrics"],
+        derived_features=derived,
+        recorded_thresholds=thresholds,
     )
     report.write(store.artifacts(org_id, version) / "validation.json")
     doc = report.as_dict()
@@ -140,6 +145,8 @@ def validate_body(ctx: StageContext) -> StageOutcome:
     metrics = {
         **(ctx.run["metrics"] or {}),
         **report.metrics,
+        "counts": report.counts,
+        "intervals": report.intervals,
         "latency": report.latency,
         "modelSizeBytes": report.model_size_bytes,
         "memory": report.memory,
@@ -209,7 +216,12 @@ def _write_manifest(ctx: StageContext, record: VersionRow, validation: dict[str,
         "createdAt": iso(record["created_at"]),
         "config": run["config"],
         "data": run["data_stats"],
-        "validation": {"passed": validation.get("passed"), "failures": validation.get("failures")},
+        "validation": {
+            "passed": validation.get("passed"),
+            "failures": validation.get("failures"),
+            "decisionThreshold": validation.get("decisionThreshold"),
+            "warnings": validation.get("warnings"),
+        },
     }
     write_json_atomic(
         ctx.rt.store.artifacts(run["organization_id"], run["version"]) / "manifest.json", manifest

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, SparseTensorProto, TensorProto
 
+from training_tasks.protocol.decision import ALARM_NAME
+
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
@@ -297,7 +299,26 @@ def _check_outputs(graph: GraphProto, label: str) -> tuple[str, ...]:
             f"{label} gives output {OUTPUT_NAME!r} of type {_type_name(kind)}; the model "
             f"contract needs float32, {EXPORT_HINT}"
         )
+    _check_alarm(graph, label)
     return names
+
+
+def _check_alarm(graph: GraphProto, label: str) -> None:
+    """A `failure_alarm` output, where there is one, is the decision: bool [N]."""
+    alarm = next((output for output in graph.output if output.name == ALARM_NAME), None)
+    if alarm is None:  # a model exported before decisions were part of the file
+        return
+    kind = alarm.type
+    tensor = kind.tensor_type
+    is_bool = kind.WhichOneof("value") == "tensor_type" and tensor.elem_type == TensorProto.BOOL
+    # An undeclared shape is left to the runtime check; a declared one must be [N].
+    rank = len(tensor.shape.dim) if is_bool and tensor.HasField("shape") else 1
+    if not is_bool or rank != 1:
+        shown = _type_name(kind) if not is_bool else f"tensor(bool) of rank {rank}"
+        raise UnsafeModel(
+            f"{label} gives output {ALARM_NAME!r} as {shown}; the model contract needs bool [N] "
+            f"(the decision {OUTPUT_NAME} >= decision_threshold), {EXPORT_HINT}"
+        )
 
 
 def _is_two_class(output: onnx.ValueInfoProto) -> bool:

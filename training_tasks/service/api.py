@@ -243,6 +243,7 @@ class TrainingService(ScheduleApi):
         run, holdout = latest_holdout(self.rt.engine, org_id)
         config = from_wire(run["config"])
         version, native = self._model_identity(org_id, path)
+        derived, thresholds = self._recorded(org_id, version)
         report = validate(
             org_id=org_id,
             version=version,
@@ -257,6 +258,8 @@ class TrainingService(ScheduleApi):
             deployed_model_path=deployments.deployed_model_file(
                 self.rt.engine, self.rt.store, org_id
             ),
+            derived_features=derived,
+            recorded_thresholds=thresholds,
         )
         return {
             **report.as_dict(),
@@ -309,6 +312,22 @@ class TrainingService(ScheduleApi):
         if path in {candidate.resolve() for candidate in own} and native.is_file():
             return version, native
         return version, None
+
+    def _recorded(
+        self, org_id: str, version: str
+    ) -> tuple[list[dict[str, Any]] | None, dict[str, object] | None]:
+        """What the run of a known version recorded (derived features, decision threshold);
+        None for a file of no version of this organization: its own metadata is taken."""
+        from training_tasks.stages.validate.recorded import recorded_by_run
+
+        try:
+            record = versions.get_version(self.rt.engine, version)
+            run = runs.get_run(self.rt.engine, record["run_id"])
+        except NotFoundError:
+            return None, None
+        if record["organization_id"] != org_id:
+            return None, None
+        return recorded_by_run(from_wire(run["config"]), record["metrics"])
 
     def reconcile(self) -> list[str]:
         """Repair every org's `current` pointer and Redis key from the database."""

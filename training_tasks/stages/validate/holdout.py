@@ -1,27 +1,26 @@
-"""The holdout side of the validate stage: read it, score it with every model, judge the scores."""
+"""The holdout side of the validate stage: read it, and score it with every model in one pass."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sklearn import metrics as skm
 
 from training_tasks.files import UnsafeFile, open_regular, sha256_fd
-from training_tasks.stages.validate.model_checks import BATCH_ROWS, Check, Predictor, not_run
+from training_tasks.stages.validate.model_checks import BATCH_ROWS, Check, not_run
 
 CHUNK_ROWS = 65_536
-DECISION_THRESHOLD = 0.5
 # The holdout is written by extract, not by a script, and read in chunks: no practical cap.
 MAX_HOLDOUT_BYTES = 1 << 40
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc", "positiveRate")
+# A scorer gives each row's probability, and the model's own alarms when it has them.
+Scorer = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, np.ndarray | None]]
 
 
 class HoldoutProblem(ValueError):
@@ -34,9 +33,22 @@ class Holdout:
 
     path: Path
     parquet: pq.ParquetFile
-    features: list[str]
+    features: list[str]  # the model's columns first, then any another model needs
     target: str
-    sample: np.ndarray  # its first rows, for warm-up and latency
+    sample: np.ndarray  # the first rows of the model's columns, for warm-up and latency
+
+    def with_columns(self, names: Sequence[str]) -> tuple[Holdout, list[str]]:
+        """This holdout also reading `names` (after its own columns); else the ones it lacks."""
+        schema = self.parquet.schema_arrow
+        missing = [
+            name
+            for name in names
+            if name not in schema.names or not _is_number(schema.field(name).type)
+        ]
+        if missing:
+            return self, missing
+        extra = [name for name in dict.fromkeys(names) if name not in self.features]
+        return replace(self, features=[*self.features, *extra]), []
 
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(float32 features, int8 labels) per chunk; raises HoldoutProblem on unreadable data."""
@@ -119,12 +131,16 @@ def _read_holdout(
             return None, f"the holdout {path} lacks the columns {missing}"
         for name in [*features, target]:
             kind = schema.field(name).type
-            if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or kind == pa.bool_()):
+            if not _is_number(kind):
                 return None, f"column {name!r} of the holdout is {kind}, not a number"
         sample = _first_rows(parquet, features)
     except (OSError, pa.ArrowException) as exc:
         return None, f"the holdout {path} cannot be read: {exc}"
     return Holdout(path, parquet, features, target, sample), ""
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_floating(kind) or pa.types.is_integer(kind) or kind == pa.bool_())
 
 
 def _first_rows(parquet: pq.ParquetFile, features: list[str]) -> np.ndarray:
@@ -163,6 +179,8 @@ class Scored:
     labels: np.ndarray
     scores: dict[str, np.ndarray]
     errors: dict[str, str]
+    # The alarms a model decided itself (its `failure_alarm` output), by model.
+    alarms: dict[str, np.ndarray]
 
     @property
     def rows(self) -> int:
@@ -170,10 +188,11 @@ class Scored:
         return len(self.labels)
 
 
-def score_holdout(holdout: Holdout, predictors: Mapping[str, Predictor]) -> Scored:
+def score_holdout(holdout: Holdout, predictors: Mapping[str, Scorer]) -> Scored:
     """Score each holdout chunk with every model in one pass; a model that fails is recorded."""
     labels: list[np.ndarray] = []
     scores: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
+    alarms: dict[str, list[np.ndarray]] = {}
     errors: dict[str, str] = {}
     for features, chunk_labels in holdout.chunks():
         labels.append(chunk_labels)
@@ -181,13 +200,22 @@ def score_holdout(holdout: Holdout, predictors: Mapping[str, Predictor]) -> Scor
             if name in errors:
                 continue
             try:
-                scores[name].append(predict(features))
+                out = predict(features)
             except Exception as exc:  # onnxruntime and LightGBM raise unrelated exception types
                 errors[name] = str(exc).strip()
+                continue
+            if isinstance(out, tuple):
+                out, chunk_alarms = out
+                if chunk_alarms is not None:
+                    alarms.setdefault(name, []).append(chunk_alarms)
+            scores[name].append(out)
     return Scored(
         labels=np.concatenate(labels) if labels else np.empty(0, dtype=np.int8),
         scores={name: _concat(parts) for name, parts in scores.items() if name not in errors},
         errors=errors,
+        alarms={
+            name: np.concatenate(parts) for name, parts in alarms.items() if name not in errors
+        },
     )
 
 
@@ -225,7 +253,7 @@ def scores_check(scored: Scored) -> Check:
 
 
 def score_and_check(
-    holdout: Holdout | None, problem: str, predictors: Mapping[str, Predictor], blocker: str | None
+    holdout: Holdout | None, problem: str, predictors: Mapping[str, Scorer], blocker: str | None
 ) -> tuple[Scored | None, list[Check]]:
     """Score the holdout with every model; returns the holdout and scores checks."""
     if holdout is None:
@@ -238,121 +266,3 @@ def score_and_check(
     if blocker is None and not rows_check.passed:
         blocker = "holdout"
     return scored, [rows_check, not_run("scores", blocker) if blocker else scores_check(scored)]
-
-
-def holdout_metrics(scored: Scored) -> dict[str, float | None]:
-    """The service's own metrics of the model on the holdout."""
-    labels, scores = scored.labels, scored.scores["model"]
-    predicted = (scores >= DECISION_THRESHOLD).astype(np.int8)
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        labels, predicted, average="binary", zero_division=0
-    )
-    return {
-        "accuracy": float(skm.accuracy_score(labels, predicted)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "rocAuc": float(skm.roc_auc_score(labels, scores)),
-        "prAuc": float(skm.average_precision_score(labels, scores)),
-        "positiveRate": float(labels.mean()),
-        "decisionThreshold": DECISION_THRESHOLD,
-    }
-
-
-def no_metrics() -> dict[str, float | None]:
-    """Every metric as None, for a model whose scores could not be measured."""
-    return {**dict.fromkeys(METRIC_NAMES), "decisionThreshold": DECISION_THRESHOLD}
-
-
-def threshold_check(
-    name: str, value: float | None, limits: Mapping[str, Any], blocker: str | None
-) -> Check:
-    """A check that the metric `name` reaches its configured threshold."""
-    if blocker is not None or value is None:
-        return not_run(name, blocker or "scores")
-    limit = float(limits[name])
-    shown, shown_limit = _pair(value, limit)
-    if value >= limit:
-        return Check(name, True, value, limit, f"{name} {shown} meets the threshold {shown_limit}")
-    return Check(name, False, value, limit, f"{name} {shown} is below the threshold {shown_limit}")
-
-
-def _pair(value: float, limit: float) -> tuple[str, str]:
-    """Both numbers with just enough decimals that a failing value never prints as its limit."""
-    for decimals in range(2, 7):
-        shown, shown_limit = f"{value:.{decimals}f}", f"{limit:.{decimals}f}"
-        if shown != shown_limit or value == limit:
-            break
-    return shown, shown_limit
-
-
-def parity_with_native(
-    native_check: Check | None, scored: Scored | None, limit: float, blocker: str | None
-) -> tuple[Check, dict[str, Any]]:
-    """Largest probability difference between the ONNX model and the native booster."""
-    if native_check is not None:  # parity was skipped, or model.txt could not be loaded
-        check = native_check
-    elif blocker is not None or scored is None:
-        check = not_run("parity", blocker or "holdout")
-    else:
-        check = _parity_check(scored, limit)
-    rows = 0 if scored is None else scored.rows
-    summary = {"status": _status(check), "maxAbsDiff": check.value, "limit": limit}
-    return check, {**summary, "rows": rows}
-
-
-def _parity_check(scored: Scored, limit: float) -> Check:
-    if "native" in scored.errors:
-        detail = f"the native model failed to score the holdout: {scored.errors['native']}"
-        return Check("parity", False, None, limit, detail)
-    diff = np.abs(scored.scores["model"].astype(np.float64) - scored.scores["native"])
-    max_diff = float(diff.max())
-    if max_diff < limit:
-        detail = f"probabilities match the native LightGBM model within {max_diff:.4g}"
-        return Check("parity", True, max_diff, limit, detail)
-    detail = (
-        f"the ONNX model's probabilities differ from the native LightGBM model (model.txt) by "
-        f"up to {max_diff:.4g}, limit {limit:.4g}: the ONNX export does not match the booster"
-    )
-    return Check("parity", False, max_diff, limit, detail)
-
-
-def compare_with_deployed(
-    info: dict[str, Any],
-    scored: Scored | None,
-    metrics: Mapping[str, float | None],
-    limits: Mapping[str, Any],
-    blocker: str | None,
-) -> tuple[Check, dict[str, Any]]:
-    """The new model's ROC AUC against the deployed model's on the same holdout."""
-    name, max_drop = "notWorseThanDeployed", float(limits["maxMetricDrop"])
-    info = {**info, "metric": "rocAuc", "new": metrics["rocAuc"], "deployed": None}
-    info["maxMetricDrop"] = max_drop
-    if scored is not None and "deployed" in scored.errors:
-        info["status"] = "skipped (deployed model failed on the holdout)"
-        info["reason"] = scored.errors["deployed"]
-    if info["status"] != "compared":
-        detail = info["status"] + (f": {info['reason']}" if "reason" in info else "")
-        return Check(name, True, None, None, detail), info
-    if blocker is not None or scored is None or metrics["rocAuc"] is None:
-        return not_run(name, blocker or "holdout"), {**info, "status": "not run"}
-    new_auc = float(metrics["rocAuc"])
-    deployed_auc = float(skm.roc_auc_score(scored.labels, scored.scores["deployed"]))
-    floor = deployed_auc - max_drop
-    info.update(deployed=deployed_auc, status="passed" if new_auc >= floor else "failed")
-    if new_auc >= floor:
-        detail = f"ROC AUC {new_auc:.4f}; the deployed model has {deployed_auc:.4f}"
-        return Check(name, True, new_auc, floor, detail), info
-    detail = (
-        f"ROC AUC {new_auc:.3f} is {deployed_auc - new_auc:.3f} below the deployed model's "
-        f"{deployed_auc:.3f} on the same holdout (allowed drop {max_drop:.4g})"
-    )
-    return Check(name, False, new_auc, floor, detail), info
-
-
-def _status(check: Check) -> str:
-    if check.blocked_by is not None:
-        return "not run"
-    if check.detail.startswith("skipped"):
-        return check.detail
-    return "passed" if check.passed else "failed"

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,16 @@ import onnx
 import onnxruntime as ort
 import psutil
 
+from training_tasks.config.derived import evaluate
 from training_tasks.files import UnsafeFile, read_script_output
+from training_tasks.protocol.decision import ALARM_NAME
 from training_tasks.protocol.keyring import Keyring, is_sealed
+from training_tasks.stages.validate.recorded import (
+    DerivedFeature,
+    ModelDecision,
+    RunRecord,
+    read_decision,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
@@ -76,18 +84,39 @@ class OnnxModel:
     output_name: str
     # 1 when the probability is column 1 of an [N, 2] output; None when the output is [N].
     probability_column: int | None
+    # `failure_alarm`, the decision the file makes, when the model has it.
+    alarm_name: str | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        """What a prediction service fetches: the probability, and the alarm where there is one."""
+        return [self.output_name, *([self.alarm_name] if self.alarm_name else [])]
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Probability of class 1 for each row, as a 1-D float32 array."""
-        out = np.asarray(self.session.run([self.output_name], {self.input_name: features})[0])
+        out = self.session.run([self.output_name], {self.input_name: features})[0]
+        return self._probabilities(np.asarray(out), len(features))
+
+    def predict_with_alarm(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, from the same run, the model's own alarms (None without them)."""
+        if self.alarm_name is None:
+            return self.predict(features), None
+        out, alarms = self.session.run(self.output_names, {self.input_name: features})
+        alarms = np.asarray(alarms)
+        if alarms.dtype != np.bool_ or alarms.shape != (len(features),):
+            raise ValueError(
+                f"output {self.alarm_name!r} is {alarms.dtype} of shape {alarms.shape} for "
+                f"{len(features)} rows, not bool [N]"
+            )
+        return self._probabilities(np.asarray(out), len(features)), alarms
+
+    def _probabilities(self, out: np.ndarray, rows: int) -> np.ndarray:
         if out.ndim == 2 and self.probability_column is not None and out.shape[1] == 2:
             out = out[:, self.probability_column]
         elif out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
-        if out.shape != (len(features),):
-            raise ValueError(
-                f"output {self.output_name!r} has shape {out.shape} for {len(features)} rows"
-            )
+        if out.shape != (rows,):
+            raise ValueError(f"output {self.output_name!r} has shape {out.shape} for {rows} rows")
         return out
 
 
@@ -110,8 +139,11 @@ def bind_contract(session: ort.InferenceSession, width: int) -> tuple[OnnxModel 
     (problems if output_name is None else notes).extend([output_note] if output_note else [])
     if problems:
         return None, Check("contract", False, None, None, "; ".join(problems))
-    model = OnnxModel(session, session.get_inputs()[0].name, str(output_name), column)
-    detail = "; ".join(notes) or f"input float [N, {width}], output {OUTPUT_NAME!r} [N]"
+    outputs = {out.name for out in session.get_outputs()}
+    alarm = ALARM_NAME if ALARM_NAME in outputs else None
+    model = OnnxModel(session, session.get_inputs()[0].name, str(output_name), column, alarm)
+    with_alarm = f" and {ALARM_NAME!r} bool [N]" if alarm else ""
+    detail = "; ".join(notes) or f"input float [N, {width}], output {OUTPUT_NAME!r} [N]{with_alarm}"
     return model, Check("contract", True, str(output_name), OUTPUT_NAME, detail)
 
 
@@ -158,9 +190,14 @@ def recorded_features(session: ort.InferenceSession) -> list[str] | None:
 
 
 def metadata_check(
-    session: ort.InferenceSession, org_id: str, version: str, features: list[str]
-) -> Check:
-    """The model's metadata_props must name the configured features, organization and version."""
+    session: ort.InferenceSession,
+    org_id: str,
+    version: str,
+    features: list[str],
+    run: RunRecord | None = None,
+) -> tuple[Check, ModelDecision]:
+    """The model's metadata_props must name the configured features, organization and version,
+    and the derived features and decision threshold the run recorded; returns its decision too."""
     meta, problems = session.get_modelmeta().custom_metadata_map, []
     recorded = recorded_features(session)
     if recorded is None:
@@ -172,9 +209,16 @@ def metadata_check(
             problems.append(f"the model does not record {key} in its metadata")
         elif meta[key] != expected:
             problems.append(f"the model's {key} is {meta[key]!r}, not {expected!r}")
+    decision = read_decision(meta, run or RunRecord())
+    problems += decision.problems
     if problems:
-        return Check("metadata", False, None, None, "; ".join(problems))
-    return Check("metadata", True, None, None, "feature_columns, organization_id and version match")
+        return Check("metadata", False, None, None, "; ".join(problems)), decision
+    detail = (
+        "feature_columns, organization_id, version, derived_features and decision_threshold "
+        f"match (decision threshold {decision.threshold!r}, {len(decision.derived_features)} "
+        "derived features)"
+    )
+    return Check("metadata", True, None, None, detail), decision
 
 
 def rss_bytes() -> int:
@@ -214,7 +258,7 @@ def measure_latency(
     model: OnnxModel, sample: np.ndarray, timer_ns: Callable[[], int] = time.perf_counter_ns
 ) -> dict[str, float]:
     """Single-row p50/p99 over SINGLE_ROW_RUNS runs and the median time of one batch."""
-    run, names, feed_name = model.session.run, [model.output_name], model.input_name
+    run, names, feed_name = model.session.run, model.output_names, model.input_name
     rows = [sample[i % len(sample)][None, :] for i in range(SINGLE_ROW_RUNS)]
     batch = sample[:BATCH_ROWS]
     for row in rows[:WARMUP_RUNS]:
@@ -242,9 +286,11 @@ def measure_latency(
 
 
 def open_native(
-    path: Path | None, width: int, limit: float
+    path: Path | None, features: Sequence[str], derived: Sequence[DerivedFeature], limit: float
 ) -> tuple[Predictor | None, Check | None]:
-    """The native booster as a predictor, or the final parity check when there is none to use."""
+    """The native booster as a predictor of the raw `features`, or the final parity check when
+    there is none to use. The booster was trained on [raw..., derived...]: the derived columns
+    are computed here by the service's own evaluator, the ONNX graph computes its own."""
     if path is None or not os.path.lexists(path):
         return None, Check("parity", True, None, limit, "skipped (no native model)")
     try:  # LightGBM gets the text, never a path the script could have made a link or FIFO
@@ -256,8 +302,12 @@ def open_native(
     except lgb.basic.LightGBMError as exc:
         detail = f"the native model {path} cannot be loaded by LightGBM: {str(exc).strip()}"
         return None, Check("parity", False, None, limit, detail)
+    width = len(features) + len(derived)
     if booster.num_feature() != width:
-        detail = f"the native model {path} takes {booster.num_feature()} features, not {width}"
+        split = f" ({len(features)} raw and {len(derived)} derived)" if derived else ""
+        detail = (
+            f"the native model {path} takes {booster.num_feature()} features, not {width}{split}"
+        )
         return None, Check("parity", False, None, limit, detail)
 
     def predict(features: np.ndarray) -> np.ndarray:
@@ -269,13 +319,39 @@ def open_native(
             )
         return out
 
-    return predict, None
+    return with_derived(predict, features, derived), None
+
+
+def with_derived(
+    predict: Predictor, features: Sequence[str], derived: Sequence[DerivedFeature]
+) -> Predictor:
+    """`predict` of [raw..., derived...] as a predictor of the raw columns alone."""
+    if not derived:
+        return predict
+
+    def predict_raw(raw: np.ndarray) -> np.ndarray:
+        columns = {name: raw[:, j] for j, name in enumerate(features)}
+        return predict(np.column_stack([raw, *evaluate(derived, columns)]))
+
+    return predict_raw
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The deployed model and the raw holdout columns its own metadata names, in its order."""
+
+    model: OnnxModel
+    features: list[str]
 
 
 def open_deployed(
-    path: Path | None, features: list[str], enabled: bool, *, org_id: str
-) -> tuple[OnnxModel | None, dict[str, Any]]:
-    """The deployed model to compare with, or the reason the comparison is skipped."""
+    path: Path | None, enabled: bool, *, org_id: str, target: str
+) -> tuple[Deployed | None, dict[str, Any]]:
+    """The deployed model to compare with, or the reason the comparison is skipped.
+
+    It may be older or newer in style than the model judged, with other derived features: it
+    computes those itself and is fed the raw columns it records, not the new model's.
+    """
     info: dict[str, Any] = {"deployedModelPath": None if path is None else str(path)}
     if not enabled:
         return None, {**info, "status": "skipped (disabled by notWorseThanDeployed)"}
@@ -289,14 +365,17 @@ def open_deployed(
         return None, {**info, "status": status, "reason": str(exc).strip()}
     info["deployedSha256"] = hashlib.sha256(stored).hexdigest()
     recorded = recorded_features(session)
-    if recorded != features:
-        reason = f"the deployed model uses {recorded}, this model {features}"
+    if recorded is None or not all(isinstance(name, str) for name in recorded):
+        reason = "the deployed model does not record feature_columns as a JSON list of names"
         return None, {**info, "status": "skipped (features differ)", "reason": reason}
-    model, contract = bind_contract(session, len(features))
+    if target in recorded:  # fed the labels, it would look perfect
+        reason = f"the deployed model takes the target column {target!r} as a feature"
+        return None, {**info, "status": "skipped (features differ)", "reason": reason}
+    model, contract = bind_contract(session, len(recorded))
     if model is None:
         status = "skipped (deployed model breaks the model contract)"
         return None, {**info, "status": status, "reason": contract.detail}
-    return model, {**info, "status": "compared"}
+    return Deployed(model, list(recorded)), {**info, "status": "compared"}
 
 
 def _deployed_onnx(stored: bytes, path: Path, org_id: str) -> bytes:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,25 +13,24 @@ import numpy as np
 import onnxruntime as ort
 
 from training_tasks.config.org import THRESHOLD_DEFAULTS
-from training_tasks.errors import ValidationRejected
-from training_tasks.files import UnsafeFile, fsync_dir, read_script_output, write_json_atomic
+from training_tasks.files import UnsafeFile, read_script_output
+from training_tasks.protocol.decision import DEFAULT_THRESHOLD
 from training_tasks.protocol.keyring import Keyring, SealedDataError
 from training_tasks.protocol.onnx_checks import UnsafeModel, check_model_bytes
 from training_tasks.stages.validate.holdout import (
     Holdout,
-    compare_with_deployed,
-    holdout_metrics,
-    no_metrics,
+    Scored,
+    Scorer,
     open_holdout,
-    parity_with_native,
     sample_rows,
     score_and_check,
-    threshold_check,
 )
+from training_tasks.stages.validate.metrics import GATED_METRICS, Judged, judge_scores, no_scores
 from training_tasks.stages.validate.model_checks import (
     BYTES_PER_MB,
     MAX_MODEL_READ_BYTES,
     Check,
+    Deployed,
     OnnxModel,
     Predictor,
     at_most,
@@ -48,75 +46,20 @@ from training_tasks.stages.validate.model_checks import (
     rss_bytes,
     warm_up,
 )
+from training_tasks.stages.validate.recorded import DerivedFeature, ModelDecision, RunRecord
+from training_tasks.stages.validate.report import ValidationReport, failures_of
+from training_tasks.stages.validate.verdicts import (
+    compare_with_deployed,
+    decision_check,
+    parity_with_native,
+    positives_check,
+    threshold_check,
+)
 
-THRESHOLD_METRICS = ("accuracy", "precision", "recall")
 # A failure of one of these leaves nothing to measure, so the checks after them are not run.
 PREREQUISITES = ("load", "contract", "holdout", "scores")
-NEXT_STEP = (
-    "The deployed model keeps serving; adjust the data range, features or thresholds "
-    "and train again."
-)
 AFTER_LOAD = ("contract", "metadata", "memory")
 SIZE_HINT = " (use fewer trees or leaves, or raise maxModelSizeMb)"
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """The verdict on one model version, with every check and measurement behind it."""
-
-    organization_id: str
-    version: str
-    passed: bool
-    failures: list[str]
-    checks: list[Check]
-    metrics: dict[str, float | None]
-    script_metrics: dict[str, Any] | None
-    latency: dict[str, float]
-    memory: dict[str, float]
-    parity: dict[str, Any]
-    comparison: dict[str, Any]
-    model_sha256: str | None
-    model_size_bytes: int | None
-    rows: int
-    duration_ms: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-able camelCase data, for validation.json and the database."""
-        doc = {
-            "organizationId": self.organization_id,
-            "version": self.version,
-            "passed": self.passed,
-            "failures": self.failures,
-            "checks": [check.as_dict() for check in self.checks],
-            "metrics": self.metrics,
-            "scriptMetrics": self.script_metrics,
-            "latency": self.latency,
-            "memory": self.memory,
-            "parity": self.parity,
-            "comparison": self.comparison,
-            "modelSha256": self.model_sha256,
-            "modelSizeBytes": self.model_size_bytes,
-            "rows": self.rows,
-            "durationMs": self.duration_ms,
-        }
-        return dict(_jsonable(doc))
-
-    def write(self, path: Path) -> Path:
-        """Write validation.json atomically: readers see the old file or the whole new one."""
-        path = Path(path)
-        write_json_atomic(path, self.as_dict())
-        fsync_dir(path.parent)
-        return path
-
-    def raise_if_rejected(self) -> None:
-        """Raise ValidationRejected listing every failed check, unless the model passed."""
-        if self.passed:
-            return
-        raise ValidationRejected(
-            f"Organization {self.organization_id}: model version {self.version} was rejected by "
-            f"validation and not deployed: {'; '.join(self.failures)}. {NEXT_STEP}",
-            list(self.failures),
-        )
 
 
 @dataclass
@@ -125,6 +68,7 @@ class _Loaded:
 
     checks: list[Check]
     model: OnnxModel | None = None
+    decision: ModelDecision | None = None
     memory: dict[str, float] = field(default_factory=dict)
     sha256: str | None = None
     size_bytes: int | None = None
@@ -143,10 +87,16 @@ def validate(
     deployed_model_path: Path | None = None,
     script_metrics: Mapping[str, Any] | None = None,
     holdout_sha256: str | None = None,
+    derived_features: Sequence[DerivedFeature] | None = None,
+    recorded_thresholds: Mapping[str, object] | None = None,
 ) -> ValidationReport:
     """Run every check on the model and report; a bad model is a verdict here, not an error.
 
     With `holdout_sha256` (recorded by extract) a holdout changed since is refused unscored.
+    `derived_features` ([{name, expression, ast}]) and `recorded_thresholds` (where the run
+    recorded its decision threshold: the value, or None where one is missing) are what the run
+    recorded; the model's metadata must repeat them. Without a run (None) the model's own
+    metadata is taken.
     """
     started_ns = time.perf_counter_ns()
     features = list(feature_columns)
@@ -159,8 +109,9 @@ def validate(
             holdout=(holdout, problem),
             features=features,
             limits={**THRESHOLD_DEFAULTS, **thresholds},
+            run=RunRecord(derived_features, recorded_thresholds or {}),
             native_model_path=native_model_path,
-            deployed_model_path=deployed_model_path,
+            deployed=(deployed_model_path, target_column),
         )
     finally:
         if holdout is not None:
@@ -169,7 +120,7 @@ def validate(
         organization_id=org_id,
         version=version,
         passed=all(check.passed for check in checks),
-        failures=_failures(checks),
+        failures=failures_of(checks),
         checks=checks,
         script_metrics=None if script_metrics is None else dict(script_metrics),
         duration_ms=(time.perf_counter_ns() - started_ns) / 1e6,
@@ -185,49 +136,132 @@ def _judge(
     holdout: tuple[Holdout | None, str],
     features: list[str],
     limits: Mapping[str, Any],
+    run: RunRecord,
     native_model_path: Path | None,
-    deployed_model_path: Path | None,
+    deployed: tuple[Path | None, str],
 ) -> tuple[list[Check], dict[str, Any]]:
     """Every check, in order, and the measurements the report carries besides them."""
     opened, holdout_problem = holdout
     sample = sample_rows(opened, len(features))
-    loaded = _load_model(model_path, org_id, version, features, sample, limits)
+    loaded = _load_model(model_path, org_id, version, features, sample, limits, run)
     latency = measure_latency(loaded.model, sample) if loaded.model else {}
     checks = [*loaded.checks, _latency_check(latency, limits, _blocker(loaded.checks))]
     parity_limit = float(limits["maxParityDiff"])
-    native, parity_check = open_native(native_model_path, len(features), parity_limit)
+    native, parity_check = open_native(
+        native_model_path, features, _derived(run, loaded.decision), parity_limit
+    )
     enabled = bool(limits["notWorseThanDeployed"])
-    deployed, comparison = open_deployed(deployed_model_path, features, enabled, org_id=org_id)
-    predictors = _predictors(loaded.model, native, deployed)
+    other, comparison = open_deployed(deployed[0], enabled, org_id=org_id, target=deployed[1])
+    opened, other, comparison = _with_deployed_columns(opened, other, comparison)
+    predictors = _predictors(loaded.model, native, other, opened, features)
     scored, scoring_checks = score_and_check(opened, holdout_problem, predictors, _blocker(checks))
     checks += scoring_checks
-    blocker = _blocker(checks)
-    metrics = holdout_metrics(scored) if scored is not None and blocker is None else no_metrics()
-    checks += [threshold_check(name, metrics[name], limits, blocker) for name in THRESHOLD_METRICS]
-    parity_check, parity = parity_with_native(parity_check, scored, parity_limit, blocker)
-    compare_check, comparison = compare_with_deployed(comparison, scored, metrics, limits, blocker)
-    checks += [parity_check, compare_check]
-    return checks, {
-        "metrics": metrics,
+    holdout_ok = next(check.passed for check in scoring_checks if check.name == "holdout")
+    checks.append(positives_check(scored if holdout_ok else None, limits))
+    threshold = loaded.decision.threshold if loaded.decision else None
+    verdicts, found = _verdicts(scored, checks, threshold, limits, (parity_check, comparison))
+    return checks + verdicts, {
+        **found,
         "latency": latency,
         "memory": loaded.memory,
-        "parity": parity,
-        "comparison": comparison,
         "model_sha256": loaded.sha256,
         "model_size_bytes": loaded.size_bytes,
         "rows": 0 if scored is None else scored.rows,
     }
 
 
+def _verdicts(
+    scored: Scored | None,
+    checks: list[Check],
+    threshold: float | None,
+    limits: Mapping[str, Any],
+    pending: tuple[Check | None, dict[str, Any]],
+) -> tuple[list[Check], dict[str, Any]]:
+    """The checks of the scores (after `checks`), and the metrics and findings behind them."""
+    blocker = _blocker(checks)
+    judged = _judge_scores(scored, threshold, blocker)
+    gates = [threshold_check(name, judged, limits, blocker) for name in GATED_METRICS]
+    parity_limit, metrics = float(limits["maxParityDiff"]), judged.metrics
+    parity_check, parity = parity_with_native(pending[0], scored, parity_limit, blocker)
+    compare_check, comparison = compare_with_deployed(pending[1], scored, metrics, limits, blocker)
+    verdicts = [
+        decision_check(scored, threshold, blocker),
+        *(check for check, _ in gates),
+        parity_check,
+        compare_check,
+    ]
+    return verdicts, {
+        "metrics": metrics,
+        "parity": parity,
+        "comparison": comparison,
+        "decision_threshold": metrics["decisionThreshold"],
+        "counts": None if judged.counts is None else judged.counts.as_dict(),
+        "intervals": judged.intervals,
+        "warnings": [note for _, note in gates if note is not None],
+    }
+
+
+def _derived(run: RunRecord, decision: ModelDecision | None) -> list[DerivedFeature]:
+    """The derived features the native model is fed: the run's, else the model's own."""
+    if run.derived_features is not None:
+        return list(run.derived_features)
+    return decision.derived_features if decision is not None else []
+
+
+def _judge_scores(scored: Scored | None, threshold: float | None, blocker: str | None) -> Judged:
+    """The model's metrics at its threshold (0.5 where its metadata's cannot be read)."""
+    if scored is None or blocker is not None:
+        return no_scores(threshold)
+    at = DEFAULT_THRESHOLD if threshold is None else threshold
+    return judge_scores(scored.labels, scored.scores["model"], at)
+
+
+def _with_deployed_columns(
+    holdout: Holdout | None, deployed: Deployed | None, comparison: dict[str, Any]
+) -> tuple[Holdout | None, Deployed | None, dict[str, Any]]:
+    """The holdout also reading the raw columns the deployed model names, if it has them."""
+    if holdout is None or deployed is None:
+        return holdout, deployed, comparison
+    comparison = {**comparison, "deployedFeatures": deployed.features}
+    extended, missing = holdout.with_columns(deployed.features)
+    if missing:
+        reason = f"the holdout has no numeric columns {missing}, which the deployed model takes"
+        return (
+            holdout,
+            None,
+            {**comparison, "status": "skipped (features differ)", "reason": reason},
+        )
+    return extended, deployed, comparison
+
+
 def _predictors(
-    model: OnnxModel | None, native: Predictor | None, deployed: OnnxModel | None
-) -> dict[str, Predictor]:
-    """Who scores the holdout; without a model it is still read, to check its labels."""
+    model: OnnxModel | None,
+    native: Predictor | None,
+    deployed: Deployed | None,
+    holdout: Holdout | None,
+    features: list[str],
+) -> dict[str, Scorer]:
+    """Who scores the holdout, each fed its own columns; without a model the holdout is still
+    read, to check its labels."""
     if model is None:
         return {}
-    found = {"model": model.predict, "native": native}
-    found["deployed"] = deployed.predict if deployed is not None else None
-    return {name: predict for name, predict in found.items() if predict is not None}
+    columns = holdout.features if holdout is not None else features
+    own = _feeder(columns, features)
+    found: dict[str, Scorer] = {"model": lambda rows: model.predict_with_alarm(own(rows))}
+    if native is not None:
+        found["native"] = lambda rows: native(own(rows))
+    if deployed is not None:
+        theirs, predict = _feeder(columns, deployed.features), deployed.model.predict
+        found["deployed"] = lambda rows: predict(theirs(rows))
+    return found
+
+
+def _feeder(columns: list[str], wanted: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """Picks the `wanted` columns out of a holdout chunk of `columns`, as a C-ordered matrix."""
+    if columns == wanted:
+        return lambda rows: rows
+    index = np.array([columns.index(name) for name in wanted], dtype=np.intp)
+    return lambda rows: np.ascontiguousarray(rows[:, index])
 
 
 def _load_model(
@@ -237,6 +271,7 @@ def _load_model(
     features: list[str],
     sample: np.ndarray,
     limits: Mapping[str, Any],
+    run: RunRecord,
 ) -> _Loaded:
     """Read, hash and load the model; check size, contract and metadata; measure its memory."""
     blocked = [not_run(name, "load") for name in ("modelSize", *AFTER_LOAD)]
@@ -277,11 +312,12 @@ def _load_model(
         loaded.model, contract = _warm_up(loaded.model, contract, sample)
     loaded.memory = _memory(rss_before, rss_bytes())
     memory_mb, memory_limit_mb = loaded.memory["sessionMb"], float(limits["maxMemoryMb"])
+    metadata, loaded.decision = metadata_check(session, org_id, version, features, run)
     loaded.checks = [
         Check("load", True, None, None, f"loaded by onnxruntime {ort.__version__} on the CPU"),
         size,
         contract,
-        metadata_check(session, org_id, version, features),
+        metadata,
         at_most("memory", "the ONNX session's memory", memory_mb, memory_limit_mb, "MB"),
     ]
     return loaded
@@ -328,33 +364,3 @@ def _blocker(checks: Sequence[Check]) -> str | None:
     """The first failed check that leaves nothing to measure."""
     failed = {check.name for check in checks if not check.passed and check.blocked_by is None}
     return next((name for name in PREREQUISITES if name in failed), None)
-
-
-def _failures(checks: Sequence[Check]) -> list[str]:
-    """One sentence per failed check; the checks that could not run are summed up per cause."""
-    failures = [check.detail for check in checks if not check.passed and check.blocked_by is None]
-    blocked: dict[str, list[str]] = {}
-    for check in checks:
-        if check.blocked_by is not None:
-            blocked.setdefault(check.blocked_by, []).append(check.name)
-    for blocker, names in blocked.items():
-        sentence = f"{', '.join(names)} could not be checked because the {blocker} check failed"
-        failures.append(sentence)
-    return failures
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types: numpy scalars become Python numbers, NaN and infinity become null."""
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return str(value)
