@@ -3,8 +3,13 @@
 It exists so the hot-swap can be exercised the way prediction services use it. Endpoints:
 
     POST /predict/<org>   {"rows": [[f1, f2, ...], ...]}  ->  {"organizationId", "version",
-                                                               "probabilities": [...]}
+                                                               "probabilities": [...],
+                                                               "alarms": [true, ...],
+                                                               "threshold": 0.5}
     GET  /health          {"status": "ok", "replicaId", "versions": {org: version}}
+
+`alarms` holds the model's decision for each row, made at its `threshold` (0.5 for a model
+exported without one).
 
 Connections are HTTP/1.1 keep-alive. Each response leaves in one send (status line, headers and
 body are buffered and flushed together) on a socket with TCP_NODELAY: a response split in two small
@@ -127,6 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "organizationId": org_id,
                 "version": prediction.version,
                 "probabilities": [float(p) for p in prediction.probabilities],
+                "alarms": prediction.alarms.tolist(),
+                "threshold": prediction.threshold,
             },
         )
 

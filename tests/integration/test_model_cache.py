@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 import redis as redis_lib
 
 from tests.integration.conftest import version_id
-from tests.support.onnx_fixtures import FEATURES
+from tests.support.onnx_fixtures import FEATURES, make_data, to_onnx_with_alarm
 from training_tasks.protocol import hotswap
 from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache import ModelCache, ModelCacheError, ModelUnavailable, read_replicas
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SWAP_TIMEOUT_S = 5.0
 ROWS = np.zeros((3, len(FEATURES)), dtype=np.float32)
+# Some of these rows score between 0.3 and 0.5: a model deciding at 0.3 raises an alarm there.
+DECISION_ROWS = np.nan_to_num(make_data(20, seed=7)[0])
 
 
 @contextlib.contextmanager
@@ -139,6 +142,58 @@ def test_a_stale_or_repeated_announcement_is_ignored_and_counted(
         wait_until(lambda: cache.stats()[org].ignored_stale == 2, "two ignored announcements")
         assert cache.version(org) == version_id(2)
         assert cache.stats()[org].loads == 2
+
+
+def test_predictions_carry_the_served_models_alarms_and_threshold_through_hot_swaps(
+    redis_url: str,
+    base: Path,
+    org: str,
+    deploy: Callable[..., Deployment],
+    booster: lgb.Booster,
+) -> None:
+    deploy(org, 1)  # a model exported before decisions: one output, no threshold
+    with running(redis_url, base, [org]) as cache:
+        old = cache.predict(org, DECISION_ROWS)
+        assert old.threshold == 0.5
+        assert old.alarms.tolist() == (old.probabilities >= 0.5).tolist()
+        decided = to_onnx_with_alarm(booster, threshold=0.3, org_id=org, version=version_id(2))
+        deploy(org, 2, data=decided.SerializeToString())
+        wait_until(lambda: cache.version(org) == version_id(2), "the swap to version 2")
+        new = cache.predict(org, DECISION_ROWS)
+        assert new.threshold == 0.3
+        assert new.alarms.tolist() == (new.probabilities >= np.float32(0.3)).tolist()
+        assert np.array_equal(new.probabilities, old.probabilities)  # the same trees
+        assert (new.alarms & ~old.alarms).any()  # the rows between 0.3 and 0.5 now alarm
+        deploy(org, 3)  # and back to an old-style model: the 0.5 rule again
+        wait_until(lambda: cache.version(org) == version_id(3), "the swap to version 3")
+        again = cache.predict(org, DECISION_ROWS)
+        assert (again.threshold, again.alarms.tolist()) == (0.5, old.alarms.tolist())
+
+
+def test_a_model_with_a_bad_decision_threshold_is_not_served_and_the_refusal_is_reported(
+    redis: redis_lib.Redis,
+    redis_url: str,
+    base: Path,
+    org: str,
+    deploy: Callable[..., Deployment],
+    booster: lgb.Booster,
+) -> None:
+    deploy(org, 1)
+    with running(redis_url, base, [org]) as cache:
+        bad = to_onnx_with_alarm(
+            booster, threshold_metadata="1.5", org_id=org, version=version_id(2)
+        )
+        deploy(org, 2, data=bad.SerializeToString())
+        wait_until(lambda: cache.stats()[org].load_failures == 1, "the refused load")
+        assert cache.predict(org, ROWS).version == version_id(1)
+
+        def refused_entry() -> dict[str, Any] | None:
+            entry = read_replicas(redis, org).get(cache.replica_id)
+            return entry if entry and entry["lastError"] else None
+
+        entry = wait_until(refused_entry, "the refusal in the replica's entry")
+        assert entry["version"] == version_id(1)
+        assert "decision_threshold 1.5" in entry["lastError"]
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pytest
 import redis as redis_lib
 
 from tests.integration.conftest import version_id
-from tests.support.onnx_fixtures import FEATURES, to_onnx
+from tests.support.onnx_fixtures import FEATURES, make_data, to_onnx, to_onnx_with_alarm
 from tests.support.processes import free_port, spawn_logged, stop_group, wait_for
 from tests.support.registry_fixtures import finished_run, migrated_engine, record_model, register
 from training_tasks.protocol import hotswap
@@ -36,6 +37,9 @@ from workers.prediction_service import MAX_BODY_BYTES, PredictionService
 pytestmark = pytest.mark.integration
 ROW = [0.5] * len(FEATURES)
 BODY = json.dumps({"rows": [ROW]})
+# Some of these rows score between 0.3 and 0.5: a model deciding at 0.3 raises an alarm there.
+DECISION_ROWS = np.nan_to_num(make_data(20, seed=7)[0]).tolist()
+ANSWER_FIELDS = {"organizationId", "version", "probabilities", "alarms", "threshold"}
 TRAINCTL = [sys.executable, "-m", "training_tasks.cli"]
 READY_TIMEOUT_S = 60.0
 SWAP_TIMEOUT_S = 10.0
@@ -74,8 +78,37 @@ def test_predict_answers_with_probabilities_and_the_version(service, org) -> Non
     assert status == 200
     assert doc["version"] == version_id(1) and len(doc["probabilities"]) == 2
     assert all(0.0 <= p <= 1.0 for p in doc["probabilities"])
+    assert doc["threshold"] == 0.5 and doc["alarms"] == [p >= 0.5 for p in doc["probabilities"]]
     status, health = call(service.port, "GET", "/health")
     assert status == 200 and health["versions"] == {org: version_id(1)}
+
+
+def test_predict_answers_with_the_served_models_alarms_and_threshold_across_hot_swaps(
+    redis_url: str,
+    base: Path,
+    org: str,
+    deploy: Callable[..., Deployment],
+    booster: lgb.Booster,
+) -> None:
+    decided = to_onnx_with_alarm(booster, threshold=0.3, org_id=org, version=version_id(1))
+    deploy(org, 1, data=decided.SerializeToString())
+    with PredictionService(redis_url, base, [org], port=0) as service:
+        status, new = call(service.port, "POST", f"/predict/{org}", {"rows": DECISION_ROWS})
+        assert status == 200 and set(new) == ANSWER_FIELDS and new["version"] == version_id(1)
+        assert new["threshold"] == 0.3
+        assert new["alarms"] == [p >= 0.3 for p in new["probabilities"]]
+        assert any(0.3 <= p < 0.5 for p in new["probabilities"])  # alarms the 0.5 rule misses
+        _wait_served(service, org, deploy(org, 2).version)  # an old-style model: no decision
+        status, old = call(service.port, "POST", f"/predict/{org}", {"rows": DECISION_ROWS})
+        assert status == 200 and set(old) == ANSWER_FIELDS and old["version"] == version_id(2)
+        assert old["threshold"] == 0.5
+        assert old["alarms"] == [p >= 0.5 for p in old["probabilities"]]
+        assert old["probabilities"] == new["probabilities"]  # the same trees, another decision
+        decided = to_onnx_with_alarm(booster, threshold=0.4, org_id=org, version=version_id(3))
+        _wait_served(service, org, deploy(org, 3, data=decided.SerializeToString()).version)
+        status, back = call(service.port, "POST", f"/predict/{org}", {"rows": DECISION_ROWS})
+        assert (status, back["threshold"]) == (200, 0.4)
+        assert back["alarms"] == [p >= 0.4 for p in back["probabilities"]]
 
 
 @pytest.mark.parametrize(
@@ -230,6 +263,7 @@ def test_trainctl_serve_answers_and_status_shows_its_confirmation(
     with trainctl_serve(serve_env, org, "--replica-id", "replica-a") as port:
         status, doc = call(port, "POST", f"/predict/{org}", {"rows": [ROW]})
         assert (status, doc["version"]) == (200, deployed.version)
+        assert (doc["threshold"], doc["alarms"]) == (0.5, [doc["probabilities"][0] >= 0.5])
         shown = subprocess.run(
             [*TRAINCTL, "status", org], env=serve_env, capture_output=True, text=True, timeout=60
         )

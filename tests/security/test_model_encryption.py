@@ -294,7 +294,13 @@ def _moved_files_are_refused_and_the_old_model_keeps_serving(
     shutil.copyfile(deployed, foreign)
     hotswap.publish(redis, replace(deployment_of(foreign, other, version), sequence=1), "deployed")
     wait_until(lambda: cache.stats()[other].load_failures == 1, "the foreign file's refusal")
-    entry = wait_until(lambda: read_replicas(redis, other).get(cache.replica_id), "the entry")
+
+    def refused_entry() -> dict[str, Any] | None:
+        # The entry can be confirmed before the refusal is written into it: wait for the reason.
+        entry = read_replicas(redis, other).get(cache.replica_id) or {}
+        return entry if entry.get("lastError") else None
+
+    entry = wait_until(refused_entry, "the entry with its refusal")
     assert "sealed for another organization or version" in str(entry["lastError"])
     assert cache.version(other) is None
 

@@ -58,12 +58,18 @@ _PING_TOKEN = "model-cache"
 
 @dataclass(frozen=True)
 class Prediction:
-    """Failure probabilities for the rows of one call and the model version that made them."""
+    """Failure probabilities and alarms for the rows of one call, and the model that made them.
+
+    `alarms` (bool, one per row) is the model's own decision at its `threshold`; a model exported
+    without one decides at probability >= 0.5.
+    """
 
     organization_id: str
     version: str
     sequence: int
     probabilities: np.ndarray
+    alarms: np.ndarray
+    threshold: float
 
 
 class ModelCache:
@@ -166,10 +172,12 @@ class ModelCache:
     # -- serving ----------------------------------------------------------------------------
 
     def predict(self, org_id: str, rows: Any) -> Prediction:
-        """Failure probabilities of 2-D `rows` (in the model's feature_columns order)."""
+        """Failure probabilities and alarms of 2-D `rows` (in the model's feature_columns order)."""
         model = self._slots.current(org_id)  # one reference read: the call keeps this model
-        probabilities = model.predict(rows)
-        return Prediction(org_id, model.version, model.sequence, probabilities)
+        probabilities, alarms = model.decide(rows)
+        return Prediction(
+            org_id, model.version, model.sequence, probabilities, alarms, model.threshold
+        )
 
     def feature_columns(self, org_id: str) -> list[str]:
         """The feature columns, in order, of the model `org_id` serves now."""

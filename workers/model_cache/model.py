@@ -1,5 +1,8 @@
 """Load one deployed ONNX model: path and sha256 checks, metadata checks, warm-up, inference.
 
+A model's decision is its own: the `failure_alarm` output where it has one, made in the graph at
+its `decision_threshold`; a model exported without them decides at probability >= 0.5.
+
 The file is read once into memory; the sha256 is computed over those bytes and the session is
 built from the same bytes, so the file cannot change between the check and the load. A file
 sealed by the training service (ML_MASTER_KEYS set there) is opened in memory with the keys in
@@ -19,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from training_tasks.errors import SettingsError
+from training_tasks.protocol.decision import ALARM_NAME, BadThreshold, threshold_of
 from training_tasks.protocol.hotswap import Deployment
 from training_tasks.protocol.ids import ORG_ID_PATTERN
 from training_tasks.protocol.keyring import Keyring, SealedDataError
@@ -86,9 +90,36 @@ class LoadedModel:
     input_name: str
     output_name: str
     probability_pair: bool
+    threshold: float  # the decision threshold of the model's metadata (0.5 for an old model)
+    alarm_name: str | None  # its `failure_alarm` output; None for a model exported without one
+    # Made once, not per call. A float32 array of one element: numpy compares with it (broadcast)
+    # in about half the time it takes with a scalar, which is half a single-row call's overhead.
+    _threshold32: np.ndarray = field(init=False, repr=False)
+    _outputs: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        outputs = (
+            [self.output_name] if self.alarm_name is None else [self.output_name, self.alarm_name]
+        )
+        object.__setattr__(self, "_threshold32", np.array([self.threshold], dtype=np.float32))
+        object.__setattr__(self, "_outputs", outputs)
+
+    @property
+    def has_alarm(self) -> bool:
+        """Whether the model makes its decision itself (a `failure_alarm` output)."""
+        return self.alarm_name is not None
 
     def predict(self, rows: Any) -> np.ndarray:
         """Failure probabilities (float32, one per row) of 2-D `rows` in feature-column order."""
+        return self.decide(rows)[0]
+
+    def decide(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Failure probabilities and alarms (bool) of `rows`, from one run of the model.
+
+        The alarms are the model's own `failure_alarm` output, or probability >= its threshold
+        for a model without one.
+        """
+        # One function on purpose: this is every prediction's path, and calls cost here.
         features = np.asarray(rows, dtype=np.float32)
         width = len(self.feature_columns)
         if features.ndim != 2 or features.shape[1] != width:
@@ -97,9 +128,19 @@ class LoadedModel:
                 f"(organization {self.organization_id}, version {self.version}); got shape "
                 f"{list(features.shape)}"
             )
-        (output,) = self.session.run([self.output_name], {self.input_name: features})
-        result = np.asarray(output)
-        return result[:, 1] if self.probability_pair else result.reshape(len(features))
+        n_rows = len(features)
+        outputs = self.session.run(self._outputs, {self.input_name: features})
+        # Reshaped only when not [N] already: numpy is slower on the view a reshape makes.
+        probabilities = np.asarray(outputs[0])
+        if self.probability_pair:
+            probabilities = probabilities[:, 1]
+        elif probabilities.shape != (n_rows,):
+            probabilities = probabilities.reshape(n_rows)
+        if self.alarm_name is None:
+            # In float32, as the GreaterOrEqual of a model with the output compares.
+            return probabilities, np.greater_equal(probabilities, self._threshold32)
+        alarms = np.asarray(outputs[1])
+        return probabilities, alarms if alarms.shape == (n_rows,) else alarms.reshape(n_rows)
 
 
 def load_model(
@@ -136,6 +177,7 @@ def load_model(
     columns = _check_metadata(session, org_id, deployment, path)
     input_name = _input_name(session, path, len(columns))
     output_name, pair = _output(session, path)
+    threshold, alarm_name = _decision(session, path)
     model = LoadedModel(
         organization_id=org_id,
         version=deployment.version,
@@ -147,6 +189,8 @@ def load_model(
         input_name=input_name,
         output_name=output_name,
         probability_pair=pair,
+        threshold=threshold,
+        alarm_name=alarm_name,
     )
     _warm(model)
     return model
@@ -232,10 +276,23 @@ def _output(session: ort.InferenceSession, path: Path) -> tuple[str, bool]:
     )
 
 
+def _decision(session: ort.InferenceSession, path: Path) -> tuple[float, str | None]:
+    """The model's decision threshold, and its alarm output if it has one.
+
+    check_model_bytes has already refused an alarm output that is not bool [N].
+    """
+    try:
+        threshold = threshold_of(session.get_modelmeta().custom_metadata_map)
+    except BadThreshold as exc:
+        raise ModelRejected(f"model file {path} has a bad decision threshold: {exc}") from None
+    has_alarm = any(output.name == ALARM_NAME for output in session.get_outputs())
+    return threshold, ALARM_NAME if has_alarm else None
+
+
 def _warm(model: LoadedModel) -> None:
     """Run one inference, so the first real call pays no set-up and a broken graph shows now."""
     try:
-        result = model.predict(np.zeros((1, len(model.feature_columns)), dtype=np.float32))
+        result, _alarms = model.decide(np.zeros((1, len(model.feature_columns)), dtype=np.float32))
     except Exception as exc:
         raise ModelRejected(
             f"model file {model.path} failed its warm-up inference ({type(exc).__name__}: "
