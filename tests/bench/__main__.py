@@ -22,6 +22,7 @@ BENCHMARKS = (
     "bench_hotswap",
     "bench_swap_load",
     "bench_beat",
+    "bench_model_options",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -22,7 +22,7 @@ from training_tasks.demo import (
     iter_sensor_frames,
     write_scada_sqlite,
 )
-from training_tasks.demo.scada import FEATURES, TARGET, default_start
+from training_tasks.demo.scada import FEATURES, TARGET, TIMESTAMP, default_start
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -135,3 +135,40 @@ def test_each_layout_gives_an_org_config_the_service_accepts(layout: ScadaLayout
     assert org.schema_config.physical(TARGET) == layout.target_column
     assert org.ml_model_config["featureColumns"] == list(FEATURES)
     assert org.training_schedule == {"pattern": "0 2 * * 0", "timezone": "UTC", "enabled": False}
+
+
+def test_rare_failure_data_has_few_failures_that_only_the_sensor_ratio_shows() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from training_tasks.demo.scada import iter_rare_failure_frames
+
+    def frames(seed: int) -> pd.DataFrame:
+        chunks = iter_rare_failure_frames(
+            assets=6, days=30, interval_min=15, seed=seed, start=START, chunk_days=4
+        )
+        return pd.concat(list(chunks), ignore_index=True)
+
+    frame = frames(5)
+    pd.testing.assert_frame_equal(frame, frames(5))  # the same seed gives the same rows
+    assert frame[TIMESTAMP].is_monotonic_increasing
+    assert 0.02 <= frame[TARGET].mean() <= 0.04
+    labels = frame[TARGET].to_numpy()
+    for sensor in FEATURES:  # no sensor alone tells a failing bearing
+        auc = roc_auc_score(labels, frame[sensor])
+        assert max(auc, 1 - auc) < 0.75, sensor
+    ratio = frame["pressure"] / frame["temperature"]
+    assert roc_auc_score(labels, -ratio) > 0.95  # the ratio does
+
+
+def test_the_rare_failure_organization_trains_the_ratio_as_a_derived_feature(
+    tmp_path: Path,
+) -> None:
+    from training_tasks.demo.scada import INITECH_LAYOUT, RARE_FAILURE_MODEL
+
+    doc = demo_org_config("initech", f"sqlite:///{tmp_path / 'x.db'}", INITECH_LAYOUT)
+    doc["mlModelConfig"].update(RARE_FAILURE_MODEL)
+    org = parse_org_config(doc, "initech")
+    assert org.ml_model_config["derivedFeatures"] == {
+        "pressure_per_degree": "pressure / temperature"
+    }
+    assert org.ml_model_config["decisionPolicy"] == {"type": "maxF1"}

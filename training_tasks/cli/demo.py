@@ -1,8 +1,12 @@
-"""`make run` (`trainctl demo`): the whole job on the embedded default, started and stopped in one command.
+"""`make run` (`trainctl demo`): the whole job on the embedded default, started and stopped in
+one command.
 
 An embedded Redis (unless REDIS_URL is set), SQLite under ML_BASE_PATH (unless DATABASE_URL
-is set), demo SCADA databases for two organizations, a real Celery worker process, two
-trainings at once with live progress, and a table of what was deployed.
+is set), demo SCADA databases for three organizations, a real Celery worker process, trainings
+at once with live progress, and a table of what was deployed. `initech`'s failures are rare and
+show only in the ratio of two sensors: it is trained first as a user would first try (raw
+columns, threshold 0.5), which validation rejects, then with `pressure / temperature` as a
+derived feature and the threshold of the best F1 on the inner fold, which passes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from training_tasks.cli.views import console, deployed_table, follow_runs
 from training_tasks.config.settings import Settings
@@ -41,6 +47,15 @@ WORKER_STOP_TIMEOUT_S = 20.0
 SWAP_WAIT_S = 10.0
 # One sensor reading in the demo's feature order: temperature, pressure, vibration, current.
 DEMO_ROW = [63.0, 415.0, 2.4, 32.5]
+# Rare failures that only pressure / temperature shows (see scada.iter_rare_failure_frames).
+RARE_ORG = "initech"
+RARE_DAYS = 60
+RARE_ASSETS = 8
+# The same organization trained as a user would first try: raw columns, the default 0.5.
+RAW_REQUEST: dict[str, Any] = {
+    "derivedFeatures": {},
+    "decisionPolicy": {"type": "fixed", "threshold": 0.5},
+}
 
 
 def run_demo(
@@ -69,26 +84,34 @@ def run_demo(
 
 def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool, days: int) -> int:
 
-    data_range = {
-        "startDate": DEMO_START.isoformat().replace("+00:00", "Z"),
-        "endDate": (DEMO_START + timedelta(days=days)).isoformat().replace("+00:00", "Z"),
-    }
+    def data_range(span_days: int) -> dict[str, str]:
+        end = DEMO_START + timedelta(days=span_days)
+        return {"startDate": _iso(DEMO_START), "endDate": _iso(end)}
+
+    def submit(org: str, **request: Any) -> Any:
+        span = RARE_DAYS if org == RARE_ORG else days
+        doc = {"dataRange": data_range(span), **request}
+        return svc.train_model(org, doc, wait=False, trigger="demo", actor="demo")
+
     with PredictionService(settings.redis_url, settings.ml_base_path, orgs, port=0) as prediction:
         console.print(f"prediction service on http://127.0.0.1:{prediction.port}")
         for org in orgs:
             console.print(f"  {org}: before training, {_ask(prediction.port, org)}")
-        handles = [
-            svc.train_model(
-                org, {"dataRange": data_range}, wait=False, trigger="demo", actor="demo"
-            )
-            for org in orgs
-        ]
+        # First round: the two drift organizations, and the rare-failure one on raw columns.
+        handles = [submit(org, **(RAW_REQUEST if org == RARE_ORG else {})) for org in orgs]
         console.print(
             f"submitted {len(handles)} trainings: "
             + ", ".join(f"{h.version} ({h.queue})" for h in handles)
         )
         results = follow_runs(handles, timeout_s=1800)
-        console.print(deployed_table(results, str(settings.ml_base_path)))
+        raw = next(r for r in results if r["organizationId"] == RARE_ORG)
+        console.print(
+            f"{RARE_ORG} on raw columns at threshold 0.5: {raw['status']}; now with "
+            "pressure / temperature as a derived feature and the threshold of the best F1"
+        )
+        tuned = follow_runs([submit(RARE_ORG)], timeout_s=1800)
+        results = [r for r in results if r is not raw] + tuned
+        console.print(deployed_table([*results, raw], str(settings.ml_base_path)))
         for result in results:
             _report(svc, prediction, result)
     for org in orgs:
@@ -103,6 +126,10 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
             while True:
                 time.sleep(1)
     return 0 if all(r["success"] for r in results) else 1
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -145,17 +172,37 @@ def _ask(port: int, org_id: str) -> str:
 def _prepare_demo_orgs(svc: Any, demo_dir: Path, assets: int, days: int) -> list[str]:
 
     demo_dir.mkdir(parents=True, exist_ok=True)
-    layouts = {"acme-corp": scada.ACME_LAYOUT, "globex": scada.GLOBEX_LAYOUT}
+    layouts = {
+        "acme-corp": scada.ACME_LAYOUT,
+        "globex": scada.GLOBEX_LAYOUT,
+        RARE_ORG: scada.INITECH_LAYOUT,
+    }
     for seed, (org_id, layout) in enumerate(layouts.items(), start=1):
-        db_path = demo_dir / f"scada_{org_id}_{assets}x{days}d.db"
+        rare = org_id == RARE_ORG
+        shape = f"{RARE_ASSETS}x{RARE_DAYS}d_rare" if rare else f"{assets}x{days}d"
+        db_path = demo_dir / f"scada_{org_id}_{shape}.db"
         if not db_path.exists():
             with console.status(f"generating demo SCADA data for {org_id}"):
-                frame = scada.generate_sensor_frame(
-                    assets=assets, days=days, interval_min=10, seed=seed, start=DEMO_START
-                )
+                if rare:
+                    frame = pd.concat(
+                        scada.iter_rare_failure_frames(
+                            assets=RARE_ASSETS,
+                            days=RARE_DAYS,
+                            interval_min=15,
+                            seed=seed,
+                            start=DEMO_START,
+                        ),
+                        ignore_index=True,
+                    )
+                else:
+                    frame = scada.generate_sensor_frame(
+                        assets=assets, days=days, interval_min=10, seed=seed, start=DEMO_START
+                    )
                 scada.write_scada_sqlite(db_path, frame, layout)
             console.print(f"generated {len(frame):,} sensor rows for {org_id} in {db_path}")
         config = scada.demo_org_config(org_id, f"sqlite:///{db_path}", layout)
+        if rare:
+            config["mlModelConfig"].update(scada.RARE_FAILURE_MODEL)
         try:
             current = svc.get_organization(org_id)
         except NotFoundError:

@@ -115,15 +115,17 @@ def print_result(result: dict[str, Any]) -> None:
 
 
 def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
-    """What was deployed: version, accuracy, precision, recall, AUC, size, latency."""
+    """What was deployed: version, decision threshold, accuracy, precision and recall (with their
+    95% intervals), AUC, size, latency."""
     table = Table(title=f"Deployed models (files under {store_base})")
     for name in (
         "organization",
         "status",
         "version",
+        "threshold",
         "accuracy",
-        "precision",
-        "recall",
+        "precision (95% CI)",
+        "recall (95% CI)",
         "AUC",
         "size",
         "p50 latency",
@@ -137,14 +139,24 @@ def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
             r["organizationId"],
             r["status"],
             r["version"],
+            _fmt(m.get("decisionThreshold")),
             _fmt(m.get("accuracy")),
-            _fmt(m.get("precision")),
-            _fmt(m.get("recall")),
+            _with_interval(m, "precision"),
+            _with_interval(m, "recall"),
             _fmt(m.get("rocAuc")),
             f"{size / 1024:.0f} KiB" if size else "-",
             f"{latency:.2f} ms" if latency else "-",
         )
     return table
+
+
+def _with_interval(metrics: dict[str, Any], name: str) -> str:
+    """`0.912 (0.87-0.94)`: the value and its 95% interval, when validation recorded one."""
+    interval = (metrics.get("intervals") or {}).get(name) or {}
+    low, high = interval.get("low"), interval.get("high")
+    if low is None or high is None:
+        return _fmt(metrics.get(name))
+    return f"{_fmt(metrics.get(name))} ({low:.2f}-{high:.2f})"
 
 
 def print_status(doc: dict[str, Any]) -> None:
@@ -204,9 +216,13 @@ def print_validation(report: dict[str, Any]) -> None:
         f"{report['holdoutRunId']} version {report['holdoutVersion']})",
         soft_wrap=True,
     )
-    metrics = report.get("metrics") or {}
-    keys = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc")
-    console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys))
+    metrics = {"intervals": report.get("intervals"), **(report.get("metrics") or {})}
+    console.print(f"  decides at threshold {_fmt(report.get('decisionThreshold'))}")
+    keys = ("accuracy", "precision", "recall", "f1")
+    console.print("  " + "  ".join(f"{k} {_with_interval(metrics, k)}" for k in keys))
+    console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in ("rocAuc", "prAuc")))
+    for warning in report.get("warnings") or []:  # a gate inside its metric's 95% interval
+        console.print(f"  [yellow]! {escape(warning)}[/]", soft_wrap=True)
     if passed:
         console.print(f"  all {len(report['checks'])} checks passed")
         return

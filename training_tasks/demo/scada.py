@@ -92,6 +92,25 @@ GLOBEX_LAYOUT = ScadaLayout(
     real_features=True,
 )
 
+# Rare failures that only `pressure / temperature` shows (iter_rare_failure_frames).
+INITECH_LAYOUT = ScadaLayout(
+    table="bearing_log",
+    timestamp_column="logged_at",
+    asset_column="bearing_id",
+    columns={
+        "temperature": "bearing_temp_c",
+        "pressure": "oil_pressure_kpa",
+        "vibration": "vibration_mm_s",
+        "current": "motor_current_a",
+    },
+    target_column="failed",
+)
+# What an engineer adds for INITECH_LAYOUT's data: the ratio as a feature, a threshold for F1.
+RARE_FAILURE_MODEL: dict[str, Any] = {
+    "derivedFeatures": {"pressure_per_degree": "pressure / temperature"},
+    "decisionPolicy": {"type": "maxF1"},
+}
+
 
 @dataclass(frozen=True)
 class _Asset:
@@ -220,6 +239,72 @@ def _asset_rows(
         + rng.normal(0.0, 1.0, (len(hours), 4)) * _NOISE_SD
     )
     return values, to_failure_h <= HORIZON_H, since_h >= downtime
+
+
+RATIO_MEAN = 6.8  # oil pressure (kPa) per degree of bearing temperature, healthy
+RATIO_SD = 0.25
+RATIO_FAILING = RATIO_MEAN - 1.881 * RATIO_SD  # the lowest ~3% of rows: oil film breaking down
+LABEL_NOISE = 0.002  # share of rows whose label is wrong, as in any maintenance log
+
+
+def iter_rare_failure_frames(
+    *,
+    assets: int,
+    days: int,
+    interval_min: int,
+    seed: int,
+    start: datetime,
+    chunk_days: int = 7,
+) -> Iterator[pd.DataFrame]:
+    """Rows whose failures are rare (about 3%) and show only in the ratio of two sensors.
+
+    The plant's operating point swings temperature and pressure up and down together over a wide
+    range; a failing bearing is one whose oil pressure per degree (`pressure / temperature`) falls
+    below RATIO_FAILING. Neither sensor alone tells, and a tree ensemble on the raw columns can
+    only approximate the diagonal boundary: the case derived features (`pressure / temperature`)
+    and a decision threshold chosen for rare failures are for. Same columns as
+    `iter_sensor_frames`, in time order, `chunk_days` at a time.
+    """
+    if assets < 1 or days < 1 or not 1 <= interval_min <= 1440 or chunk_days < 1:
+        raise ValueError("assets, days and chunk_days must be >= 1 and interval_min 1..1440")
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware (UTC)")
+    names = np.array([f"bearing-{i + 1:03d}" for i in range(assets)], dtype=object)
+    steps = max(1, 1440 // interval_min)
+    origin = np.datetime64(start.astimezone(UTC).replace(tzinfo=None), "us")
+    for first_day in range(0, days, chunk_days):
+        frames = []
+        for day in range(first_day, min(days, first_day + chunk_days)):
+            rng = np.random.default_rng([seed, 1_000_000 + day])
+            hours = day * 24.0 + np.arange(steps) * interval_min / 60.0
+            shape = (steps, assets)
+            operating = 2.0 * rng.normal(0.0, 1.0, shape)  # hot and high pressure together
+            temperature = 62.0 + 15.0 * operating + rng.normal(0.0, 0.8, shape)
+            ratio = RATIO_MEAN + rng.normal(0.0, RATIO_SD, shape)
+            failing = ratio < RATIO_FAILING
+            failing ^= rng.random(shape) < LABEL_NOISE
+            values = np.stack(
+                [
+                    temperature,
+                    temperature * ratio,
+                    2.2 + rng.normal(0.0, 0.2, shape),
+                    32.0 + 4.0 * operating + rng.normal(0.0, 0.8, shape),
+                ],
+                axis=-1,
+            )
+            stamps = origin + np.round(hours * 3_600_000_000).astype("timedelta64[us]")
+            frame = pd.DataFrame(
+                {
+                    TIMESTAMP: pd.DatetimeIndex(np.repeat(stamps, assets)).tz_localize(UTC),
+                    ASSET: np.tile(names, steps),
+                }
+            )
+            flat = values.reshape(-1, 4)
+            for i, name in enumerate(FEATURES):
+                frame[name] = flat[:, i]
+            frame[TARGET] = failing.ravel().astype(np.int8)
+            frames.append(frame)
+        yield pd.concat(frames, ignore_index=True)
 
 
 def write_scada_sqlite(
