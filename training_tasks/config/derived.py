@@ -278,6 +278,45 @@ class _Parser:
         return token[2] if token is not None else len(self.text)
 
 
+def check_ast(ast: object, features: Sequence[str], where: str) -> str:
+    """Why a parsed form read from outside (a model file's metadata) is not one this parser could
+    have made, or "" if it could: known operations with their arities, finite numbers, columns
+    among `features`, at most MAX_NODES nodes. Walked without recursion, so a form nested
+    thousands deep is refused, not a RecursionError."""
+    arity = {"+": 2, "-": 2, "*": 2, "/": 2, "neg": 1}
+    arity.update({name: 1 for name in UNARY_FUNCTIONS})
+    arity.update({name: 2 for name in BINARY_FUNCTIONS})
+    pending, nodes = [ast], 0
+    while pending:
+        node = pending.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            return f"{where} has more than {MAX_NODES} parts"
+        if not isinstance(node, dict):
+            return f"{where} holds {f.shown(node)} where an expression belongs"
+        if set(node) == {"num"}:
+            number = node["num"]
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                return f"{where} holds the number {f.shown(number)}"
+            if not math.isfinite(number):
+                return f"{where} holds the number {number!r}, which is not finite"
+        elif set(node) == {"col"}:
+            if node["col"] not in features:
+                return f"{where} reads {f.shown(node['col'])}, which is not a feature column"
+        elif set(node) in ({"op", "args"}, {"fn", "args"}):
+            name, args = node.get("op", node.get("fn")), node["args"]
+            if name not in arity or ("fn" in node) != (
+                name in (*UNARY_FUNCTIONS, *BINARY_FUNCTIONS)
+            ):
+                return f"{where} uses the operation {f.shown(name)}, which is not allowed"
+            if not isinstance(args, list) or len(args) != arity[name]:
+                return f"{where} gives {name} other than {arity[name]} argument(s)"
+            pending.extend(args)
+        else:
+            return f"{where} holds a node with keys {f.shown(sorted(map(str, node)))}"
+    return ""
+
+
 def columns_used(ast: Ast) -> set[str]:
     """The raw feature names an expression reads."""
     if "col" in ast:

@@ -234,7 +234,7 @@ def _check_metadata(
             )
     try:
         columns = json.loads(props["feature_columns"])
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:  # nested too deep to read: refused
         raise ModelRejected(
             f"model file {path} lacks a JSON list in metadata feature_columns; export it "
             "with the training script's metadata"

@@ -184,7 +184,7 @@ def recorded_features(session: ort.InferenceSession) -> list[str] | None:
     """The feature_columns a model records in its metadata_props, or None."""
     try:
         recorded = json.loads(session.get_modelmeta().custom_metadata_map["feature_columns"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: nested too deep to read
         return None
     return recorded if isinstance(recorded, list) else None
 
@@ -209,7 +209,7 @@ def metadata_check(
             problems.append(f"the model does not record {key} in its metadata")
         elif meta[key] != expected:
             problems.append(f"the model's {key} is {meta[key]!r}, not {expected!r}")
-    decision = read_decision(meta, run or RunRecord())
+    decision = read_decision(meta, run or RunRecord(), features)
     problems += decision.problems
     if problems:
         return Check("metadata", False, None, None, "; ".join(problems)), decision

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from training_tasks.config.derived import compile_features
+from training_tasks.config.derived import check_ast, compile_features
 from training_tasks.config.training import TrainingConfig
 from training_tasks.protocol.decision import (
     DEFAULT_THRESHOLD,
@@ -50,8 +50,12 @@ class ModelDecision:
     problems: list[str]
 
 
-def read_decision(meta: Mapping[str, str], run: RunRecord) -> ModelDecision:
-    """The model's recorded decision, and every way it differs from what the run recorded."""
+def read_decision(
+    meta: Mapping[str, str], run: RunRecord, features: Sequence[str]
+) -> ModelDecision:
+    """The model's recorded decision, and every way it differs from what the run recorded.
+
+    `features`: the raw feature columns the model's derived features may read."""
     problems: list[str] = []
     threshold: float | None
     try:
@@ -61,7 +65,7 @@ def read_decision(meta: Mapping[str, str], run: RunRecord) -> ModelDecision:
         problems.append(f"the model's {exc}")
     else:
         problems += _threshold_problems(meta, threshold, run.thresholds)
-    derived, problem = _derived_of(meta)
+    derived, problem = _derived_of(meta, features)
     if problem:
         problems.append(problem)
     elif run.derived_features is not None:
@@ -96,20 +100,29 @@ def _is_probability(value: object) -> bool:
     return math.isfinite(value) and 0.0 <= value <= 1.0
 
 
-def _derived_of(meta: Mapping[str, str]) -> tuple[list[DerivedFeature], str]:
-    """The model's derived features ([] for a model without any), or why they cannot be read."""
+def _derived_of(
+    meta: Mapping[str, str], features: Sequence[str]
+) -> tuple[list[DerivedFeature], str]:
+    """The model's derived features ([] for a model without any), or why they cannot be read.
+
+    The metadata comes from the training script's file, so it is checked like any input before
+    validation evaluates it (a model judged without a run is scored on its own features)."""
     raw = meta.get(DERIVED_KEY)
     if raw is None:
         return [], ""
     try:
         derived = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         derived = None
     if not isinstance(derived, list) or not all(_is_feature(item) for item in derived):
         return [], (
             f"the model's {DERIVED_KEY} metadata is not a JSON list of "
             '{"name", "expression", "ast"} objects; export the model again'
         )
+    for item in derived:
+        problem = check_ast(item["ast"], features, f"the model's {DERIVED_KEY} {item['name']!r}")
+        if problem:
+            return [], f"{problem}; export the model again"
     return derived, ""
 
 
