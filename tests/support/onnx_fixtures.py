@@ -332,3 +332,28 @@ def column_model(
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
     return model
+
+
+def judge(model: Path, holdout: Path, **overrides: Any) -> Any:
+    """Validate `model` on `holdout` as the fixture organization's version, with its model.txt
+    when there is one and without the deployed-model comparison; `overrides` replace any
+    argument of `validate`."""
+    from training_tasks.stages.validate.stage import validate
+
+    native = model.with_name("model.txt")
+    args: dict[str, Any] = {
+        "org_id": ORG_ID,
+        "version": VERSION,
+        "model_path": model,
+        "holdout_path": holdout,
+        "feature_columns": FEATURES,
+        "target_column": TARGET,
+        "thresholds": {"notWorseThanDeployed": False},
+        "native_model_path": native if native.exists() else None,
+    }
+    return validate(**{**args, **overrides})
+
+
+def check(report: Any, name: str) -> dict[str, Any]:
+    """The named check of a validation report."""
+    return next(c for c in report.as_dict()["checks"] if c["name"] == name)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -17,9 +16,9 @@ import pytest
 
 from tests.support.onnx_fixtures import (
     FEATURES,
-    ORG_ID,
     TARGET,
-    VERSION,
+    check,
+    judge,
     make_data,
     save_model,
     train_booster,
@@ -27,7 +26,6 @@ from tests.support.onnx_fixtures import (
 )
 from tests.unit.test_extract import ACME_SCHEMA, acme_db, config, frame  # noqa: F401  # fixtures
 from training_tasks.stages.extract.stage import ExtractResult, extract
-from training_tasks.stages.validate.stage import ValidationReport, validate
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +38,6 @@ def holdout(tmp_path: Path) -> tuple[Path, str]:
     (tmp_path / "data").mkdir()
     path = write_holdout(tmp_path / "data" / "holdout.parquet", *make_data(2000, seed=2))
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def judge(model: Path, holdout: Path, **kw: Any) -> ValidationReport:
-    native = model.with_name("model.txt")
-    return validate(
-        org_id=ORG_ID,
-        version=VERSION,
-        model_path=model,
-        holdout_path=holdout,
-        feature_columns=FEATURES,
-        target_column=TARGET,
-        thresholds={"notWorseThanDeployed": False},
-        native_model_path=kw.pop("native_model_path", native),
-        **kw,
-    )
-
-
-def check(report: ValidationReport, name: str) -> dict[str, Any]:
-    return next(c for c in report.as_dict()["checks"] if c["name"] == name)
 
 
 def test_the_holdout_extract_recorded_is_scored(

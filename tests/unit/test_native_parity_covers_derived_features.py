@@ -12,11 +12,9 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from tests.support import onnx_fixtures as fixtures
 from tests.support.onnx_fixtures import (
     FEATURES,
-    ORG_ID,
-    TARGET,
-    VERSION,
     derived_spec,
     make_data,
     save_model,
@@ -27,7 +25,7 @@ from tests.support.onnx_fixtures import (
     write_holdout,
 )
 from training_tasks.stages.validate.metrics import ranking_metrics
-from training_tasks.stages.validate.stage import ValidationReport, validate
+from training_tasks.stages.validate.stage import ValidationReport
 
 DERIVED = derived_spec(
     {
@@ -55,20 +53,13 @@ def holdout(tmp_path_factory: pytest.TempPathFactory, holdout_rows: Any) -> Path
 
 
 def judge(model: Path, holdout: Path, **kw: Any) -> ValidationReport:
-    native = model.with_name("model.txt")
-    args: dict[str, Any] = {
-        "org_id": ORG_ID,
-        "version": VERSION,
-        "model_path": model,
-        "holdout_path": holdout,
-        "feature_columns": FEATURES,
-        "target_column": TARGET,
-        "thresholds": {},
-        "native_model_path": native if native.exists() else None,
-        "derived_features": DERIVED,
-        "recorded_thresholds": {"metrics.json": 0.5},
-    }
-    return validate(**{**args, **kw})
+    """Validated as a run that recorded DERIVED and a threshold of 0.5."""
+    recorded = {"metrics.json": 0.5}
+    return fixtures.judge(
+        model,
+        holdout,
+        **{"thresholds": {}, "derived_features": DERIVED, "recorded_thresholds": recorded, **kw},
+    )
 
 
 def test_a_derived_feature_model_passes_parity_on_raw_and_derived_columns(

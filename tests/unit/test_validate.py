@@ -16,6 +16,7 @@ from tests.support.onnx_fixtures import (
     ORG_ID,
     TARGET,
     VERSION,
+    check,
     make_data,
     save_model,
     train_booster,
@@ -65,10 +66,6 @@ def run(holdout: Path) -> Validate:
         return validate(**{**args, **overrides})
 
     return call
-
-
-def check(report: ValidationReport, name: str) -> dict[str, Any]:
-    return next(c for c in report.as_dict()["checks"] if c["name"] == name)
 
 
 def test_a_good_model_passes_and_validation_json_has_every_metric(

@@ -15,10 +15,9 @@ from sklearn import metrics as skm
 
 from tests.support.onnx_fixtures import (
     FEATURES,
-    ORG_ID,
-    TARGET,
-    VERSION,
+    check,
     column_model,
+    judge,
     make_data,
     save_model,
     save_onnx,
@@ -27,7 +26,6 @@ from tests.support.onnx_fixtures import (
     write_holdout,
 )
 from training_tasks.protocol.onnx_checks import UnsafeModel, check_model_bytes
-from training_tasks.stages.validate.stage import ValidationReport, validate
 
 LENIENT = {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "notWorseThanDeployed": False}
 
@@ -56,25 +54,6 @@ def probability_holdout(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     labels = (features[:, 0] + rng.normal(scale=0.2, size=1000) > 0.6).astype(np.int8)
     path = tmp_path_factory.mktemp("data") / "probabilities.parquet"
     return write_holdout(path, features, labels), features[:, 0]
-
-
-def judge(model: Path, holdout: Path, **kw: Any) -> ValidationReport:
-    native = model.with_name("model.txt")
-    args: dict[str, Any] = {
-        "org_id": ORG_ID,
-        "version": VERSION,
-        "model_path": model,
-        "holdout_path": holdout,
-        "feature_columns": FEATURES,
-        "target_column": TARGET,
-        "thresholds": {"notWorseThanDeployed": False},
-        "native_model_path": native if native.exists() else None,
-    }
-    return validate(**{**args, **kw})
-
-
-def check(report: ValidationReport, name: str) -> dict[str, Any]:
-    return next(c for c in report.as_dict()["checks"] if c["name"] == name)
 
 
 def test_an_old_model_with_one_output_and_no_threshold_still_passes_at_0_5_as_before(

@@ -182,29 +182,21 @@ class _Parser:
         constant part of `torque * rpm * 2 * pi / 60` (one Mul in the model instead of three:
         each operator costs single-row inference time). Training and the graph both compute
         the folded form."""
+        if op == "/" and right.get("num") == 0:
+            raise _Refused(position, "this divides by zero")
         if "num" in left and "num" in right:
             a, b = left["num"], right["num"]
-            if op == "/" and b == 0:
-                raise _Refused(position, "this divides by zero")
             value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else 0.0}[op]
             if not math.isfinite(value):
                 raise _Refused(position, "this constant is too large")
             return {"num": value}
-        inner = left.get("op")
-        if op in "*/" and "num" in right and inner in ("*", "/") and "num" in left["args"][1]:
-            d = right["num"]
-            if op == "/" and d == 0:
-                raise _Refused(position, "this divides by zero")
-            c = left["args"][1]["num"]
-            factor = c if inner == "*" else 1.0 / c
-            factor = factor * d if op == "*" else factor / d
+        if op == "/" and "num" in right:  # x / c is x * (1 / c): one form for the fold below
+            op, right = "*", {"num": 1.0 / right["num"]}
+        if op == "*" and "num" in right and left.get("op") == "*" and "num" in left["args"][1]:
+            factor = left["args"][1]["num"] * right["num"]
             if not math.isfinite(factor) or factor == 0:
                 raise _Refused(position, "this constant is too large or too small")
             return {"op": "*", "args": [left["args"][0], {"num": factor}]}
-        if op == "/" and "num" in right:
-            if right["num"] == 0:
-                raise _Refused(position, "this divides by zero")
-            return self._node({"op": "*", "args": [left, {"num": 1.0 / right["num"]}]}, position)
         return self._node({"op": op, "args": [left, right]}, position)
 
     def _unary(self) -> Ast:

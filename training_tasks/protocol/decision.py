@@ -34,9 +34,16 @@ def threshold_of(metadata: Mapping[str, str]) -> float:
         raise BadThreshold(
             f"{THRESHOLD_KEY} {raw[:40]!r} is not a number; export the model again"
         ) from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+    if not is_probability(value):
         raise BadThreshold(
             f"{THRESHOLD_KEY} {value!r} is not a probability between 0 and 1; export the model "
             "again"
         )
     return value
+
+
+def is_probability(value: object) -> bool:
+    """A finite number from 0 to 1 (not a bool): what a decision threshold must be."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and 0.0 <= value <= 1.0

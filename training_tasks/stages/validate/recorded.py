@@ -7,7 +7,6 @@ Pure functions over the ONNX metadata map; each returns sentences naming the key
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from training_tasks.protocol.decision import (
     DERIVED_KEY,
     THRESHOLD_KEY,
     BadThreshold,
+    is_probability,
     threshold_of,
 )
 
@@ -84,7 +84,7 @@ def _threshold_problems(
                 f"the run's {where} records no {THRESHOLD_KEY}, though its decision policy has "
                 "the script choose one; the training script must write it"
             )
-        elif not _is_probability(value):
+        elif not is_probability(value):
             problems.append(f"the run's {where} {THRESHOLD_KEY} {value!r} is not a probability")
         # Decided in float32 by the graph: thresholds equal as float32 make the same decisions.
         elif np.float32(value) != np.float32(threshold):  # type: ignore[arg-type]
@@ -92,12 +92,6 @@ def _threshold_problems(
                 f"the model's {THRESHOLD_KEY} is {shown} but the run's {where} records {value!r}"
             )
     return problems
-
-
-def _is_probability(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and 0.0 <= value <= 1.0
 
 
 def _derived_of(
