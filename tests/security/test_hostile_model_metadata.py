@@ -19,6 +19,7 @@ from tests.support.onnx_fixtures import (
     FEATURES,
     ORG_ID,
     VERSION,
+    judge,
     make_data,
     save_onnx,
     to_onnx,
@@ -159,3 +160,23 @@ def test_the_model_cache_ignores_derived_feature_metadata_it_never_computes(
     loaded = load_model(tmp_path / "ml", ORG_ID, deployment)
     rows = np.zeros((2, len(FEATURES)), dtype=np.float32)
     assert loaded.predict(rows).shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("written", "words"),
+    [
+        ("0.5", "is not a probability"),
+        (True, "is not a probability"),
+        ([0.5], "is not a probability"),
+        (float("nan"), "is not a probability"),
+        (1e308, "is not a probability"),
+        (None, "records no decision_threshold"),
+    ],
+)
+def test_a_threshold_the_script_wrote_wrongly_into_metrics_json_rejects_the_version(
+    booster: lgb.Booster, holdout: Path, tmp_path: Path, written: object, words: str
+) -> None:
+    path = save_onnx(tmp_path, to_onnx(booster), native=booster)
+    report = judge(path, holdout, recorded_thresholds={"metrics.json": written})
+    assert not report.passed
+    assert any("metrics.json" in f and words in f for f in report.failures), report.failures
