@@ -10,8 +10,8 @@ The config holds `organizationId`, `version`, `featureColumns` (the raw columns)
 `derivedFeatures`, `dataRange`, `outputPath`, `trainDataPath` and `holdoutDataPath`; unknown keys
 are ignored. The script reads only those files and writes, each atomically, into `outputPath`:
 
-- `model.onnx`: input `input` float32 [N, raw features]; the derived features are computed inside
-  the graph; outputs `failure_probability` float32 [N] and `failure_alarm` bool [N] (probability
+- `model.onnx`: input `input` float32 [N, raw features]; the derived features the trees split on
+  are computed inside the graph; outputs `failure_probability` float32 [N] and `failure_alarm` bool [N] (probability
   >= the decision threshold, which the metadata also holds);
 - `model.txt`: the native LightGBM model over [raw..., derived...] columns;
 - `metrics.json`: holdout metrics at the decision threshold, and what the training chose.
@@ -89,8 +89,9 @@ PROGRESS_INTERVAL_S = 0.1
 INPUT_NAME = "input"
 OUTPUT_NAME = "failure_probability"
 ALARM_NAME = "failure_alarm"
-TREE_INPUT_NAME = "tree_input"  # [raw..., derived...], what the converted trees read
-# GreaterOrEqual needs 12; 13 is the first opset with today's forms of Split, Squeeze and Slice.
+# What the trees read when derived features are computed: the input, then computed tensors.
+TREE_INPUT_NAME = "tree_input"
+# GreaterOrEqual needs opset 12; models are written at 13, which every current runtime runs.
 MIN_OPSET = 13
 MIN_IR_VERSION = 7  # the IR version that came with opset 13
 # The script's own metrics are informational (the service scores the whole holdout itself), so
@@ -683,72 +684,200 @@ def keep_probability_of_failure(model: onnx.ModelProto) -> None:
     graph.node.extend(reversed(kept))
 
 
-class DerivedNodes:
-    """Builds the standard ONNX operators computing derived columns [N, 1] from the raw input."""
+class Lanes:
+    """Builds the operators computing derived values from the raw input, side by side.
 
-    def __init__(self, raw: str, features: Sequence[str]) -> None:
-        self.raw = raw
+    A value lives in one column of a tensor [N, width]. Each round of the build gives every
+    operation whose arguments are ready a column and computes all of one kind with one operator
+    over whole rows: `a * b` and `c * d` become Mul(X, Gather(X, perm)) with b's column under a
+    and d's under c, and the result's other columns are never read. Single-row inference pays
+    per operator (a fraction of a microsecond each), not per column, so a few derived features
+    cost a few operators.
+    """
+
+    def __init__(self, features: Sequence[str]) -> None:
         self.index = {name: j for j, name in enumerate(features)}
+        self.width = {INPUT_NAME: len(features)}
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self.known: dict[Any, str] = {}  # columns and constants already in the graph
+        self.constants: dict[Any, str] = {}
+        # expression -> (tensor, column) of a value read from a column, or a scalar's tensor
+        self.placed: dict[str, tuple[str, int] | str] = {}
 
-    def tensor(self, op: str, inputs: Sequence[str], **attributes: Any) -> str:
-        """Add one node; returns the name of its output."""
+    def columns(self, asts: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+        """Where each expression's value is, for expressions that read a column."""
+        pending: dict[str, Mapping[str, Any]] = {}
+
+        def collect(ast: Mapping[str, Any]) -> None:
+            if "col" in ast:
+                self.placed[key(ast)] = (INPUT_NAME, self.index[ast["col"]])
+            elif not uses_a_column(ast):
+                self.scalar(ast)
+            else:
+                for arg in ast["args"]:
+                    collect(arg)
+                pending.setdefault(key(ast), ast)
+
+        for ast in asts:
+            collect(ast)
+        while pending:
+            ready = [
+                ast
+                for ast in pending.values()
+                if all("num" in arg or key(arg) in self.placed for arg in ast["args"])
+            ]
+            for done in self.round(ready):
+                del pending[done]
+        places = [self.placed[key(ast)] for ast in asts]
+        assert all(isinstance(place, tuple) for place in places)
+        return places  # type: ignore[return-value]
+
+    def round(self, ready: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Place what fits side by side; an operation whose column is taken waits a round.
+
+        A step is one operator: (operation, anchor tensor, the anchor's side, the other side),
+        the other side being nothing (unary), ("column", tensor) lined up by a Gather,
+        ("number",) a row of constants, or ("scalar", tensor).
+        """
+        import numpy as np
+
+        members: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
+        lined_up: dict[tuple[str, str], dict[int, int]] = {}  # (anchor, source): column -> column
+        numbers: dict[tuple[Any, ...], dict[int, float]] = {}
+        for ast in ready:
+            name = ast.get("op", ast.get("fn"))
+            args = [self.placed.get(key(arg), arg) for arg in ast["args"]]
+            if len(args) == 1:
+                tensor, column = args[0]
+                members.setdefault((name, tensor, 0, None), []).append((key(ast), column))
+                continue
+            # + and * are exactly commutative in IEEE arithmetic (NaN included): either side
+            # may be the anchor; otherwise the side that is a column is.
+            sides = [0, 1] if name in ("+", "*") else [0 if isinstance(args[0], tuple) else 1]
+            for side in sides:
+                if not isinstance(args[side], tuple):
+                    continue
+                tensor, column = args[side]
+                other = args[1 - side]
+                step: tuple[Any, ...]
+                if isinstance(other, tuple):
+                    step = (name, tensor, side, ("column", other[0]))
+                    wanted = lined_up.setdefault((tensor, other[0]), {})
+                    if wanted.setdefault(column, other[1]) != other[1]:
+                        continue
+                elif isinstance(other, str):
+                    step = (name, tensor, side, ("scalar", other))
+                else:
+                    step = (name, tensor, side, ("number",))
+                    number = float(np.float32(other["num"]))
+                    if numbers.setdefault(step, {}).setdefault(column, number) != number:
+                        continue
+                members.setdefault(step, []).append((key(ast), column))
+                break
+        lined = {pair: self.gather(*pair, columns) for pair, columns in lined_up.items()}
+        done = []
+        for step, placed in members.items():
+            name, tensor, side, other = step
+            if other is None:
+                inputs = [tensor]
+            else:
+                if other[0] == "column":
+                    value = lined[(tensor, other[1])]
+                elif other[0] == "scalar":
+                    value = other[1]
+                else:
+                    value = self.numbers(numbers[step], self.width[tensor])
+                inputs = [tensor, value] if side == 0 else [value, tensor]
+            output = self.operation(name, inputs)
+            self.width[output] = self.width[tensor]
+            for done_key, column in placed:
+                self.placed[done_key] = (output, column)
+                done.append(done_key)
+        return done
+
+    def gather(self, anchor: str, source: str, columns: Mapping[int, int]) -> str:
+        """A tensor as wide as `anchor` with source's column `columns[j]` in column j."""
+        import numpy as np
         from onnx import helper
 
+        width = self.width[source]
+        index = [columns.get(j, j if j < width else 0) for j in range(self.width[anchor])]
+        if anchor == source and index == list(range(width)):
+            return source
+        name = f"derived/{len(self.nodes)}_gather"
+        self.nodes.append(
+            helper.make_node("Gather", [source, self.initializer(np.array(index))], [name], axis=1)
+        )
+        self.width[name] = len(index)
+        return name
+
+    def operation(self, name: str, inputs: Sequence[str]) -> str:
+        """One operation's node (log1p: Log(Add(a, 1)), as training computes it)."""
+        from onnx import helper
+
+        if name == "log1p":
+            inputs = [self.operation("+", [inputs[0], self.constant(1.0)])]
+        op = {**UNARY, **BINARY}[name]
         output = f"derived/{len(self.nodes)}_{op.lower()}"
-        self.nodes.append(helper.make_node(op, list(inputs), [output], **attributes))
+        self.nodes.append(helper.make_node(op, list(inputs), [output]))
         return output
 
-    def constant(self, value: float, kind: str = "float") -> str:
-        """A scalar initializer (float32, or an int64 [1] column index), added once."""
+    def repeat(self, scalar: str) -> str:
+        """A scalar as a column [N, 1], N the input's rows."""
         import numpy as np
-        from onnx import numpy_helper
-
-        key = (kind, float(np.float32(value)) if kind == "float" else int(value))
-        if key not in self.known:
-            array = np.array(value, np.float32) if kind == "float" else np.array([value], np.int64)
-            name = f"derived/{kind}_{len(self.known)}"
-            self.initializers.append(numpy_helper.from_array(array, name))
-            self.known[key] = name
-        return self.known[key]
-
-    def split(self) -> list[str]:
-        """Every raw column as its own [N, 1] tensor, from one Split node (fewer nodes than a
-        Gather per column: each node costs single-row inference a fraction of a microsecond)."""
         from onnx import helper
 
-        if "split" not in self.known:
-            outputs = [f"derived/raw_{j}" for j in range(len(self.index))]
-            if len(outputs) == 1:
-                self.nodes.append(helper.make_node("Identity", [self.raw], outputs))
-            else:
-                self.nodes.append(helper.make_node("Split", [self.raw], outputs, axis=1))
-            self.known["split"] = outputs
-        return list(self.known["split"])
+        first = self.initializer(np.array([0]))
+        names = [f"derived/{len(self.nodes)}_{op}" for op in ("gather", "shape", "expand")]
+        self.nodes += [
+            helper.make_node("Gather", [INPUT_NAME, first], [names[0]], axis=1),
+            helper.make_node("Shape", [names[0]], [names[1]]),
+            helper.make_node("Expand", [scalar, names[1]], [names[2]]),
+        ]
+        self.width[names[2]] = 1
+        return names[2]
 
-    def value(self, ast: Mapping[str, Any]) -> str:
-        """The tensor computing one expression: [N, 1], or a scalar when it reads no column."""
+    def scalar(self, ast: Mapping[str, Any]) -> str:
+        """The tensor of an expression that reads no column: a scalar, computed in the graph."""
         if "num" in ast:
             return self.constant(ast["num"])
-        if "col" in ast:
-            return self.split()[self.index[ast["col"]]]
-        args = [self.value(arg) for arg in ast["args"]]
-        name = ast.get("op", ast.get("fn"))
-        if name == "log1p":  # ONNX has no Log1p; log(a + 1) is also what training computed
-            return self.tensor("Log", [self.tensor("Add", [args[0], self.constant(1.0)])])
-        return self.tensor({**UNARY, **BINARY}[name], args)
+        if key(ast) not in self.placed:
+            name = ast.get("op", ast.get("fn"))
+            self.placed[key(ast)] = self.operation(name, [self.scalar(a) for a in ast["args"]])
+        return self.placed[key(ast)]  # type: ignore[return-value]
 
-    def column(self, ast: Mapping[str, Any]) -> str:
-        """One derived column [N, 1]; an expression without a column is repeated N times."""
-        result = self.value(ast)
-        if uses_a_column(ast):
-            return result
-        rows = self.tensor(
-            "Shape", [self.tensor("Gather", [self.raw, self.constant(0, "index")], axis=1)]
-        )
-        return self.tensor("Expand", [result, rows])
+    def constant(self, value: float) -> str:
+        """A float32 scalar."""
+        import numpy as np
+
+        return self.initializer(np.array(value, np.float32))
+
+    def numbers(self, values: Mapping[int, float], width: int) -> str:
+        """Constants to line up with a tensor's columns: a scalar when they agree, else a row
+        (1 in the columns nobody reads)."""
+        import numpy as np
+
+        if len(set(values.values())) == 1:
+            return self.constant(next(iter(values.values())))
+        row = np.ones(width, np.float32)
+        row[list(values)] = list(values.values())
+        return self.initializer(row)
+
+    def initializer(self, array: Any) -> str:
+        """A constant tensor in the graph, added once."""
+        from onnx import numpy_helper
+
+        lookup = (array.dtype.str, array.shape, array.tobytes())
+        if lookup not in self.constants:
+            name = f"derived/{array.dtype.name}_{len(self.constants)}"
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self.constants[lookup] = name
+        return self.constants[lookup]
+
+
+def key(ast: Mapping[str, Any]) -> str:
+    """One text per expression, so a value used twice is computed once."""
+    return json.dumps(ast, sort_keys=True)
 
 
 def uses_a_column(ast: Mapping[str, Any]) -> bool:
@@ -756,25 +885,145 @@ def uses_a_column(ast: Mapping[str, Any]) -> bool:
     return "col" in ast or any(uses_a_column(arg) for arg in ast.get("args", ()))
 
 
+def rising_steps(ast: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[tuple[str, float]]]:
+    """Split `core * c + d ...` (c > 0) into the core and its last steps, each a constant added,
+    subtracted or multiplied by. Such steps never lower a value, so a tree can compare the core
+    with a moved threshold instead (`fold_into_thresholds`) and the graph computes them not."""
+    import numpy as np
+
+    steps: list[tuple[str, float]] = []
+    while ast.get("op") in ("+", "-", "*"):
+        left, right = ast["args"]
+        core, number = (left, right) if "num" in right else (right, left)
+        if "num" not in number or not uses_a_column(core) or (ast["op"] == "-" and core is right):
+            break
+        constant = np.float32(number["num"])
+        if not np.isfinite(constant) or (ast["op"] == "*" and constant <= 0):
+            break
+        steps.append((ast["op"], float(constant)))
+        ast = core
+    return ast, steps[::-1]
+
+
+def fold_into_thresholds(steps: Sequence[tuple[str, float]], thresholds: Any) -> Any:
+    """For each float32 threshold t, the largest float32 p with f(p) <= t, f the steps in order.
+
+    f rounds each step to float32 as the graph would and never decreases, so `f(p) <= t` holds
+    exactly when `p <= that p`: the trees give every input the same branch as before. Found by
+    bisection over the float32 values in order, for all thresholds at once.
+    """
+    import numpy as np
+
+    def f(p: Any) -> Any:
+        with np.errstate(all="ignore"):
+            for op, constant in steps:
+                c = np.float32(constant)
+                p = p * c if op == "*" else p + c if op == "+" else p - c
+        return p
+
+    def to_float(order: Any) -> Any:  # the order of a float32 -> the float32
+        bits = np.where(order >= 0, order, (-order - 1) | 0x80000000)
+        return bits.astype(np.uint32).view(np.float32)
+
+    t = np.asarray(thresholds, np.float32)
+    infinity = int(np.float32(np.inf).view(np.uint32))
+    low = np.full(t.shape, -infinity - 1, np.int64)  # -inf: f(-inf) = -inf <= t
+    high = np.full(t.shape, infinity + 1, np.int64)  # beyond +inf
+    while np.any(high - low > 1):
+        middle = (low + high) // 2
+        fits = f(to_float(middle)) <= t
+        low, high = np.where(fits, middle, low), np.where(fits, high, middle)
+    return to_float(low)
+
+
 def compute_derived_in_graph(
     graph: onnx.GraphProto, features: Sequence[str], derived: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Give the graph the raw input and compute the trees' [raw..., derived...] input from it."""
+    """Give the graph the raw input and compute in front of the trees the derived columns they
+    split on; the trees' feature numbers are changed to the columns where those values are."""
     from onnx import TensorProto, helper
 
-    build = DerivedNodes(INPUT_NAME, features)
-    columns = [build.column(feature["ast"]) for feature in derived]
-    build.nodes.append(
-        helper.make_node("Concat", [INPUT_NAME, *columns], [TREE_INPUT_NAME], axis=1)
-    )
+    trees = [node for node in graph.node if TREE_INPUT_NAME in node.input]
+    if not trees or any(not node.op_type.startswith("TreeEnsemble") for node in trees):
+        raise ScriptError(f"the converted model's {TREE_INPUT_NAME} is not read by trees only")
+    splits = [TreeSplits(node) for node in trees]
+    raw = len(features)
+    used = sorted({int(f) - raw for s in splits for f in s.features[s.branch] if f >= raw})
+    cores, folds = {}, {}
+    for i in used:
+        core, steps = rising_steps(derived[i]["ast"])
+        if steps and all(s.only_leq(raw + i) for s in splits):
+            cores[i], folds[i] = core, steps
+        else:
+            cores[i] = derived[i]["ast"]
+    front, tree_input, columns = derived_front(features, [cores[i] for i in used])
+    moved = {raw + i: column for i, column in zip(used, columns, strict=True)}
+    for s in splits:
+        for feature, steps in folds.items():
+            at = s.branch & (s.features == raw + feature)
+            s.values[at] = fold_into_thresholds(steps, s.values[at])
+        s.features[s.branch] = [moved.get(int(f), int(f)) for f in s.features[s.branch]]
+        s.write()
+    for node in trees:
+        node.input[:] = [tree_input if n == TREE_INPUT_NAME else n for n in node.input]
     del graph.input[:]
-    graph.input.append(
-        helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", len(features)])
-    )
-    graph.initializer.extend(build.initializers)
+    graph.input.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", raw]))
+    graph.initializer.extend(front.initializers)
     existing = list(graph.node)
     del graph.node[:]
-    graph.node.extend([*build.nodes, *existing])
+    graph.node.extend([*front.nodes, *existing])
+
+
+def derived_front(
+    features: Sequence[str], asts: Sequence[Mapping[str, Any]]
+) -> tuple[Lanes, str, list[int]]:
+    """The operators computing `asts` from the raw input: (builder, the tensor they end in,
+    each value's column in it). That tensor is the input itself, followed by the computed
+    tensors that hold a value, or just the input when every value is a raw column."""
+    from onnx import helper
+
+    front = Lanes(features)
+    with_columns = [ast for ast in asts if uses_a_column(ast)]
+    found = dict(zip(map(key, with_columns), front.columns(with_columns), strict=True))
+    places = [
+        found[key(ast)] if key(ast) in found else (front.repeat(front.scalar(ast)), 0)
+        for ast in asts  # a constant: never split on in practice, but computed if it is
+    ]
+    tensors = list(dict.fromkeys([INPUT_NAME, *(tensor for tensor, _ in places)]))
+    if tensors == [INPUT_NAME]:
+        return front, INPUT_NAME, [column for _, column in places]
+    offsets, width = {}, 0
+    for tensor in tensors:
+        offsets[tensor], width = width, width + front.width[tensor]
+    front.nodes.append(helper.make_node("Concat", tensors, [TREE_INPUT_NAME], axis=1))
+    return front, TREE_INPUT_NAME, [offsets[tensor] + column for tensor, column in places]
+
+
+class TreeSplits:
+    """The split nodes of a tree-ensemble operator: feature numbers, modes and thresholds."""
+
+    def __init__(self, node: onnx.NodeProto) -> None:
+        import numpy as np
+
+        self.node = node
+        attributes = {a.name: a for a in node.attribute}
+        if not {"nodes_featureids", "nodes_modes", "nodes_values"} <= set(attributes):
+            raise ScriptError(f"the converted trees ({node.op_type}) have no nodes_values")
+        self.features = np.array(attributes["nodes_featureids"].ints, np.int64)
+        self.modes = np.array([m.decode() for m in attributes["nodes_modes"].strings])
+        self.values = np.array(attributes["nodes_values"].floats, np.float32)
+        self.branch = self.modes != "LEAF"
+
+    def only_leq(self, feature: int) -> bool:
+        """Whether every split on `feature` is `x <= threshold`."""
+        return bool(all(self.modes[self.branch & (self.features == feature)] == "BRANCH_LEQ"))
+
+    def write(self) -> None:
+        for attribute in self.node.attribute:
+            if attribute.name == "nodes_featureids":
+                attribute.ints[:] = [int(f) for f in self.features]
+            elif attribute.name == "nodes_values":
+                attribute.floats[:] = [float(v) for v in self.values]
 
 
 def add_alarm(model: onnx.ModelProto, threshold: float) -> None:

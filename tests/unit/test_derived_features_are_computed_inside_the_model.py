@@ -91,19 +91,19 @@ def awkward_rows() -> np.ndarray:
 
 
 def graph_columns(derived: list[dict[str, Any]], x: np.ndarray) -> np.ndarray:
-    """What the script's graph front computes: the trees' input [raw..., derived...]."""
-    width = len(FEATURES) + len(derived)
+    """What the script's graph front computes: [raw..., derived...] of the raw rows `x`."""
+    front, output, columns = script_module().derived_front(FEATURES, [d["ast"] for d in derived])
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["tree_input"], ["columns"])],
+        front.nodes,
         "front",
-        [helper.make_tensor_value_info("tree_input", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("columns", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", len(FEATURES)])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", None])],
+        front.initializers,
     )
-    script_module().compute_derived_in_graph(graph, FEATURES, derived)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     onnx.checker.check_model(model, full_check=True)
-    (columns,) = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})
-    return columns
+    (computed,) = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})
+    return np.column_stack([x, computed[:, columns]])
 
 
 @pytest.fixture(scope="module")
