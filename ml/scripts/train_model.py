@@ -650,7 +650,8 @@ def float32_thresholds(model_text: str) -> str:
 
     def round_down(match: re.Match[str]) -> str:
         exact = np.array(match.group(1).split(), dtype=np.float64)
-        single = exact.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, then stepped down below
+            single = exact.astype(np.float32)
         above = single.astype(np.float64) > exact
         single[above] = np.nextafter(single[above], np.float32(-np.inf))
         return "threshold=" + " ".join(repr(float(v)) for v in single)
@@ -709,6 +710,8 @@ class Lanes:
         pending: dict[str, Mapping[str, Any]] = {}
 
         def collect(ast: Mapping[str, Any]) -> None:
+            if "num" in ast:  # a literal: goes into the operator that uses it
+                return
             if "col" in ast:
                 self.placed[key(ast)] = (INPUT_NAME, self.index[ast["col"]])
             elif not uses_a_column(ast):
