@@ -14,15 +14,16 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY training_tasks ./training_tasks
 COPY workers ./workers
 COPY beat_schedules ./beat_schedules
+COPY clients/python ./clients/python
+# The wheel carries the bundled training script inside the package (pyproject.toml maps it there).
 COPY ml/scripts/train_model.py ./ml/scripts/train_model.py
 
-# An installed package looks for the bundled training script next to it (BUNDLED_SCRIPT in
-# training_tasks/config/settings.py), which `pip install .` does not copy: put it there. Asked from /, so
-# that the installed package answers and not the sources in /src.
+# Asked from /, so that the installed package answers and not the sources in /src: the build
+# fails if the installed service would not find its training script (BUNDLED_SCRIPT in
+# training_tasks/config/settings.py) or its client.
 RUN pip install --no-cache-dir --disable-pip-version-check . \
     && cd / \
-    && script="$(python -c 'from training_tasks.config.settings import BUNDLED_SCRIPT; print(BUNDLED_SCRIPT)')" \
-    && install -D -m 0644 /src/ml/scripts/train_model.py "$script" \
+    && python -c 'import training_tasks.client; from training_tasks.config.settings import BUNDLED_SCRIPT as s; assert s.is_file(), s' \
     && rm -rf /src
 
 # Not root. The model store's mount point belongs to this user, and Docker gives a new named

@@ -43,7 +43,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy training_tasks workers beat_schedules celeryconfig.py
-	$(BIN)/mypy --strict training_tasks/protocol training_tasks/config workers/model_cache
+	$(BIN)/mypy --strict training_tasks/protocol training_tasks/config workers/model_cache \
+		clients/python/training_client
 	$(BIN)/lint-imports
 
 bench: $(STAMP)

@@ -12,16 +12,25 @@ from urllib.parse import urlparse
 
 from training_tasks.config.sql_url import driver_name
 from training_tasks.errors import SettingsError
+from training_tasks.fields import shown
+from training_tasks.redaction import mask_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_TRAINING_TIMEOUT_S = 7200.0
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
+# The service database's drivers this project installs (psycopg 3, the standard sqlite3 module).
+DATABASE_DRIVERS = ("postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite")
 NODE_ENVS = ("development", "production", "test")
 # After beat was down: run the latest missed slot once (the others are recorded as skipped), or
 # skip every slot that is later than SCHEDULE_GRACE_S.
 MISSED_SLOT_POLICIES = ("latest", "skip")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_SCRIPT = PROJECT_ROOT / "ml" / "scripts" / "train_model.py"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = PACKAGE_ROOT.parent
+# The bundled training script: tracked at ml/scripts/ in the source tree (and run from there by an
+# editable install); a wheel carries it inside the package (pyproject.toml maps it there).
+SOURCE_SCRIPT = PROJECT_ROOT / "ml" / "scripts" / "train_model.py"
+INSTALLED_SCRIPT = PACKAGE_ROOT / "scripts" / "train_model.py"
+BUNDLED_SCRIPT = INSTALLED_SCRIPT if INSTALLED_SCRIPT.is_file() else SOURCE_SCRIPT
 # What a number read from the environment counts, told by the variable's suffix (names carry
 # units); a variable without one of these suffixes holds a plain number.
 UNIT_SUFFIXES = {"_S": "seconds", "_MB": "megabytes (MB)"}
@@ -52,6 +61,9 @@ class Settings:
     min_free_disk_mb: float = 1024.0
     # ML_MASTER_KEYS as given (checked by parsing); never shown, see training_tasks.protocol.keyring.
     master_keys: str | None = field(default=None, repr=False)
+    # DATABASE_URL was unset: the SQLite file under ML_BASE_PATH, which depends on the folder a
+    # command runs in, so the CLI says which file it uses.
+    database_is_default: bool = False
 
     @property
     def models_path(self) -> Path:
@@ -67,7 +79,7 @@ class Settings:
 
     @property
     def default_script(self) -> Path:
-        """The bundled training script, or `<ML_BASE_PATH>/scripts/train_model.py` if installed apart."""
+        """The bundled training script; `<ML_BASE_PATH>/scripts/train_model.py` if an install lacks it."""
         if BUNDLED_SCRIPT.is_file():
             return BUNDLED_SCRIPT
         return self.scripts_path / "train_model.py"
@@ -101,6 +113,7 @@ class Settings:
             retry_backoff_s=read_positive(env, "RETRY_BACKOFF_S", 5.0),
             min_free_disk_mb=read_positive(env, "MIN_FREE_DISK_MB", 1024.0),
             master_keys=_master_keys(env),
+            database_is_default=not env.get("DATABASE_URL"),
         )
 
 
@@ -122,11 +135,26 @@ def _python_env(value: str | None) -> str:
 def read_redis_url(env: Mapping[str, str]) -> str:
     """REDIS_URL (broker, results and pub/sub), checked; the local default when it is unset."""
     value = env.get("REDIS_URL") or DEFAULT_REDIS_URL
-    scheme = urlparse(value).scheme
-    if scheme not in REDIS_SCHEMES:
+    parsed = urlparse(value)
+    if parsed.scheme not in REDIS_SCHEMES:
         raise SettingsError(
             "REDIS_URL",
-            f"scheme {scheme!r} is not supported; use one of {', '.join(REDIS_SCHEMES)} "
+            f"scheme {parsed.scheme!r} is not supported; use one of {', '.join(REDIS_SCHEMES)} "
+            "(for example redis://127.0.0.1:6379/0)",
+        )
+    try:
+        parsed.port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:
+        raise SettingsError(
+            "REDIS_URL",
+            f"the port of {shown(mask_url(value))} is not a number from 0 to 65535 "
+            "(for example redis://127.0.0.1:6379/0)",
+        ) from None
+    database = parsed.path.strip("/")
+    if parsed.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise SettingsError(
+            "REDIS_URL",
+            f"the database number {shown(database)} is not a whole number "
             "(for example redis://127.0.0.1:6379/0)",
         )
     return value
@@ -139,15 +167,28 @@ def _database_url(value: str | None, base: Path) -> str:
         driver = driver_name(value)
     except ValueError as exc:
         raise SettingsError("DATABASE_URL", str(exc)) from None
-    backend = driver.split("+", 1)[0]
-    if backend not in ("sqlite", "postgresql"):
+    if driver not in DATABASE_DRIVERS:
         raise SettingsError(
             "DATABASE_URL",
-            f"backend {backend!r} is not supported; use postgresql+psycopg://... or sqlite:///path",
+            f"{driver!r} is not supported; use postgresql+psycopg://user:password@host:5432/db "
+            "or sqlite:///path",
+        )
+    if driver.startswith("postgresql") and not database_name(value):
+        raise SettingsError(
+            "DATABASE_URL",
+            f"{mask_url(value)} names no database; add its name, as in "
+            "postgresql+psycopg://user@host:5432/training",
         )
     if driver == "postgresql":
         value = "postgresql+psycopg" + value[len(driver) :]
     return value
+
+
+def database_name(url: str) -> str:
+    """The database part of a SQLAlchemy URL (`db` of `...@host:5432/db?opts`); '' if none."""
+    rest = url.partition("://")[2].partition("?")[0]
+    # A password may hold '@' and '/': the host starts after the last '@'.
+    return rest.rpartition("@")[2].partition("/")[2]
 
 
 def _master_keys(env: Mapping[str, str]) -> str | None:
