@@ -17,7 +17,9 @@ broker_url = read_redis_url(os.environ)
 # dropped with a log line instead of stopping the worker, and that the worker survives Redis
 # being restarted under it (training_tasks/messaging/broker_transport.py).
 broker_transport = "training_tasks.messaging.broker_transport:Transport"
-result_backend = broker_url
+# Results go to the same Redis through Celery's Redis backend, with secrets masked out of what is
+# stored (a refusal may echo a URL a client sent): training_tasks/messaging/result_masking.py.
+result_backend = f"training_tasks.messaging.result_masking:MaskingRedisBackend+{broker_url}"
 
 # The longest a training subprocess may run (TRAINING_TIMEOUT_S), plus room for extract and
 # validate; a redelivered message is also harmless (the run's lease), but should be rare.
@@ -49,8 +51,12 @@ task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
-result_expires = 7 * 24 * 3600
-result_extended = True
+# Nothing a client sent rests in Redis: a result holds the task's return value or its (masked)
+# error only, never the task's arguments (result_extended stays off; Flower takes arguments from
+# the masked task events), and it expires after a day. A submit's result ({runId, version,
+# queue}) is read within seconds; the run itself is kept in the database.
+result_extended = False
+result_expires = 24 * 3600
 
 task_acks_late = True
 worker_prefetch_multiplier = 1
@@ -102,7 +108,10 @@ task_publish_retry_policy = {
 
 task_default_queue = "training.requests"
 task_create_missing_queues = True
-task_routes = {"training.submit": {"queue": "training.requests"}}
+task_routes = {
+    "training.submit": {"queue": "training.requests"},
+    "training.status": {"queue": "training.requests"},
+}
 
 timezone = "UTC"
 enable_utc = True

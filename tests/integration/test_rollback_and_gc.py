@@ -290,11 +290,15 @@ def test_trainctl_rollback_prints_the_version_and_sequence(
 def test_deploy_model_accepts_the_versions_own_file_or_its_deployed_copy(
     engine, store, redis, service
 ) -> None:
-    version = trained(engine, store, "acme")
-    service.deploy_model("acme", version, store.version_model("acme", version))
+    first = trained(engine, store, "acme")
+    second = trained(engine, store, "acme", offset_s=60)
+    service.deploy_model("acme", first, store.version_model("acme", first))
+    service.deploy_model("acme", second)
+    result = service.deploy_model("acme", first, store.deployed_model("acme", first))
+    assert (result["sequence"], result["event"], result["changed"]) == (3, "deployed", True)
     through_link = store.current_link("acme") / "model.onnx"
-    result = service.deploy_model("acme", version, through_link)
-    assert result["sequence"] == 2 and result["event"] == "deployed"
+    again = service.deploy_model("acme", first, through_link)  # checked, then nothing to do
+    assert (again["sequence"], again["event"], again["changed"]) == (3, None, False)
 
 
 @pytest.mark.parametrize(
@@ -511,14 +515,16 @@ def test_racing_deployers_leave_one_winner_and_database_pointer_and_key_agree(
 
     def deployer(version: str, action: str, outcomes: list[str]) -> None:
         engine, client = make_engine(postgres_url), redis_lib.Redis.from_url(redis_url)
-        call = deploy_stage.rollback if action == "rollback" else deploy_stage.deploy
+        call = deploy_stage.rollback if action == "rollback" else deploy_stage.deploy_version
         try:
             for _ in range(rounds):
                 barrier.wait(timeout=30)
                 time.sleep(random.random() * 0.01)  # sometimes at once, sometimes one after
                 try:
-                    call(engine, client, store, "acme", version, now=NOW, actor=action)
-                    outcomes.append("won")
+                    done = call(engine, client, store, "acme", version, now=NOW, actor=action)
+                    # A deploy of the version already deployed changes nothing.
+                    changed = getattr(done, "changed", True)
+                    outcomes.append("won" if changed else "already deployed")
                 except ConflictError:
                     outcomes.append("lost")
                 except DeployError:  # a rollback to the version that is already deployed

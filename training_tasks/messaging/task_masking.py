@@ -1,4 +1,4 @@
-"""Task arguments as Flower, events and logs show them: with every secret masked.
+"""Task arguments and errors as Flower, events and logs show them: with every secret masked.
 
 Celery shows a task's arguments through the reprs `argsrepr` and `kwargsrepr`: the publisher's
 `task-sent` event carries them, the message headers carry them to the worker, and the worker's
@@ -9,14 +9,19 @@ replaced by `***` and the password of every `scheme://user:pass@host` string mas
 are `training_tasks.redaction.masked`). The arguments themselves (the message body) are never
 changed.
 
-A secret can enter through three doors, so there are three hooks, all idempotent:
+A secret can enter through three doors, so there are three hooks, all idempotent, and a fourth
+for what a failed task says about its error:
 
 - `MaskingAMQP`, this app's message builder, masks the reprs when a message is created, so the
   `task-sent` event (sent before any publish signal) is masked too;
 - `mask_task_headers` (`before_task_publish`) masks the headers of a message of any Celery app
   in a process that loaded this one, such as a `TrainingClient`'s bare app;
 - `mask_received_request` (`task_received`) masks, in the worker, a message from a client that
-  never loaded this code (another service's bare Celery app), before its `task-received` event.
+  never loaded this code (another service's bare Celery app), before its `task-received` event;
+- `mask_failure` (`task_failure`) masks, in the process that ran a failed task, the error's
+  message and traceback before the worker logs them and sends its `task-failed` event: a
+  refusal may echo a value the client sent. (The stored result is masked by the result backend,
+  `result_masking.py`.)
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery.app.amqp import AMQP
-from celery.signals import before_task_publish, task_received
+from celery.signals import before_task_publish, task_failure, task_received
 from celery.utils.saferepr import saferepr
 
-from training_tasks.redaction import masked
+from training_tasks.redaction import mask_text, masked
 
 # Celery's own limits for argsrepr/kwargsrepr (AMQP.argsrepr_maxsize, task_repr_maxlevels).
 REPR_MAX_CHARS = 1024
@@ -104,11 +109,29 @@ def mask_received_request(sender: Any = None, request: Any = None, **_: Any) -> 
         request._argsrepr, request._kwargsrepr = argsrepr, kwargsrepr
 
 
+def mask_failure(sender: Any = None, exception: Any = None, einfo: Any = None, **_: Any) -> None:
+    """`task_failure`: mask the error's arguments, text attributes and traceback text in place."""
+    if isinstance(exception, BaseException):
+        exception.args = tuple(masked(list(exception.args)))
+        for name, value in list(getattr(exception, "__dict__", {}).items()):
+            if isinstance(value, str):  # ConfigError keeps its field and problem apart
+                setattr(exception, name, mask_text(value))
+    if einfo is None:
+        return
+    if isinstance(getattr(einfo, "traceback", None), str):
+        einfo.traceback = mask_text(einfo.traceback)
+    # billiard sends the traceback to the worker's main process a second time, beside the error.
+    carrier: Any = getattr(einfo, "exception", None)
+    if isinstance(getattr(carrier, "tb", None), str):
+        carrier.tb = mask_text(carrier.tb)
+
+
 def connect_handlers() -> None:
-    """Connect both signal handlers, once per process (Celery signals are process-wide)."""
+    """Connect the signal handlers, once per process (Celery signals are process-wide)."""
     before_task_publish.connect(
         mask_task_headers, weak=False, dispatch_uid="training_tasks.mask_task_headers"
     )
     task_received.connect(
         mask_received_request, weak=False, dispatch_uid="training_tasks.mask_received_request"
     )
+    task_failure.connect(mask_failure, weak=False, dispatch_uid="training_tasks.mask_failure")

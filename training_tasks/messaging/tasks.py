@@ -19,6 +19,7 @@ from training_tasks.messaging.app import app
 from training_tasks.messaging.broker import BrokerUnavailable
 from training_tasks.pipeline import stage_bodies
 from training_tasks.pipeline.alerts import alert_run_end
+from training_tasks.pipeline.run_status import read_run_status
 from training_tasks.pipeline.stage_runner import (
     RetryStage,
     StageCall,
@@ -29,7 +30,6 @@ from training_tasks.pipeline.stage_runner import (
 )
 from training_tasks.pipeline.submit import (
     check_wire_request,
-    shortened_on_refusal,
     submit_training,
 )
 from training_tasks.protocol.ids import org_queue
@@ -44,22 +44,30 @@ MAX_REQUEST_BYTES = 64 * 1024  # a request names columns and hyperparameters, ne
 @app.task(name="training.submit", bind=True)
 def submit(self: Task, config: dict[str, Any], trigger: str = "celery") -> dict[str, Any]:
     """Public entry: check a camelCase training config, record the run, enqueue its chain."""
-    with shortened_on_refusal(self.request, config):
-        request = check_wire_request(config)  # shape and nesting first: json.dumps recurses
-        size = len(json.dumps(request, default=str))
-        if size > MAX_REQUEST_BYTES:
-            raise ConfigError(
-                "config",
-                f"is {size:,} bytes of JSON; a training request is at most "
-                f"{MAX_REQUEST_BYTES:,} bytes",
-            )
-        return submit_training(
-            get_runtime(),
-            request,
-            trigger=trigger,
-            actor=f"celery:{self.request.id}",
-            enqueue=enqueue_chain,
+    request = check_wire_request(config)  # shape and nesting first: json.dumps recurses
+    size = len(json.dumps(request, default=str))
+    if size > MAX_REQUEST_BYTES:
+        raise ConfigError(
+            "config",
+            f"is {size:,} bytes of JSON; a training request is at most {MAX_REQUEST_BYTES:,} bytes",
         )
+    return submit_training(
+        get_runtime(),
+        request,
+        trigger=trigger,
+        actor=f"celery:{self.request.id}",
+        enqueue=enqueue_chain,
+    )
+
+
+@app.task(name="training.status")
+def run_status(run_id: str) -> dict[str, Any]:
+    """Public: where a run stands, read from the training log (the contract in docs/clients.md).
+
+    An unknown run id fails the task with NotFoundError, a malformed one with ConfigError; either
+    message names the id and says what to do.
+    """
+    return dict(read_run_status(get_runtime().engine, run_id))
 
 
 @app.task(name="training.extract", bind=True, ignore_result=True)

@@ -7,6 +7,7 @@ and LightGBM, and this module is imported wherever a run is sent (`trainctl`, th
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,8 +24,10 @@ from training_tasks.protocol.keyring import Keyring
 from training_tasks.registry import deployments, orgs, runs, versions
 from training_tasks.registry.rows import FinishedStatus, VersionRow
 from training_tasks.sandbox.runner import ResourceLimits
-from training_tasks.stages.deploy import deploy
+from training_tasks.stages.deploy import deploy_version
 from training_tasks.stages.train import max_model_bytes, store_model, train
+
+log = logging.getLogger(__name__)
 
 
 def _load(ctx: StageContext) -> tuple[OrgConfig, TrainingConfig, str, str]:
@@ -160,9 +163,13 @@ def validate_body(ctx: StageContext) -> StageOutcome:
 
 
 def deploy_body(ctx: StageContext) -> StageOutcome:
-    """Deploy the validated version and announce it to prediction services."""
+    """Deploy the validated version and announce it to prediction services.
+
+    A stage delivered again after its deploy committed (the worker died before recording it)
+    finds the version deployed, or deployed and since replaced, and announces nothing.
+    """
     _, _, org_id, version = _load(ctx)
-    deployment = deploy(
+    outcome = deploy_version(
         ctx.rt.engine,
         ctx.rt.redis,
         ctx.rt.store,
@@ -170,11 +177,23 @@ def deploy_body(ctx: StageContext) -> StageOutcome:
         version,
         now=ctx.rt.now(),
         actor=f"run {ctx.run['id']}",
+        once=True,
     )
-    return StageOutcome(
-        updates={"data_stats": {**_data_stats(ctx), "deployedSequence": deployment.sequence}},
-        final_status="succeeded",
-    )
+    stats = _data_stats(ctx)
+    if outcome.changed or outcome.deployment.version == version:
+        stats = {**stats, "deployedSequence": outcome.deployment.sequence}
+    if not outcome.changed:
+        log.info(
+            "run %s: version %s of %s was deployed before (now serving: %s, sequence %d); "
+            "nothing deployed again%s",
+            ctx.run["id"],
+            version,
+            org_id,
+            outcome.deployment.version,
+            outcome.deployment.sequence,
+            f"; repaired: {', '.join(outcome.repaired)}" if outcome.repaired else "",
+        )
+    return StageOutcome(updates={"data_stats": stats}, final_status="succeeded")
 
 
 def _sealer(keyring: Keyring, org_id: str, version: str) -> Callable[[bytes], bytes] | None:

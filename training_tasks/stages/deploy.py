@@ -7,6 +7,11 @@ sequence read before any check, so two deploys or rollbacks at once have one win
 the Redis key is set and the hot-swap message published (newer sequence only). The database is
 the truth: `reconcile` repairs the pointer and the Redis key from it after a crash between steps.
 A rollback is the same deployment of an earlier version, announced as `rolled_back`.
+
+Deploying the version that is already deployed changes nothing: no sequence, audit row, key or
+message. It only repairs what a crash may have left behind for that version (its deployed copy,
+the `current` link, a Redis key that is missing or older than the database), as `reconcile`
+would. A rollback to the deployed version stays a refusal: a rollback asks for another version.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +28,7 @@ from typing import Any
 import redis as redis_lib
 
 from training_tasks.db.engine import Engine
-from training_tasks.errors import DeployError, NotFoundError, VersionNotFound
+from training_tasks.errors import ConflictError, DeployError, NotFoundError, VersionNotFound
 from training_tasks.fields import iso
 from training_tasks.files import (
     UnsafeFile,
@@ -42,6 +48,15 @@ MAX_RECORD_BYTES = 64 * 1024  # deployment.json is a few hundred bytes
 DEPLOYABLE = versions.DEPLOYABLE
 
 
+@dataclass(frozen=True)
+class DeployOutcome:
+    """What a deploy did: the deployment serving now, whether this call made it, what it repaired."""
+
+    deployment: hotswap.Deployment
+    changed: bool
+    repaired: tuple[str, ...] = ()
+
+
 def deploy(
     engine: Engine,
     redis: Any,
@@ -51,12 +66,35 @@ def deploy(
     *,
     now: datetime,
     actor: str,
-    event: str = "deployed",
     model_path: Path | None = None,
 ) -> hotswap.Deployment:
     """Make `version` the organization's serving model and announce it; returns the deployment.
 
-    With `model_path`, the file must be this version's own model or deployed copy.
+    With `model_path`, the file must be this version's own model or deployed copy. The version
+    already deployed is left as it is (see `deploy_version`).
+    """
+    outcome = deploy_version(
+        engine, redis, store, org_id, version, now=now, actor=actor, model_path=model_path
+    )
+    return outcome.deployment
+
+
+def deploy_version(
+    engine: Engine,
+    redis: Any,
+    store: ModelStore,
+    org_id: str,
+    version: str,
+    *,
+    now: datetime,
+    actor: str,
+    model_path: Path | None = None,
+    once: bool = False,
+) -> DeployOutcome:
+    """Deploy `version` unless it is already deployed; says whether anything changed.
+
+    With `once` (a pipeline's deploy stage delivered again), a version that was deployed before
+    and has since been replaced is not deployed again: somebody chose the newer one after it.
     """
     if model_path is not None:
         store.check_inside_org(org_id, Path(model_path))
@@ -64,7 +102,58 @@ def deploy(
     record = _deployable(engine, org_id, version)
     if model_path is not None:
         check_model_path(store, record, Path(model_path))
-    return _deploy_record(engine, redis, store, row, record, now=now, actor=actor, event=event)
+    if row["current_version"] == version:
+        return _unchanged(engine, redis, store, row, record)
+    if once and record["deployed_at"] is not None and row["current_version"]:
+        current = versions.get_version(engine, row["current_version"])
+        serving = registered(store, org_id, current, int(row["deploy_sequence"]), row["updated_at"])
+        return DeployOutcome(serving, changed=False)
+    try:
+        deployment = _deploy_record(
+            engine, redis, store, row, record, now=now, actor=actor, event="deployed"
+        )
+    except ConflictError:
+        latest = orgs.get_org_row(engine, org_id)
+        if latest["current_version"] != version:
+            raise
+        return _unchanged(engine, redis, store, latest, record)  # a deploy of it won the race
+    return DeployOutcome(deployment, changed=True)
+
+
+def already_deployed(org_id: str, version: str, sequence: int) -> str:
+    """How deploy and rollback both say that `version` is the deployed one."""
+    return (
+        f"version {version} is already the deployed version of organization {org_id} "
+        f"(sequence {sequence})"
+    )
+
+
+def _unchanged(
+    engine: Engine, redis: Any, store: ModelStore, row: OrgRow, record: VersionRow
+) -> DeployOutcome:
+    """The deployed version asked for again: repair what a crash left, change nothing else."""
+    org_id, version, sha256 = row["id"], record["version"], record["sha256"]
+    repaired: list[str] = []
+    copy = store.deployed_model(org_id, version)
+    if not (copy.is_file() and sha256_file(copy) == sha256):
+        _write_deployed_copy(store, org_id, version, sha256)
+        repaired.append(f"rewrote {copy}")
+    moved = point_current(engine, store, org_id)
+    if moved:
+        repaired.append(f"pointed current at {moved}")
+    deployment = registered(store, org_id, record, int(row["deploy_sequence"]), row["updated_at"])
+    try:
+        if restore_key(redis, deployment):
+            repaired.append(f"set the Redis key (sequence {deployment.sequence})")
+    except redis_lib.RedisError as exc:
+        log.warning(
+            "organization %s: could not check the Redis key of deployed version %s (%s); run "
+            "`trainctl reconcile` once Redis answers",
+            org_id,
+            version,
+            exc,
+        )
+    return DeployOutcome(deployment, changed=False, repaired=tuple(repaired))
 
 
 def rollback(
@@ -89,9 +178,8 @@ def rollback(
     record = _own_version(engine, org_id, target, "rolled back")
     if target == row["current_version"]:
         raise DeployError(
-            f"version {target} is already the deployed version of organization {org_id} "
-            f"(sequence {row['deploy_sequence']}); nothing to roll back. Name another version "
-            f"from `trainctl versions {org_id}`"
+            f"{already_deployed(org_id, target, row['deploy_sequence'])}; nothing was rolled "
+            f"back. Name another version from `trainctl versions {org_id}`"
         )
     _check_status(record, org_id, "rolled back to")
     return _deploy_record(
@@ -289,10 +377,16 @@ def reconcile(engine: Engine, redis: Any, store: ModelStore) -> list[str]:
         if not version:
             continue
         record = versions.get_version(engine, version)
-        stored = hotswap.read_current(redis, org_id)
-        if stored is None or stored.sequence < row["deploy_sequence"]:
-            sequence = int(row["deploy_sequence"])
-            deployment = registered(store, org_id, record, sequence, row["updated_at"])
-            hotswap.publish(redis, deployment, "deployed")
+        sequence = int(row["deploy_sequence"])
+        deployment = registered(store, org_id, record, sequence, row["updated_at"])
+        if restore_key(redis, deployment):
             fixes.append(f"{org_id}: set Redis key to {version} (sequence {deployment.sequence})")
     return fixes
+
+
+def restore_key(redis: Any, deployment: hotswap.Deployment) -> bool:
+    """Set the org's Redis key (and announce it) if it is missing or older than `deployment`."""
+    stored = hotswap.read_current(redis, deployment.organizationId)
+    if stored is not None and stored.sequence >= deployment.sequence:
+        return False
+    return hotswap.publish(redis, deployment, "deployed")
