@@ -282,7 +282,7 @@ def test_cancel_during_training_stops_it_within_seconds_and_spares_other_orgs(ch
     run = chaos.run(doomed.run_id)
     assert run["status"] == "cancelled" and "cancelled by test" in run["error"]
     assert chaos.versions("acme-corp") == []
-    assert chaos.service.get_organization("acme-corp")["currentVersion"] is None
+    assert chaos.service.get_organization("acme-corp")["deployedVersion"] is None
     assert other["status"] == "succeeded", other["error"]
     assert chaos.webhook.requests == []  # a cancel is not an alert
 
@@ -345,7 +345,7 @@ def test_a_script_that_always_segfaults_fails_after_three_attempts_and_alerts(ch
     run = chaos.run(bad["runId"])
     kinds = [a["kind"] for a in run["attempts"]]
     assert run["attempt"] == 3 and kinds == ["retry", "retry", "failed"]
-    assert chaos.service.get_organization("acme-corp")["currentVersion"] == good["version"]
+    assert chaos.service.get_organization("acme-corp")["deployedVersion"] == good["version"]
     assert chaos.versions("acme-corp") == [good["version"]]
     [alert] = chaos.webhook.bodies()
     assert (alert["event"], alert["organizationId"], alert["runId"], alert["stage"]) == (

@@ -126,7 +126,7 @@ def test_a_celery_client_trains_and_deploys_a_model_that_scores_unseen_rows(stac
     org = stack.service.get_organization("acme-corp")
     stored = hotswap.read_current(redis_lib.Redis.from_url(stack.env["REDIS_URL"]), "acme-corp")
     assert (stored.version, stored.sequence, stored.modelPath) == (
-        org["currentVersion"],
+        org["deployedVersion"],
         org["deploySequence"],
         str(model_path),
     )
@@ -220,9 +220,9 @@ def test_without_auto_deploy_the_run_stops_validated_and_deploys_on_request(stac
     stack.register("acme-corp", scada.ACME_LAYOUT, autoDeploy=False)
     result = stack.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
     assert result["status"] == "validated", result["error"] or worker.log_tail()
-    assert stack.service.get_organization("acme-corp")["currentVersion"] is None
+    assert stack.service.get_organization("acme-corp")["deployedVersion"] is None
     stack.trainctl("deploy", "acme-corp", result["version"])
-    assert stack.service.get_organization("acme-corp")["currentVersion"] == result["version"]
+    assert stack.service.get_organization("acme-corp")["deployedVersion"] == result["version"]
 
 
 def test_a_rejected_model_leaves_the_deployed_one_serving(stack, worker) -> None:
@@ -242,7 +242,7 @@ def test_a_rejected_model_leaves_the_deployed_one_serving(stack, worker) -> None
     rejected = json.loads(waited.stdout)
     assert rejected["status"] == "rejected"
     assert "recall" in rejected["error"] and "precision" in rejected["error"]
-    assert stack.service.get_organization("acme-corp")["currentVersion"] == good["version"]
+    assert stack.service.get_organization("acme-corp")["deployedVersion"] == good["version"]
     versions = {v["version"]: v for v in stack.service.list_versions("acme-corp")}
     assert versions[rejected["version"]]["status"] == "rejected"
     assert versions[good["version"]]["deployed"]
@@ -274,7 +274,7 @@ def test_a_second_training_deploys_a_new_version_and_keeps_the_first(stack, work
     second = stack.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
     assert (first["status"], second["status"]) == ("succeeded", "succeeded"), worker.log_tail()
     org = stack.service.get_organization("acme-corp")
-    assert (org["currentVersion"], org["previousVersion"]) == (second["version"], first["version"])
+    assert (org["deployedVersion"], org["previousVersion"]) == (second["version"], first["version"])
     assert (
         stack.base / "models/acme-corp" / f"deployed_{first['version']}" / "model.onnx"
     ).is_file()

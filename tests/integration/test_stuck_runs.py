@@ -97,7 +97,7 @@ def test_a_validate_message_lost_between_stages_is_sent_again(stalls: Chaos) -> 
     assert (run["attempt"], stalled["kind"], stalled["stage"]) == (2, "stalled", "validate")
     assert "sent the stage again" in worker.log_tail(400)
     assert stalls.versions("acme-corp") == [result["version"]]
-    assert stalls.service.get_organization("acme-corp")["currentVersion"] == result["version"]
+    assert stalls.service.get_organization("acme-corp")["deployedVersion"] == result["version"]
 
 
 def test_a_run_waiting_between_stages_is_cancelled_at_once(stalls: Chaos) -> None:
@@ -120,7 +120,7 @@ def test_a_run_waiting_between_stages_is_cancelled_at_once(stalls: Chaos) -> Non
             "acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S
         )
     assert again["status"] == "succeeded", again["error"] or worker.log_tail()
-    assert stalls.service.get_organization("acme-corp")["currentVersion"] == again["version"]
+    assert stalls.service.get_organization("acme-corp")["deployedVersion"] == again["version"]
     assert stalls.run(handle.run_id)["stages_done"] == 2  # the cancelled run went no further
 
 

@@ -291,7 +291,7 @@ class Plant:
 
     def deployed(self, org_id: str) -> tuple[str | None, str | None]:
         """The deployed version as the database and as the Redis hot-swap key tell it."""
-        version = self.service.get_organization(org_id)["currentVersion"]
+        version = self.service.get_organization(org_id)["deployedVersion"]
         raw = self.service.rt.redis.get(f"ml:model:{org_id}:current")
         return version, json.loads(raw)["version"] if raw else None
 
@@ -390,9 +390,9 @@ def test_on_a_real_worker_rewriting_the_holdout_cannot_change_the_verdict(plant:
     forged = json.loads((folder / "forged.json").read_text())
     assert forged["kept"] > 0  # without the checks below, this forgery scored 1.0 and deployed
     if forged["written"]:
-        holdout = Path(run["data"]["holdout_path"])
+        holdout = Path(run["data"]["holdoutPath"])
         changed = hashlib.sha256(holdout.read_bytes()).hexdigest()
-        recorded = run["data"]["holdout_sha256"]
+        recorded = run["data"]["holdoutSha256"]
         assert f"was changed after extraction (sha256 {changed} != {recorded}" in error
     else:  # the sandbox refused the write: the honest holdout judged an honest model
         assert "below the threshold" in error
@@ -428,7 +428,7 @@ def test_on_a_real_worker_a_holdout_changed_after_extract_rejects_the_version_un
     assert isinstance(handle, TrainingHandle)
     folder = plant.base / "artifacts/acme" / handle.version
     wait_for(lambda: (folder / "trained").exists(), 90, "the script to finish training")
-    holdout = Path(plant.service.get_training_status("acme")["latestRun"]["data"]["holdout_path"])
+    holdout = Path(plant.service.get_training_status("acme")["latestRun"]["data"]["holdoutPath"])
 
     kept = keep_what_the_model_gets_right(holdout, folder / "model.onnx")
     (folder / "go").write_text("1")
@@ -438,7 +438,7 @@ def test_on_a_real_worker_a_holdout_changed_after_extract_rejects_the_version_un
     assert kept > 0 and run["status"] == "rejected", (run["status"], error)
     changed = hashlib.sha256(holdout.read_bytes()).hexdigest()
     assert f"the holdout {holdout} was changed after extraction (sha256 {changed} != " in error
-    assert run["data"]["holdout_sha256"] in error and "train again" in error
+    assert run["data"]["holdoutSha256"] in error and "train again" in error
     assert run["metrics"]["accuracy"] is None  # nothing was scored on the forged rows
     assert plant.deployed("acme") == (honest["version"], honest["version"])
     deployed_model = plant.base / "models/acme" / f"deployed_{honest['version']}" / "model.onnx"

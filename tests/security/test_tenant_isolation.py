@@ -52,7 +52,7 @@ def version_of(svc: TrainingService, org: str, offset_s: int = 0) -> tuple[str, 
 
 
 def deployed(svc: TrainingService, org: str) -> str | None:
-    return svc.get_organization(org)["currentVersion"]
+    return svc.get_organization(org)["deployedVersion"]
 
 
 def test_deploying_another_organizations_version_is_refused(svc: TrainingService) -> None:
@@ -100,7 +100,7 @@ def test_rolling_back_to_another_organizations_version_is_refused(svc: TrainingS
 def test_another_organizations_runs_versions_and_audit_are_not_listed(svc: TrainingService) -> None:
     theirs, _ = version_of(svc, "globex")
     assert svc.list_versions("acme") == [] and svc.get_training_history("acme") == []
-    assert all(e["organization_id"] == "acme" for e in svc.get_audit_trail("acme"))
+    assert all(e["organizationId"] == "acme" for e in svc.get_audit_trail("acme"))
     assert theirs in {v["version"] for v in svc.list_versions("globex")}
 
 

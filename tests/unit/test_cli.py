@@ -231,6 +231,7 @@ def test_validate_prints_every_failed_check_and_exits_1_when_rejected(tmp_path: 
 NESTED = 100_000
 UNREACHABLE_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+DEFAULT_NOTE = "using the default database sqlite:///"
 
 
 def one_error_line(result: subprocess.CompletedProcess[str] | tuple[int, str], code: int) -> str:
@@ -241,7 +242,8 @@ def one_error_line(result: subprocess.CompletedProcess[str] | tuple[int, str], c
         else result
     )
     assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
+    # On the default database (no DATABASE_URL) a command first says which file it uses.
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(DEFAULT_NOTE)]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: "), stderr
     assert returncode == code, stderr

@@ -42,7 +42,7 @@ def test_a_schedule_is_set_listed_disabled_and_removed(tmp_path: Path) -> None:
         True,
     )
     assert row["nextRunLocal"].endswith(("T02:00:00-05:00", "T02:00:00-04:00", "T03:00:00-04:00"))
-    assert "Redis did not answer" in run(tmp_path, "schedules").stdout
+    assert "Redis did not answer" in run(tmp_path, "schedules").stderr  # piped: records only
     disabled = run(tmp_path, "schedule", "acme-corp", "--disable")
     assert "disabled" in disabled.stdout and "next run: -" in disabled.stdout
     assert run(tmp_path, "schedule", "acme-corp", "--delete").returncode == 0
@@ -69,7 +69,9 @@ def test_a_preview_over_a_year_marks_the_spring_gap_and_saves_nothing(tmp_path: 
     items = json.loads(shown.stdout)
     assert len(items) == 60
     (gap,) = [i for i in items if i["note"]]  # US clocks go forward on a Sunday at 02:00
-    assert "02:00 does not exist" in gap["note"] and gap["local"].endswith("T03:00:00-04:00")
+    assert "02:00 does not exist" in gap["note"] and gap["scheduledLocal"].endswith(
+        "T03:00:00-04:00"
+    )
     assert "has no training schedule" in run(tmp_path, "schedule", "acme-corp").stdout
 
 

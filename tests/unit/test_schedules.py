@@ -162,12 +162,12 @@ def test_the_preview_lists_local_and_utc_times_and_explains_a_dst_gap(
     clock.now = datetime(2027, 3, 12, tzinfo=UTC)
     svc.schedule_training("acme", {"pattern": "30 2 * * *", "timezone": "America/New_York"})
     items = svc.preview_schedule("acme", 3)
-    assert [i["at"] for i in items] == [
+    assert [i["scheduledFor"] for i in items] == [
         "2027-03-12T07:30:00Z",
         "2027-03-13T07:30:00Z",
         "2027-03-14T07:00:00Z",
     ]
-    assert items[0]["local"] == "2027-03-12T02:30:00-05:00" and items[0]["note"] is None
+    assert items[0]["scheduledLocal"] == "2027-03-12T02:30:00-05:00" and items[0]["note"] is None
     assert "does not exist" in items[2]["note"] and "03:00" in items[2]["note"]
 
 

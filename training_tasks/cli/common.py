@@ -19,7 +19,7 @@ import click
 
 from training_tasks.config.json_input import load_object
 from training_tasks.config.settings import Settings
-from training_tasks.errors import ConfigError, SettingsError, TrainingServiceError
+from training_tasks.errors import ConfigError, OrgNotRegistered, SettingsError, TrainingServiceError
 from training_tasks.fields import SHOWN_CHARS, shown
 from training_tasks.redaction import mask_url
 
@@ -40,9 +40,26 @@ class InputFileError(click.ClickException):
 
 
 def _service() -> Any:
+    """The Python API on the settings of the environment (saying so if the database is default)."""
+    from training_tasks.runtime import build_runtime
     from training_tasks.service.api import TrainingService  # Celery, SQLAlchemy: not for --help
 
-    return TrainingService()
+    return TrainingService(build_runtime(cli_settings()))
+
+
+def cli_settings() -> Settings:
+    """The settings from the environment; on the default database, one line on stderr says so.
+
+    The default is a SQLite file under ML_BASE_PATH (./ml unless set), so it depends on the folder
+    a command runs in: the line tells which file, and how to use another database.
+    """
+    settings = Settings.from_env()
+    if settings.database_is_default:
+        click.echo(
+            f"using the default database {settings.database_url} (set DATABASE_URL to use another)",
+            err=True,
+        )
+    return settings
 
 
 def _echo_json(doc: Any) -> None:
@@ -102,6 +119,8 @@ def run_cli(command: click.Command, args: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SettingsError as exc:
         return _failed(f"environment variable {exc}", EXIT_USAGE)
+    except OrgNotRegistered as exc:
+        return _failed(_in_database(str(exc)), EXIT_FAILED)
     except TrainingServiceError as exc:
         return _failed(str(exc), EXIT_FAILED)
     except TimeoutError as exc:  # `--wait --timeout`: the run goes on
@@ -119,9 +138,16 @@ def unavailable(exc: BaseException) -> str | None:
     import redis
 
     # SQLAlchemy and kombu: only on this error path.
+    from training_tasks.db.bootstrap import is_missing_database
     from training_tasks.db.errors import DATABASE_UNREACHABLE, is_migration_error
     from training_tasks.messaging.broker import BrokerUnavailable
 
+    if is_missing_database(exc):
+        return (
+            f"the service database {_setting('database_url')} does not exist; create it with "
+            "`trainctl db upgrade` (or point DATABASE_URL at the right one), then run the command "
+            "again"
+        )
     if isinstance(exc, DATABASE_UNREACHABLE):
         return _database_line(f"cannot be reached: {_first_line(exc.orig or exc)}")
     if is_migration_error(exc):  # Alembic: a schema this version does not know
@@ -168,13 +194,24 @@ def _database_line(problem: str) -> str:
     )
 
 
+def _in_database(message: str) -> str:
+    """An unknown organization's message, naming the database it was looked for in."""
+    where = f" is not registered in the service database {_setting('database_url')};"
+    if " is not registered;" not in message:
+        return message
+    return message.replace(" is not registered;", where, 1)
+
+
 def _setting(name: str) -> str:
     """A connection URL of the settings with its password masked (the variable if unreadable)."""
     try:
-        url = str(getattr(Settings.from_env(), name))
+        settings = Settings.from_env()
     except TrainingServiceError:
         return name.upper()
-    return f"{mask_url(url)} ({name.upper()})"
+    url = mask_url(str(getattr(settings, name)))
+    if name == "database_url" and settings.database_is_default:
+        return f"{url} (the default; DATABASE_URL is not set)"
+    return f"{url} ({name.upper()})"
 
 
 def _first_line(exc: BaseException) -> str:

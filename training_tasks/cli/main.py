@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from training_tasks.cli.common import _echo_json, _service, read_json_object, run_cli
+from training_tasks.cli.database import db
 from training_tasks.cli.metrics import metrics_command
 from training_tasks.cli.schedule import schedule, schedules_command
 from training_tasks.cli.secrets import secrets as secrets_group
@@ -105,8 +106,9 @@ def org_list() -> None:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
+    metavar="SECONDS",
     help="With --wait: give up after this many seconds.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -147,7 +149,7 @@ def status(org_id: str, as_json: bool) -> None:
 @click.option(
     "--wait",
     "wait_s",
-    type=float,
+    type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -172,7 +174,13 @@ def cancel(org_id: str, wait_s: float) -> None:
 
 
 @cli.command()
-@click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on.",
+)
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
 )
@@ -226,7 +234,13 @@ def serve(
 
 @cli.command()
 @click.argument("org_id")
-@click.option("--limit", default=20, show_default=True, help="How many runs to show.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many runs to show.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def history(org_id: str, limit: int, as_json: bool) -> None:
     """Show the training log of ORG_ID: start, end, status, stage, metrics, error."""
@@ -257,8 +271,19 @@ def versions(org_id: str, as_json: bool) -> None:
     help="Deploy only if this is the version's own model file (or its deployed copy).",
 )
 def deploy(org_id: str, version: str, model_path: Path | None) -> None:
-    """Deploy VERSION (validated) of ORG_ID now and notify prediction services."""
+    """Deploy VERSION (validated) of ORG_ID now and notify prediction services.
+
+    The version already deployed is left as it is (no new sequence, audit entry or message);
+    only what a crash may have left behind for it is repaired, as `trainctl reconcile` would.
+    """
     result = _service().deploy_model(org_id, version, model_path, actor="cli")
+    if not result["changed"]:  # the deploy and rollback refusal say it alike (stages/deploy.py)
+        repaired = f"; repaired: {', '.join(result['repaired'])}" if result["repaired"] else ""
+        click.echo(
+            f"version {version} is already the deployed version of organization {org_id} "
+            f"(sequence {result['sequence']}); nothing changed{repaired}"
+        )
+        return
     click.echo(
         f"deployed {org_id} {version} (sequence {result['sequence']}) at {result['modelPath']}"
     )
@@ -325,7 +350,13 @@ def gc(org_id: str | None, keep: int, dry_run: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("org_id")
-@click.option("--limit", default=50, show_default=True)
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many events to show.",
+)
 def audit(org_id: str, limit: int) -> None:
     """Show the audit trail of ORG_ID as JSON lines, newest first."""
     for event in _service().get_audit_trail(org_id, limit):
@@ -339,41 +370,44 @@ def reconcile() -> None:
     click.echo("\n".join(fixes) if fixes else "everything already matches the database")
 
 
-@cli.group()
-def db() -> None:
-    """Manage the service database."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply the Alembic migrations to DATABASE_URL (safe to run again)."""
-    from training_tasks.config.settings import Settings
-    from training_tasks.db.engine import (  # SQLAlchemy, Alembic: this command only
-        make_engine,
-        migrate,
-    )
-
-    settings = Settings.from_env()
-    migrate(make_engine(settings.database_url))
-    click.echo("database schema is up to date")
-
-
 @cli.command()
 @click.option("--keep-running", is_flag=True, help="Leave the worker running until Ctrl-C.")
 @click.option("--assets", default=24, show_default=True, help="Assets per demo organization.")
 @click.option("--days", default=120, show_default=True, help="Days of sensor history per asset.")
-def demo(keep_running: bool, assets: int, days: int) -> None:
+@click.option(
+    "--scada-url",
+    metavar="URL",
+    help="PostgreSQL database for the demo SCADA tables (created if missing), instead of "
+    "SQLite files under ML_BASE_PATH/demo.",
+)
+@click.option(
+    "--load-only",
+    is_flag=True,
+    help="Load the demo data and register the organizations, then stop (no worker, no training).",
+)
+def demo(
+    keep_running: bool, assets: int, days: int, scada_url: str | None, load_only: bool
+) -> None:
     """Run the whole job on the embedded default (what `make run` does).
 
     Starts an embedded Redis (unless REDIS_URL is set), uses SQLite under ML_BASE_PATH (unless
-    DATABASE_URL is set), generates demo SCADA data for two organizations, starts a worker,
-    trains both at once with progress, prints what was deployed and stops what it started.
+    DATABASE_URL is set), generates demo SCADA data for three organizations, starts a worker,
+    trains them at once with progress, prints what was deployed and stops what it started.
     """
     from training_tasks.cli.demo import run_demo  # the service, the demo data, pandas
 
-    sys.exit(run_demo(keep_running=keep_running, assets=assets, days=days))
+    sys.exit(
+        run_demo(
+            keep_running=keep_running,
+            assets=assets,
+            days=days,
+            scada_url=scada_url,
+            load_only=load_only,
+        )
+    )
 
 
+cli.add_command(db)
 cli.add_command(schedule)
 cli.add_command(schedules_command)
 cli.add_command(metrics_command)

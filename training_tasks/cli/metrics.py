@@ -24,13 +24,13 @@ def metrics_command(host: str, port: int) -> None:
     finished runs (training_run_seconds), read from DATABASE_URL at each scrape. Worker and task
     metrics are Flower's /metrics. Stop it with Ctrl-C.
     """
-    from training_tasks.config.settings import Settings
+    from training_tasks.cli.common import cli_settings
 
     # SQLAlchemy and prometheus_client: loaded for this command only, not for `trainctl --help`.
     from training_tasks.db.engine import make_engine
     from training_tasks.registry.metrics import make_metrics_server
 
-    settings = Settings.from_env()
+    settings = cli_settings()
     engine = make_engine(settings.database_url)
     try:
         server = make_metrics_server(host, port, engine)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -36,7 +36,14 @@ DST_POLICY = (
     help="List the next N runs in local time and UTC. With PATTERN or --timezone, preview "
     "that schedule without saving it.",
 )
-@click.option("--slots", default=10, show_default=True, metavar="N", help="Recorded slots to show.")
+@click.option(
+    "--slots",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    metavar="N",
+    help="Recorded slots to show.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def schedule(
     org_id: str,
@@ -114,41 +121,57 @@ def schedules_command(as_json: bool) -> None:
     if as_json:
         _echo_json({"schedules": rows, "beat": beat})
         return
-    from rich.markup import escape
-    from rich.table import Table
-
+    from training_tasks.cli.tables import is_plain, show
     from training_tasks.cli.views import console  # rich and the service: 0.5 s, per command
 
-    if not rows:
+    if is_plain(console):  # records on stdout; the remark on the beat goes to stderr
+        show(console, "", _schedule_columns(), rows)
+        click.echo(beat_line(beat), err=True)
+        return
+    if rows:
+        show(console, "Training schedules", _schedule_columns(), rows)
+    else:
         console.print(
             'no organization has a training schedule; set one with `trainctl schedule ORG "0 2 * * 0"`'
         )
-        console.print(beat_line(beat))
-        return
-    table = Table(title="Training schedules")
-    for name in (
-        "organization",
-        "pattern",
-        "zone",
-        "enabled",
-        "next run (local)",
-        "next run (UTC)",
-        "last slot",
-    ):
-        table.add_column(name, overflow="fold")
-    for row in rows:
+    console.print(beat_line(beat), markup=False)
+
+
+def _schedule_columns() -> list[Any]:
+    """The columns of `trainctl schedules`: compact times on a terminal, ISO 8601 when piped."""
+    from training_tasks.cli.tables import Column, minute
+
+    def last_slot(row: Mapping[str, Any], when: Any) -> str:
         last = row["lastSlot"]
-        table.add_row(
-            row["organizationId"],
-            escape(row["pattern"]),
-            row["timezone"],
-            "yes" if row["enabled"] else "no",
-            row["nextRunLocal"] or "-",
-            row["nextRunAt"] or "-",
-            f"{last['scheduledFor']} {last['outcome']}" if last else "-",
-        )
-    console.print(table)
-    console.print(beat_line(beat))
+        return f"{when(last['scheduledFor'])} {last['outcome']}" if last else "-"
+
+    return [
+        Column("organization", "organizationId", lambda r: r["organizationId"]),
+        Column("pattern", "pattern", lambda r: r["pattern"]),
+        Column("timezone", "timezone", lambda r: r["timezone"]),
+        Column("on", "enabled", lambda r: "yes" if r["enabled"] else "no", _true_false),
+        Column(
+            "next run (local)",
+            "nextRunLocal",
+            lambda r: minute(r["nextRunLocal"]),
+            _iso("nextRunLocal"),
+        ),
+        Column("next run (UTC)", "nextRunAt", lambda r: minute(r["nextRunAt"]), _iso("nextRunAt")),
+        Column(
+            "last slot (UTC)",
+            "lastSlot",
+            lambda r: last_slot(r, minute),
+            lambda r: last_slot(r, str),
+        ),
+    ]
+
+
+def _true_false(row: Mapping[str, Any]) -> str:
+    return "true" if row["enabled"] else "false"
+
+
+def _iso(key: str) -> Any:
+    return lambda row: row[key] or "-"
 
 
 def beat_line(beat: dict[str, Any] | None) -> str:
@@ -166,44 +189,56 @@ def beat_line(beat: dict[str, Any] | None) -> str:
 
 def print_schedule(doc: dict[str, Any], recorded: Sequence[dict[str, Any]]) -> None:
     """A schedule and its most recent slots."""
-    from rich.markup import escape
-    from rich.table import Table
-
+    from training_tasks.cli.tables import Column, minute, print_fields, short_run_id, show
     from training_tasks.cli.views import console  # rich and the service: 0.5 s, per command
 
     state = "enabled" if doc["enabled"] else "disabled"
     console.print(
-        f"[bold]{doc['organizationId']}[/]: {escape(doc['pattern'])} in {doc['timezone']}, {state}"
+        f"{doc['organizationId']}: {doc['pattern']} in {doc['timezone']}, {state}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"next run: {doc['nextRunAt'] or '- (disabled)'}")
+    print_fields(console, [("next run", doc["nextRunAt"] or "- (disabled)")])
     if not recorded:
         return
-    table = Table(title="Recorded slots")
-    for name in ("scheduled (local)", "UTC", "outcome", "run", "reason"):
-        table.add_column(name, overflow="fold")
-    for slot in recorded:
-        table.add_row(
-            slot["scheduledLocal"],
-            slot["scheduledFor"],
-            slot["outcome"],
-            slot["runId"] or "-",
-            escape(slot["reason"] or ""),
-        )
-    console.print(table)
+    columns = [
+        Column(
+            "scheduled (local)",
+            "scheduledLocal",
+            lambda s: minute(s["scheduledLocal"]),
+            _iso("scheduledLocal"),
+            True,
+        ),
+        Column(
+            "UTC", "scheduledFor", lambda s: minute(s["scheduledFor"]), _iso("scheduledFor"), True
+        ),
+        Column("outcome", "outcome", lambda s: s["outcome"]),
+        Column("run", "runId", lambda s: short_run_id(s["runId"]), _iso("runId"), True),
+        Column("reason", "reason", lambda s: s["reason"] or ""),
+    ]
+    show(console, "Recorded slots", columns, recorded)
 
 
 def print_preview(org_id: str, items: Sequence[dict[str, Any]], *, saved: bool) -> None:
     """The next runs, with DST notes."""
-    from rich.markup import escape
-    from rich.table import Table
-
+    from training_tasks.cli.tables import Column, minute, show
     from training_tasks.cli.views import console  # rich and the service: 0.5 s, per command
 
-    zone = items[0]["zone"] if items else "?"
+    zone = items[0]["timezone"] if items else "?"
     title = f"Next runs of {org_id} ({zone})" + ("" if saved else ", not saved")
-    table = Table(title=title)
-    for name in ("#", "local time", "UTC", "DST"):
-        table.add_column(name, overflow="fold")
-    for i, item in enumerate(items, 1):
-        table.add_row(str(i), item["local"], item["at"], escape(item["note"] or ""))
-    console.print(table)
+    columns = [
+        Column("#", "n", lambda i: str(i["n"]), justify="right"),
+        Column(
+            "local time",
+            "scheduledLocal",
+            lambda i: minute(i["scheduledLocal"]),
+            _iso("scheduledLocal"),
+            True,
+        ),
+        Column(
+            "UTC", "scheduledFor", lambda i: minute(i["scheduledFor"]), _iso("scheduledFor"), True
+        ),
+        Column("DST", "note", lambda i: i["note"] or ""),
+    ]
+    show(console, title, columns, [{**item, "n": n} for n, item in enumerate(items, 1)])

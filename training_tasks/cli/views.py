@@ -1,153 +1,93 @@
-"""How `trainctl` shows things: live progress of runs, and tables of runs and versions."""
+"""How `trainctl` shows things: live progress of runs, the training log, versions, a run's
+outcome. On a terminal: tables fitted to its width; piped: plain lines with full values."""
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from training_tasks.registry.rows import FINISHED_STATUSES
-from training_tasks.service.api import TrainingHandle
+from training_tasks.cli.progress import follow_runs, progress_console
+from training_tasks.cli.tables import (
+    Column,
+    Row,
+    clip,
+    duration,
+    is_plain,
+    minute,
+    number,
+    print_fields,
+    short_version,
+    show,
+    size,
+)
 
-# Piped output gets a wide fixed width, so tables never fold version ids for grep and scripts.
-console = Console(width=None if sys.stdout.isatty() else 200)
-# Progress goes to stderr, so `--json` output on stdout stays parseable.
-progress_console = Console(stderr=True)
-STAGE_ORDER = ("queued", "extract", "train", "validate", "deploy", "done")
-
-
-def follow_runs(
-    handles: Sequence[TrainingHandle],
-    *,
-    timeout_s: float | None = None,
-    poll_interval_s: float = 0.25,
-) -> list[dict[str, Any]]:
-    """Show a live progress line per run until all finish; returns their final summaries."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    results: dict[str, dict[str, Any]] = {}
-    latest: dict[str, dict[str, Any]] = {}
-    columns = (
-        TextColumn("[bold]{task.fields[org]}[/]", justify="left"),
-        TextColumn("{task.fields[stage]:<9}"),
-        BarColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=progress_console, transient=False) as bar:
-        ids: dict[str, TaskID] = {
-            h.run_id: bar.add_task("", total=100, org=h.run_id[:8], stage="queued", detail="")
-            for h in handles
-        }
-        while len(results) < len(handles):
-            for handle in handles:
-                if handle.run_id in results:
-                    continue
-                summary = latest[handle.run_id] = handle.status()
-                _update(bar, ids[handle.run_id], summary)
-                if summary["status"] in FINISHED_STATUSES:
-                    results[handle.run_id] = summary
-            pending = len(results) < len(handles)
-            if pending and deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(_still_going(latest, results, timeout_s or 0.0))
-            time.sleep(poll_interval_s)
-    return [results[h.run_id] for h in handles]
+console = Console()
+# Piped or redirected, a line is never wrapped: grep and scripts see each record whole.
+console.soft_wrap = is_plain(console)
+_fmt = number
+__all__ = ["console", "follow_runs", "print_deployed", "print_result", "progress_console"]
 
 
-def _still_going(
-    latest: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]], timeout_s: float
-) -> str:
-    """Why `--wait --timeout` gave up, and how to go on following the runs."""
-    going = [s for run_id, s in latest.items() if run_id not in results]
-    runs = ", ".join(f"{s['runId']} of {s['organizationId']} ({s['status']})" for s in going)
-    return (
-        f"gave up waiting after {timeout_s:g} s; still going: {runs}. Runs go on without "
-        f"waiting: follow them with `trainctl status {going[0]['organizationId']}`"
-    )
-
-
-def _update(bar: Progress, task: TaskID, summary: dict[str, Any]) -> None:
-    progress = summary.get("progress") or {}
-    status, stage = summary["status"], progress.get("stage") or summary.get("stage") or "queued"
-    base = {"extract": 0, "train": 10, "validate": 90, "deploy": 95, "done": 100}.get(stage, 0)
-    detail, completed = "", float(base)
-    if stage == "extract" and progress.get("rows"):
-        detail = f"{progress['rows']:,} rows"
-    if stage == "train" and progress.get("total"):
-        it, total = int(progress.get("iteration") or 0), int(progress["total"])
-        detail, completed = f"iteration {it}/{total}", 10 + 80 * it / max(total, 1)
-    if status in FINISHED_STATUSES:
-        completed, stage = 100.0, status
-        detail = summary.get("version") or ""
-        if not summary["success"]:
-            detail = (summary.get("error") or "")[:80]
-    bar.update(task, completed=completed, stage=stage, detail=detail, org=summary["organizationId"])
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def print_result(result: dict[str, Any]) -> None:
-    """One run's outcome, in words."""
+def print_result(result: dict[str, Any], out: Console | None = None) -> None:
+    """One run's outcome, in words: `key: value` lines with full ids and paths."""
+    out = out or console
     style = "green" if result["success"] else "red"
-    console.print(
-        f"[{style}]{result['organizationId']} run {result['runId']}: {result['status']}[/]"
+    out.print(
+        f"[{style}]{escape(result['organizationId'])} run {result['runId']}: {result['status']}[/]",
+        soft_wrap=True,
     )
-    console.print(f"  version {result['version']}")
-    if result.get("modelPath"):
-        console.print(f"  model   {result['modelPath']}")
     metrics = result.get("metrics") or {}
-    if metrics:
-        keys = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc")
-        console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
+    keys = ("accuracy", "precision", "recall", "f1", "rocAuc", "prAuc")
+    fields: list[tuple[str, Any]] = [("version", result["version"])]
+    if result.get("modelPath"):
+        fields.append(("model", result["modelPath"]))
+    fields += [(k, number(metrics[k])) for k in keys if k in metrics]
     if result.get("error"):
-        console.print(f"  [red]{result['error']}[/]")
+        fields.append(("error", result["error"]))
+    print_fields(out, fields, indent="  ")
 
 
-def deployed_table(results: Sequence[dict[str, Any]], store_base: str) -> Table:
+def print_deployed(results: Sequence[dict[str, Any]], store_base: str) -> None:
     """What was deployed: version, decision threshold, accuracy, precision and recall (with their
-    95% intervals), AUC, size, latency."""
-    table = Table(title=f"Deployed models (files under {store_base})")
-    for name in (
-        "organization",
-        "status",
-        "version",
-        "threshold",
-        "accuracy",
-        "precision (95% CI)",
-        "recall (95% CI)",
-        "AUC",
-        "size",
-        "p50 latency",
-    ):
-        table.add_column(name)
-    for r in results:
-        m = r.get("metrics") or {}
-        latency = (m.get("latency") or {}).get("singleRowP50Ms")
-        size = m.get("modelSizeBytes")
-        table.add_row(
-            r["organizationId"],
-            r["status"],
-            r["version"],
-            _fmt(m.get("decisionThreshold")),
-            _fmt(m.get("accuracy")),
-            _with_interval(m, "precision"),
-            _with_interval(m, "recall"),
-            _fmt(m.get("rocAuc")),
-            f"{size / 1024:.0f} KiB" if size else "-",
-            f"{latency:.2f} ms" if latency else "-",
-        )
-    return table
+    95% intervals), AUC, size, latency. A table on a terminal; piped, tab-separated full values."""
+
+    def metric(name: str) -> Any:
+        return lambda r: (r.get("metrics") or {}).get(name)
+
+    columns = [
+        Column("organization", "organizationId", lambda r: r["organizationId"]),
+        Column("status", "status", lambda r: r["status"]),
+        Column("version", "version", lambda r: short_version(r["version"]), r_version, True),
+        Column("threshold", "decisionThreshold", lambda r: number(metric("decisionThreshold")(r))),
+        Column("accuracy", "accuracy", lambda r: number(metric("accuracy")(r))),
+        Column("precision (95% CI)", "precision", lambda r: _with_interval(_m(r), "precision")),
+        Column("recall (95% CI)", "recall", lambda r: _with_interval(_m(r), "recall")),
+        Column("AUC", "rocAuc", lambda r: number(metric("rocAuc")(r))),
+        Column("size", "modelSizeBytes", _model_size),
+        Column("p50 latency", "singleRowP50Ms", _latency),
+    ]
+    show(console, f"Deployed models (files under {store_base})", columns, results)
+
+
+def r_version(row: Row) -> str:
+    """The whole version id, for piped output."""
+    return str(row["version"])
+
+
+def _model_size(run: Row) -> str:
+    return size((run.get("metrics") or {}).get("modelSizeBytes"))
+
+
+def _latency(run: Row) -> str:
+    latency = ((run.get("metrics") or {}).get("latency") or {}).get("singleRowP50Ms")
+    return f"{latency:.2f} ms" if latency else "-"
+
+
+def _m(run: Row) -> dict[str, Any]:
+    return dict(run.get("metrics") or {})
 
 
 def _with_interval(metrics: dict[str, Any], name: str) -> str:
@@ -155,160 +95,220 @@ def _with_interval(metrics: dict[str, Any], name: str) -> str:
     interval = (metrics.get("intervals") or {}).get(name) or {}
     low, high = interval.get("low"), interval.get("high")
     if low is None or high is None:
-        return _fmt(metrics.get(name))
-    return f"{_fmt(metrics.get(name))} ({low:.2f}-{high:.2f})"
+        return number(metrics.get(name))
+    return f"{number(metrics.get(name))} ({low:.2f}-{high:.2f})"
 
 
-def print_status(doc: dict[str, Any]) -> None:
-    """The organization's deployment, then its latest run, one section after the other."""
-    console.print(f"[bold]{doc['organizationId']}[/]")
-    # Sections in the order shown; each returns its own lines.
-    for section in (_deployment_lines, _replica_lines, _latest_run_lines):
-        for line in section(doc):
-            console.print(f"  {line}")
+def print_status(doc: dict[str, Any], out: Console | None = None) -> None:
+    """The organization's deployment, its replicas and its latest run, as `key: value` lines."""
+    out = out or console
+    out.print(f"[bold]{escape(doc['organizationId'])}[/]", soft_wrap=True)
+    fields = [
+        *_deployment_fields(doc),
+        *_replica_fields(doc),
+        *_latest_run_fields(doc),
+    ]
+    print_fields(out, fields, indent="  ")
 
 
-def _deployment_lines(doc: dict[str, Any]) -> list[str]:
+def _deployment_fields(doc: dict[str, Any]) -> list[tuple[str, Any]]:
+    deployed = doc["deployedVersion"] or "(none)"
     return [
-        f"deployed version  {doc['deployedVersion'] or '(none)'} (sequence {doc['deploySequence']})",
-        f"previous version  {doc['previousVersion'] or '(none)'}",
+        ("deployed version", f"{deployed} (sequence {doc['deploySequence']})"),
+        ("previous version", doc["previousVersion"] or "(none)"),
     ]
 
 
-def _replica_lines(doc: dict[str, Any]) -> list[str]:
+def _replica_fields(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     replicas = doc.get("replicas")
     if replicas is None:
-        return ["replicas          (Redis did not answer; confirmations unknown)"]
+        return [("replicas", "unknown: Redis did not answer")]
     if not replicas:
-        return ["replicas          none reporting"]
-    deployed = doc["deployedVersion"]
-    lines = []
+        return [("replicas", "none reporting")]
+    deployed, fields = doc["deployedVersion"], []
     for replica_id, entry in sorted(replicas.items()):
-        mark = "confirmed" if entry.get("version") == deployed else "[yellow]still on[/]"
+        mark = "confirmed" if entry.get("version") == deployed else "still on"
         where = f"{entry.get('host', '?')} pid {entry.get('pid', '?')}"
-        lines.append(f"replica           {replica_id} ({where}): {mark} {entry.get('version')}")
-    return lines
+        fields.append((f"replica {replica_id}", f"{mark} {entry.get('version')} ({where})"))
+    return fields
 
 
-def _latest_run_lines(doc: dict[str, Any]) -> list[str]:
+def _latest_run_fields(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     run = doc.get("latestRun")
     if run is None:
-        return ["no training run yet"]
+        return [("latest run", "none yet")]
     stage = (run.get("progress") or {}).get("stage") or run.get("stage")
-    lines = [
-        f"latest run        {run['runId']} {run['status']} (stage {stage}), version {run['version']}",
-        f"queued at         {run['queuedAt']}  finished at {run['finishedAt'] or '-'}",
+    fields: list[tuple[str, Any]] = [
+        ("latest run", f"{run['runId']} {run['status']} (stage {stage})"),
+        ("version", run["version"]),
+        ("queued at", run["queuedAt"]),
+        ("finished at", run["finishedAt"]),
     ]
     if run.get("error"):
-        lines.append(f"[red]error: {escape(run['error'])}[/]")
-    return lines
+        fields.append(("error", run["error"]))
+    return fields
 
 
-def print_validation(report: dict[str, Any]) -> None:
+def print_validation(report: dict[str, Any], out: Console | None = None) -> None:
     """A validation verdict: the model, the holdout, the metrics and every failed check."""
+    out = out or console
     passed = report["passed"]
     verdict = "[green]passed[/]" if passed else "[red]rejected[/]"
-    console.print(f"[bold]{report['organizationId']}[/] version {report['version']}: {verdict}")
+    out.print(
+        f"[bold]{escape(report['organizationId'])}[/] version {report['version']}: {verdict}",
+        soft_wrap=True,
+    )
     # Paths stay on one line, so they can be copied and grepped.
-    console.print(f"  model    {escape(report['modelPath'])}", soft_wrap=True)
-    console.print(
+    out.print(f"  model    {escape(report['modelPath'])}", soft_wrap=True)
+    out.print(
         f"  holdout  {escape(report['holdoutPath'])} ({report['rows']:,} rows, run "
         f"{report['holdoutRunId']} version {report['holdoutVersion']})",
         soft_wrap=True,
     )
     metrics = {"intervals": report.get("intervals"), **(report.get("metrics") or {})}
-    console.print(f"  decides at threshold {_fmt(report.get('decisionThreshold'))}")
+    out.print(f"  decides at threshold {number(report.get('decisionThreshold'))}")
     keys = ("accuracy", "precision", "recall", "f1")
-    console.print("  " + "  ".join(f"{k} {_with_interval(metrics, k)}" for k in keys))
-    console.print("  " + "  ".join(f"{k} {_fmt(metrics.get(k))}" for k in ("rocAuc", "prAuc")))
+    out.print("  " + "  ".join(f"{k} {_with_interval(metrics, k)}" for k in keys))
+    out.print("  " + "  ".join(f"{k} {number(metrics.get(k))}" for k in ("rocAuc", "prAuc")))
     for warning in report.get("warnings") or []:  # a gate inside its metric's 95% interval
-        console.print(f"  [yellow]! {escape(warning)}[/]", soft_wrap=True)
+        out.print(f"  [yellow]! {escape(warning)}[/]")
     if passed:
-        console.print(f"  all {len(report['checks'])} checks passed")
+        out.print(f"  all {len(report['checks'])} checks passed")
         return
-    console.print("  failed checks:")
+    out.print("  failed checks:")
     for failure in report["failures"]:
-        console.print(f"  [red]- {escape(failure)}[/]", soft_wrap=True)
+        out.print(f"  [red]- {escape(failure)}[/]")
 
 
-def print_removals(removed: Sequence[dict[str, Any]], *, dry_run: bool) -> None:
+def print_removals(
+    removed: Sequence[dict[str, Any]], *, dry_run: bool, out: Console | None = None
+) -> None:
     """What garbage collection removed (or, in a dry run, would remove), one version per block."""
+    out = out or console
     if not removed:
-        console.print("nothing to remove: every version is kept by the retention rule")
+        out.print("nothing to remove: every version is kept by the retention rule")
         return
     verb = "would remove" if dry_run else "removed"
     for item in removed:
         was = " (files left from an earlier removal)" if item["status"] == "removed" else ""
-        console.print(f"{verb} {item['organizationId']} {item['version']} ({item['status']}){was}")
+        out.print(
+            f"{verb} {escape(item['organizationId'])} {item['version']} ({item['status']}){was}",
+            soft_wrap=True,
+        )
         for path in item["paths"]:
-            console.print(f"  {escape(path)}", soft_wrap=True)
+            out.print(f"  {escape(path)}", soft_wrap=True)
     if dry_run:
-        console.print(f"dry run: {len(removed)} version(s), nothing changed")
+        out.print(f"dry run: {len(removed)} version(s), nothing changed")
 
 
-def print_history(org_id: str, runs: Sequence[dict[str, Any]]) -> None:
-    """The training log as a table."""
-    table = Table(title=f"Training log of {org_id}")
-    for name in (
-        "started",
-        "finished",
-        "trigger",
-        "status",
-        "stage",
-        "version",
-        "accuracy",
-        "recall",
-        "AUC",
-        "error",
-    ):
-        table.add_column(name, overflow="fold")
-    for run in runs:
-        m = run.get("metrics") or {}
-        table.add_row(
-            run["startedAt"] or run["queuedAt"],
-            run["finishedAt"] or "-",
-            f"schedule {run['scheduleSlot']}" if run.get("scheduleSlot") else run["trigger"],
-            run["status"],
-            run["stage"] or "-",
-            run["version"],
-            _fmt(m.get("accuracy")),
-            _fmt(m.get("recall")),
-            _fmt(m.get("rocAuc")),
-            (run.get("error") or "")[:120],
-        )
-    console.print(table)
+def print_history(org_id: str, runs: Sequence[dict[str, Any]], out: Console | None = None) -> None:
+    """The training log: a table of runs and their errors, or one full line per run when piped."""
+    out = out or console
+    if is_plain(out):
+        show(out, "", HISTORY_FIELDS, runs)
+        return
+    if not runs:
+        out.print(f"{org_id} has no training run yet; start one with `trainctl train {org_id}`")
+        return
+    show(out, f"Training log of {org_id}, newest first (times in UTC)", HISTORY_COLUMNS, runs)
+    _notes(out, "Errors", [(r["version"], r.get("error")) for r in runs if r.get("error")])
+    out.print(SHORT_IDS_NOTE, style="dim")
 
 
-def print_versions(org_id: str, rows: Sequence[dict[str, Any]]) -> None:
+def print_versions(org_id: str, rows: Sequence[dict[str, Any]], out: Console | None = None) -> None:
     """Model versions with their validation verdict; the deployed one is marked."""
-    table = Table(title=f"Model versions of {org_id}")
-    for name in (
-        "",
-        "version",
-        "status",
-        "validation",
-        "accuracy",
-        "precision",
-        "recall",
-        "AUC",
-        "size",
-    ):
-        table.add_column(name, overflow="fold")
-    for v in rows:
-        m = v["metrics"]
-        verdict = {True: "passed", False: "rejected", None: "-"}[v["validationPassed"]]
-        if v["validationFailures"]:
-            verdict += ": " + "; ".join(v["validationFailures"])[:100]
-        table.add_row(
-            "*" if v["deployed"] else "",
-            v["version"],
-            v["status"],
-            verdict,
-            _fmt(m.get("accuracy")),
-            _fmt(m.get("precision")),
-            _fmt(m.get("recall")),
-            _fmt(m.get("rocAuc")),
-            f"{v['sizeBytes'] / 1024:.0f} KiB",
-        )
-    console.print(table)
-    console.print("* = deployed")
+    out = out or console
+    if is_plain(out):
+        show(out, "", VERSION_FIELDS, rows)
+        return
+    if not rows:
+        out.print(f"{org_id} has no model version yet; train one with `trainctl train {org_id}`")
+        return
+    show(out, f"Model versions of {org_id}, newest first (* deployed)", VERSION_COLUMNS, rows)
+    notes = [(v["version"], "; ".join(v["validationFailures"])) for v in rows]
+    _notes(out, "Why rejected", [(version, text) for version, text in notes if text])
+    out.print(SHORT_IDS_NOTE, style="dim")
+
+
+def _field(key: str) -> Column:
+    """A piped column: the JSON key and its full value."""
+    return Column(key, key, lambda row: "-" if row.get(key) is None else str(row[key]))
+
+
+def _metric_field(key: str) -> Column:
+    return Column(key, key, lambda row: number((row.get("metrics") or {}).get(key), 4))
+
+
+HISTORY_COLUMNS = [
+    Column("version", "version", lambda r: short_version(r["version"]), no_wrap=True),
+    Column("started", "startedAt", lambda r: minute(r["startedAt"] or r["queuedAt"]), no_wrap=True),
+    Column(
+        "took",
+        "took",
+        lambda r: duration(r["startedAt"], r["finishedAt"]),
+        justify="right",
+        no_wrap=True,
+    ),
+    Column("trigger", "trigger", lambda r: r["trigger"]),
+    Column("status", "status", lambda r: _status_and_stage(r)),
+    Column("acc.", "accuracy", lambda r: number(_m(r).get("accuracy")), justify="right"),
+    Column("recall", "recall", lambda r: number(_m(r).get("recall")), justify="right"),
+    Column("AUC", "rocAuc", lambda r: number(_m(r).get("rocAuc")), justify="right"),
+]
+HISTORY_FIELDS = [
+    *map(_field, ("version", "runId", "status", "stage", "trigger", "scheduleSlot")),
+    *map(_field, ("queuedAt", "startedAt", "finishedAt")),
+    *map(_metric_field, ("accuracy", "precision", "recall", "rocAuc")),
+    _field("error"),
+]
+VERSION_COLUMNS = [
+    Column("", "deployed", lambda v: "*" if v["deployed"] else ""),
+    Column("version", "version", lambda v: short_version(v["version"]), no_wrap=True),
+    Column("status", "status", lambda v: v["status"]),
+    Column("verdict", "validationPassed", lambda v: _verdict(v)),
+    Column("acc.", "accuracy", lambda v: number(v["metrics"].get("accuracy")), justify="right"),
+    Column("prec.", "precision", lambda v: number(v["metrics"].get("precision")), justify="right"),
+    Column("recall", "recall", lambda v: number(v["metrics"].get("recall")), justify="right"),
+    Column("AUC", "rocAuc", lambda v: number(v["metrics"].get("rocAuc")), justify="right"),
+    Column("size", "sizeBytes", lambda v: _size(v), justify="right"),
+]
+VERSION_FIELDS = [
+    _field("version"),
+    Column("deployed", "deployed", lambda v: "true" if v["deployed"] else "false"),
+    *map(_field, ("status", "createdAt", "deployedAt", "removedAt", "runId")),
+    Column("validationPassed", "validationPassed", lambda v: _verdict(v)),
+    *map(_metric_field, ("accuracy", "precision", "recall", "rocAuc")),
+    *map(_field, ("sizeBytes", "sha256", "modelPath")),
+    Column(
+        "validationFailures", "validationFailures", lambda v: "; ".join(v["validationFailures"])
+    ),
+]
+SHORT_IDS_NOTE = "version ids are shortened here; --json or a pipe shows them in full"
+NOTE_CHARS = 300  # a note longer than this (a stack of failed checks) is cut: --json has it all
+
+
+def _notes(out: Console, title: str, notes: Sequence[tuple[str, str | None]]) -> None:
+    """Long texts (errors, failed checks) under the table, each wrapped beside its version."""
+    if not notes:
+        return
+    columns = [
+        Column("version", "version", lambda n: short_version(n["version"]), no_wrap=True),
+        Column(title.lower(), "text", lambda n: clip(n["text"], NOTE_CHARS)),
+    ]
+    show(out, title, columns, [{"version": v, "text": t} for v, t in notes])
+
+
+def _status_and_stage(run: Row) -> str:
+    """`failed (train)`: the stage matters for a run that did not succeed."""
+    status, stage = run["status"], run["stage"]
+    if status in ("succeeded", "validated") or not stage:
+        return str(status)
+    return f"{status} ({stage})"
+
+
+def _verdict(version: Row) -> str:
+    return {True: "passed", False: "rejected", None: "-"}[version["validationPassed"]]
+
+
+def _size(version: Row) -> str:
+    return size(version["sizeBytes"])

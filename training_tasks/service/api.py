@@ -17,20 +17,24 @@ import redis
 from training_tasks.config import org as org_config
 from training_tasks.config.training import from_wire
 from training_tasks.errors import NotFoundError, TrainingServiceError
-from training_tasks.fields import iso, iso_or_none
 from training_tasks.pipeline.submit import submit_training
 from training_tasks.protocol.ids import VERSION_PATTERN, check_org_id, check_version_id
 from training_tasks.protocol.replicas import read_replicas
 from training_tasks.registry import audit, deployments, orgs, retention, run_control, runs, versions
-from training_tasks.registry.rows import ACTIVE_STATUSES, RunRow, VersionRow
+from training_tasks.registry.rows import ACTIVE_STATUSES, RunRow
 from training_tasks.registry.rows import FINISHED_STATUSES as FINISHED
 from training_tasks.runtime import Runtime, build_runtime
 from training_tasks.service.schedules import ScheduleApi
-from training_tasks.stages.deploy import deploy, reconcile, rollback
+from training_tasks.service.summaries import (
+    audit_event,
+    camel_keys,
+    run_summary,
+    version_summary,
+)
+from training_tasks.stages.deploy import DeployOutcome, deploy_version, reconcile, rollback
 
 if TYPE_CHECKING:
     from training_tasks.db.engine import Engine
-    from training_tasks.protocol.hotswap import Deployment
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 VERSION_IN_PATH = re.compile(VERSION_PATTERN.pattern.strip("^$"))
@@ -103,7 +107,7 @@ class TrainingService(ScheduleApi):
         row = orgs.get_org_row(self.rt.engine, org_id)
         return {
             **org.public_dict(),
-            "currentVersion": row["current_version"],
+            "deployedVersion": row["current_version"],
             "previousVersion": row["previous_version"],
             "deploySequence": row["deploy_sequence"],
         }
@@ -142,7 +146,7 @@ class TrainingService(ScheduleApi):
         second. With `wait_s`, wait that long for the run to end (`status` is then `cancelled`,
         or whatever the run ended as if it finished first).
         """
-        check_org_id(org_id)
+        orgs.get_org_row(self.rt.engine, check_org_id(org_id))
         doc = run_control.request_cancel(self.rt.engine, org_id, actor=actor, now=self.rt.now())
         deadline = time.monotonic() + wait_s
         while doc["status"] == "cancelling" and time.monotonic() < deadline:
@@ -192,10 +196,14 @@ class TrainingService(ScheduleApi):
         *,
         actor: str = "api",
     ) -> dict[str, Any]:
-        """Deploy a validated version now; a given `model_path` must be that version's own file."""
+        """Deploy a validated version now; a given `model_path` must be that version's own file.
+
+        The version already deployed is left as it is: the result says `"changed": false`, with
+        no event, and lists what was `repaired` (a deployed copy, link or Redis key a crash lost).
+        """
         check_org_id(org_id)
         check_version_id(version)
-        deployment = deploy(
+        outcome = deploy_version(
             self.rt.engine,
             self.rt.redis,
             self.rt.store,
@@ -205,7 +213,7 @@ class TrainingService(ScheduleApi):
             actor=actor,
             model_path=None if model_path is None else Path(model_path),
         )
-        return deployment_summary(deployment, "deployed")
+        return deployment_summary(outcome, "deployed")
 
     def rollback_model(
         self, org_id: str, version: str | None = None, *, actor: str = "api"
@@ -223,7 +231,7 @@ class TrainingService(ScheduleApi):
             now=self.rt.now(),
             actor=actor,
         )
-        return deployment_summary(deployment, "rolled_back")
+        return deployment_summary(DeployOutcome(deployment, changed=True), "rolled_back")
 
     def validate_model(self, org_id: str, model_path: str | Path) -> dict[str, Any]:
         """Judge an ONNX file of the organization with the service's checks on its latest holdout.
@@ -262,7 +270,7 @@ class TrainingService(ScheduleApi):
             recorded_thresholds=thresholds,
         )
         return {
-            **report.as_dict(),
+            **camel_keys(report.as_dict()),
             "modelPath": str(path),
             "holdoutPath": str(holdout),
             "holdoutRunId": run["id"],
@@ -335,50 +343,22 @@ class TrainingService(ScheduleApi):
 
     def get_audit_trail(self, org_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The organization's audit events, newest first."""
-        return [
-            {**event, "at": iso(event["at"])}
-            for event in audit.list_events(self.rt.engine, check_org_id(org_id), limit)
-        ]
+        orgs.get_org_row(self.rt.engine, check_org_id(org_id))
+        return [audit_event(event) for event in audit.list_events(self.rt.engine, org_id, limit)]
 
 
-def run_summary(run: RunRow, rt: Runtime) -> dict[str, Any]:
-    """A run as the API returns it (camelCase, ISO times), like the original service's result."""
-    status = run["status"]
-    model_path = None
-    if status in ("succeeded", "validated"):
-        model_path = str(rt.store.version_model(run["organization_id"], run["version"]))
-    return {
-        "runId": run["id"],
-        "organizationId": run["organization_id"],
-        "version": run["version"],
-        "status": status,
-        "success": status in ("succeeded", "validated"),
-        "stage": run["stage"],
-        "progress": run["progress"],
-        "modelPath": model_path,
-        "metrics": run["metrics"],
-        "error": run["error"],
-        "trigger": run["trigger"],
-        "scheduleSlot": iso_or_none(run["schedule_slot"]),
-        "queuedAt": iso_or_none(run["queued_at"]),
-        "startedAt": iso_or_none(run["started_at"]),
-        "finishedAt": iso_or_none(run["finished_at"]),
-        "stageTimings": run["stage_timings"],
-        "data": run["data_stats"],
-        "worker": run["worker"],
-        "attempt": run["attempt"],
-    }
-
-
-def deployment_summary(deployment: Deployment, event: str) -> dict[str, Any]:
-    """A deployment or rollback as the API returns it."""
+def deployment_summary(outcome: DeployOutcome, event: str) -> dict[str, Any]:
+    """A deployment or rollback as the API returns it; `event` None when nothing changed."""
+    deployment = outcome.deployment
     return {
         "organizationId": deployment.organizationId,
         "version": deployment.version,
         "modelPath": deployment.modelPath,
         "sha256": deployment.sha256,
         "sequence": deployment.sequence,
-        "event": event,
+        "event": event if outcome.changed else None,
+        "changed": outcome.changed,
+        "repaired": list(outcome.repaired),
     }
 
 
@@ -413,27 +393,6 @@ def _metadata_version(path: Path) -> str | None:
     except Exception:  # onnx raises protobuf's own error types; the load check will report it
         return None
     return next((prop.value for prop in model.metadata_props if prop.key == "version"), None)
-
-
-def version_summary(v: VersionRow, current: str | None) -> dict[str, Any]:
-    """A model version as the API returns it."""
-    validation = v["validation"] or {}
-    return {
-        "version": v["version"],
-        "organizationId": v["organization_id"],
-        "runId": v["run_id"],
-        "status": v["status"],
-        "deployed": v["version"] == current,
-        "modelPath": v["model_path"],
-        "sha256": v["sha256"],
-        "sizeBytes": v["size_bytes"],
-        "metrics": validation.get("metrics") or {},
-        "validationPassed": validation.get("passed"),
-        "validationFailures": validation.get("failures") or [],
-        "createdAt": iso_or_none(v["created_at"]),
-        "deployedAt": iso_or_none(v["deployed_at"]),
-        "removedAt": iso_or_none(v["removed_at"]),
-    }
 
 
 __all__ = ["FINISHED", "TrainingHandle", "TrainingService", "TrainingServiceError"]

@@ -91,8 +91,9 @@ class ScheduleApi:
     ) -> list[dict[str, Any]]:
         """The next `count` runs of a stored schedule, or of `pattern`/`timezone` if given.
 
-        Each item has `at` (UTC), `local` and `note`, which explains a slot that falls on a DST
-        change (a local time that does not exist or happens twice) and what the service does.
+        Each item has `scheduledFor` (UTC), `scheduledLocal`, `timezone` and `note`, which explains
+        a slot on a DST change (a local time that does not exist or happens twice) and what the
+        service does. The keys are those of a recorded slot.
         """
         f.integer(count, "count", 1, MAX_PREVIEW)
         stored = None
@@ -111,7 +112,12 @@ class ScheduleApi:
         )
         slots = cron.preview(after or self.rt.now(), count)
         return [
-            {"at": iso(s.at), "local": s.local.isoformat(), "zone": cron.timezone, "note": s.note}
+            {
+                "scheduledFor": iso(s.at),
+                "scheduledLocal": s.local.isoformat(),
+                "timezone": cron.timezone,
+                "note": s.note,
+            }
             for s in slots
         ]
 
