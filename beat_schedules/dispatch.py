@@ -20,7 +20,7 @@ from beat_schedules.cron import CronSchedule
 from training_tasks.config import training as training_config
 from training_tasks.errors import ConfigError, TrainingServiceError
 from training_tasks.fields import iso
-from training_tasks.pipeline.submit import Enqueue, send_run
+from training_tasks.pipeline.submit import Enqueue, latest_data_reader, send_run
 from training_tasks.protocol.ids import new_run_id, new_version_id
 from training_tasks.registry import orgs, schedules
 from training_tasks.registry.schedules import PlannedRun, ScheduleRow
@@ -182,10 +182,17 @@ class Dispatcher:
         skipped: list[tuple[datetime, str]],
         note: str | None,
     ) -> PlannedRun | None:
-        """The run of `slot`: the org's mlModelConfig with a data window ending at the slot."""
+        """The run of `slot`: the org's mlModelConfig, its window ending at the slot or newest row."""
         try:
             org = orgs.get_org(self.rt.engine, row.org_id)
-            config = training_config.resolve(None, row.org_id, org.ml_model_config, slot)
+            config = training_config.resolve(
+                None,
+                row.org_id,
+                org.ml_model_config,
+                slot,
+                org.schema_config.column_mappings,
+                latest_data=latest_data_reader(org),
+            )
         except TrainingServiceError as exc:
             skipped.append((slot, f"the organization's config cannot start a run ({exc})"))
             return None

@@ -2,8 +2,10 @@
 one command.
 
 An embedded Redis (unless REDIS_URL is set), SQLite under ML_BASE_PATH (unless DATABASE_URL
-is set), demo SCADA databases for three organizations, a real Celery worker process, trainings
-at once with live progress, and a table of what was deployed. `initech`'s failures are rare and
+is set), demo SCADA databases for three organizations (SQLite files, or tables in the PostgreSQL
+database of `--scada-url`), a real Celery worker process, trainings at once with live progress,
+and a table of what was deployed. `--load-only` stops after loading the data and registering the
+organizations, for a worker and `trainctl train` of one's own. `initech`'s failures are rare and
 show only in the ratio of two sensors: it is trained first as a user would first try (raw
 columns, threshold 0.5), which validation rejects, then with `pressure / temperature` as a
 derived feature and the threshold of the best F1 on the inner fold, which passes.
@@ -12,6 +14,7 @@ derived feature and the threshold of the best F1 on the inner fold, which passes
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -21,18 +24,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from training_tasks.cli.views import console, deployed_table, follow_runs
+from training_tasks.cli.views import console, follow_runs, print_deployed
+from training_tasks.config.org import parse_org_config
 from training_tasks.config.settings import Settings
 from training_tasks.demo import scada
 from training_tasks.demo.child_process import die_with_parent
 from training_tasks.demo.embedded_redis import EmbeddedRedis
+from training_tasks.demo.postgres import (
+    DemoLoadError,
+    ensure_database,
+    is_postgres_url,
+    load_demo_table,
+)
 from training_tasks.errors import NotFoundError
 from training_tasks.messaging.broker import WorkerProbe
 from training_tasks.redaction import mask_url
@@ -56,14 +66,42 @@ RAW_REQUEST: dict[str, Any] = {
     "derivedFeatures": {},
     "decisionPolicy": {"type": "fixed", "threshold": 0.5},
 }
+DEMO_LAYOUTS = {
+    "acme-corp": scada.ACME_LAYOUT,
+    "globex": scada.GLOBEX_LAYOUT,
+    RARE_ORG: scada.INITECH_LAYOUT,
+}
 
 
 def run_demo(
-    *, keep_running: bool = False, assets: int = DEMO_ASSETS, days: int = DEMO_DAYS
+    *,
+    keep_running: bool = False,
+    assets: int = DEMO_ASSETS,
+    days: int = DEMO_DAYS,
+    scada_url: str | None = None,
+    load_only: bool = False,
 ) -> int:
-    """Run the demo end to end; returns the process exit code (0 if both orgs deployed)."""
+    """Run the demo end to end; returns the process exit code (0 if every org deployed).
+
+    `scada_url` (PostgreSQL) receives the demo SCADA tables instead of SQLite files under
+    ML_BASE_PATH/demo; with `load_only` the demo loads the data, registers the organizations
+    and stops there.
+    """
 
     base = Path(os.environ.get("ML_BASE_PATH") or "./ml").resolve()
+    if scada_url is not None and not is_postgres_url(scada_url):
+        console.print(
+            f"[red]--scada-url {mask_url(scada_url)} is not a PostgreSQL URL "
+            "(postgresql+psycopg://USER@HOST:PORT/DATABASE); without --scada-url the demo "
+            "writes SQLite files under ML_BASE_PATH/demo[/]"
+        )
+        return 2
+    if load_only and keep_running:
+        console.print("[red]--keep-running keeps the demo's worker; --load-only starts none[/]")
+        return 2
+    if load_only:
+        os.environ.setdefault("ML_BASE_PATH", str(base))
+        return _load_only(base, assets, days, scada_url)
     # SIGTERM or a closed terminal unwinds like Ctrl-C, so the worker and Redis are stopped.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
@@ -76,22 +114,37 @@ def run_demo(
         )
 
         svc = TrainingService()
-        orgs = _prepare_demo_orgs(svc, base / "demo", assets, days)
+        try:
+            orgs = _prepare_demo_orgs(svc, base / "demo", assets, days, scada_url)
+        except DemoLoadError as exc:
+            console.print(f"[red]{exc}[/]")
+            return 1
         with _worker(settings, base / "demo" / "worker.log") as worker:
             _wait_for_worker(worker, settings.redis_url)
-            return _train_all(svc, orgs, settings, keep_running, days)
+            return _train_all(svc, orgs, settings, keep_running)
 
 
-def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool, days: int) -> int:
+def _load_only(base: Path, assets: int, days: int, scada_url: str | None) -> int:
+    """Load the demo data and register the organizations; start nothing."""
+    settings = Settings.from_env()
+    console.print(f"[bold]database[/] {mask_url(settings.database_url)}")
+    try:
+        orgs = _prepare_demo_orgs(TrainingService(), base / "demo", assets, days, scada_url)
+    except DemoLoadError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    console.print(
+        f"ready: {', '.join(orgs)}; with a worker running, train one with "
+        f"`trainctl train {orgs[0]} --wait`; see its config with `trainctl org show {orgs[0]}`"
+    )
+    return 0
 
-    def data_range(span_days: int) -> dict[str, str]:
-        end = DEMO_START + timedelta(days=span_days)
-        return {"startDate": _iso(DEMO_START), "endDate": _iso(end)}
+
+def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool) -> int:
 
     def submit(org: str, **request: Any) -> Any:
-        span = RARE_DAYS if org == RARE_ORG else days
-        doc = {"dataRange": data_range(span), **request}
-        return svc.train_model(org, doc, wait=False, trigger="demo", actor="demo")
+        # No dataRange: each organization's own window, as `trainctl train ORG` would use it.
+        return svc.train_model(org, request, wait=False, trigger="demo", actor="demo")
 
     with PredictionService(settings.redis_url, settings.ml_base_path, orgs, port=0) as prediction:
         console.print(f"prediction service on http://127.0.0.1:{prediction.port}")
@@ -111,7 +164,7 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
         )
         tuned = follow_runs([submit(RARE_ORG)], timeout_s=1800)
         results = [r for r in results if r is not raw] + tuned
-        console.print(deployed_table([*results, raw], str(settings.ml_base_path)))
+        print_deployed([*results, raw], str(settings.ml_base_path))
         for result in results:
             _report(svc, prediction, result)
     for org in orgs:
@@ -126,10 +179,6 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
             while True:
                 time.sleep(1)
     return 0 if all(r["success"] for r in results) else 1
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -169,49 +218,81 @@ def _ask(port: int, org_id: str) -> str:
     return f"a request is answered by {doc['version']} (failure probability {doc['probabilities'][0]:.3f})"
 
 
-def _prepare_demo_orgs(svc: Any, demo_dir: Path, assets: int, days: int) -> list[str]:
-
+def _prepare_demo_orgs(
+    svc: Any, demo_dir: Path, assets: int, days: int, scada_url: str | None
+) -> list[str]:
+    """Write each demo organization's SCADA data (unless it is there) and register the org."""
     demo_dir.mkdir(parents=True, exist_ok=True)
-    layouts = {
-        "acme-corp": scada.ACME_LAYOUT,
-        "globex": scada.GLOBEX_LAYOUT,
-        RARE_ORG: scada.INITECH_LAYOUT,
-    }
-    for seed, (org_id, layout) in enumerate(layouts.items(), start=1):
+    if scada_url is not None and ensure_database(scada_url):
+        console.print(f"created the database of {mask_url(scada_url)}")
+    for seed, (org_id, layout) in enumerate(DEMO_LAYOUTS.items(), start=1):
         rare = org_id == RARE_ORG
-        shape = f"{RARE_ASSETS}x{RARE_DAYS}d_rare" if rare else f"{assets}x{days}d"
-        db_path = demo_dir / f"scada_{org_id}_{shape}.db"
-        if not db_path.exists():
-            with console.status(f"generating demo SCADA data for {org_id}"):
-                if rare:
-                    frame = pd.concat(
-                        scada.iter_rare_failure_frames(
-                            assets=RARE_ASSETS,
-                            days=RARE_DAYS,
-                            interval_min=15,
-                            seed=seed,
-                            start=DEMO_START,
-                        ),
-                        ignore_index=True,
-                    )
-                else:
-                    frame = scada.generate_sensor_frame(
-                        assets=assets, days=days, interval_min=10, seed=seed, start=DEMO_START
-                    )
-                scada.write_scada_sqlite(db_path, frame, layout)
-            console.print(f"generated {len(frame):,} sensor rows for {org_id} in {db_path}")
-        config = scada.demo_org_config(org_id, f"sqlite:///{db_path}", layout)
+        org_assets, org_days = (RARE_ASSETS, RARE_DAYS) if rare else (assets, days)
+        shape = f"{org_assets}x{org_days}d{'_rare' if rare else ''}"
+        frames = functools.partial(_frames, rare, org_assets, org_days, seed)
+        if scada_url is None:
+            url = _load_sqlite(demo_dir / f"scada_{org_id}_{shape}.db", frames, layout, org_id)
+        else:
+            tag = f"{org_id}, {shape} from {DEMO_START:%Y-%m-%d}"
+            loaded = load_demo_table(scada_url, frames, layout, tag)
+            state = "already held" if loaded.kept else "loaded"
+            console.print(
+                f"{org_id}: {state} {loaded.rows:,} sensor rows in table {layout.table!r} "
+                f"of {mask_url(scada_url)}"
+            )
+            url = scada_url
+        config = scada.demo_org_config(org_id, url, layout, window_days=org_days)
         if rare:
             config["mlModelConfig"].update(scada.RARE_FAILURE_MODEL)
-        try:
-            current = svc.get_organization(org_id)
-        except NotFoundError:
-            svc.register_organization(org_id, config, actor="demo")
-            console.print(f"registered organization {org_id}")
-            continue
-        if current["scadaDbConfig"].get("url") != config["scadaDbConfig"]["url"]:
-            svc.update_organization(org_id, config, actor="demo")
-    return list(layouts)
+        _register(svc, org_id, config)
+    return list(DEMO_LAYOUTS)
+
+
+def _frames(rare: bool, assets: int, days: int, seed: int) -> Iterator[pd.DataFrame]:
+    """One demo organization's sensor history, a week at a time."""
+    if rare:
+        return scada.iter_rare_failure_frames(
+            assets=assets, days=days, interval_min=15, seed=seed, start=DEMO_START
+        )
+    return scada.iter_sensor_frames(
+        assets=assets, days=days, interval_min=10, seed=seed, start=DEMO_START
+    )
+
+
+def _load_sqlite(
+    db_path: Path,
+    frames: Callable[[], Iterator[pd.DataFrame]],
+    layout: scada.ScadaLayout,
+    org_id: str,
+) -> str:
+    """A demo SQLite file (written once, under a temporary name first); its URL."""
+    if not db_path.exists():
+        partial = db_path.with_name(f".{db_path.name}.partial")
+        partial.unlink(missing_ok=True)
+        with console.status(f"generating demo SCADA data for {org_id}"):
+            rows = scada.write_scada_sqlite(partial, frames(), layout)
+        partial.replace(db_path)
+        console.print(f"generated {rows:,} sensor rows for {org_id} in {db_path}")
+    return f"sqlite:///{db_path}"
+
+
+def _register(svc: Any, org_id: str, config: dict[str, Any]) -> None:
+    """Register the organization, or bring a registered one to the demo's config.
+
+    A schedule set since (`trainctl schedule`) is kept.
+    """
+    try:
+        current = svc.get_organization(org_id)
+    except NotFoundError:
+        svc.register_organization(org_id, config, actor="demo")
+        console.print(f"registered organization {org_id} (queue org.{org_id})")
+        return
+    if current.get("trainingSchedule"):
+        config["trainingSchedule"] = current["trainingSchedule"]
+    wanted = parse_org_config(config, org_id).public_dict()
+    if any(current.get(key) != value for key, value in wanted.items()):
+        svc.update_organization(org_id, config, actor="demo")
+        console.print(f"updated organization {org_id} to the demo's config")
 
 
 @contextlib.contextmanager

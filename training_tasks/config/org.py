@@ -17,6 +17,7 @@ from training_tasks.config.training import (
     check_hyperparameters,
     check_target_not_feature,
 )
+from training_tasks.config.window import check_window_days, check_window_end
 from training_tasks.errors import ConfigError
 from training_tasks.redaction import mask_url
 
@@ -35,6 +36,7 @@ MODEL_KEYS = (
     "targetColumn",
     "featureColumns",
     "dataWindowDays",
+    "windowEnd",
     "thresholds",
     "script",
     "autoDeploy",
@@ -192,7 +194,9 @@ def parse_model_config(raw: object) -> dict[str, Any]:
     if "featureColumns" in cfg:
         cfg["featureColumns"] = list(f.string_list(cfg["featureColumns"], f"{name}.featureColumns"))
     if "dataWindowDays" in cfg:
-        f.integer(cfg["dataWindowDays"], f"{name}.dataWindowDays", 1, 3650)
+        check_window_days(cfg["dataWindowDays"], f"{name}.dataWindowDays")
+    if "windowEnd" in cfg:
+        check_window_end(cfg["windowEnd"], f"{name}.windowEnd")
     if "thresholds" in cfg:
         cfg["thresholds"] = _thresholds(cfg["thresholds"], f"{name}.thresholds")
     script = cfg.get("script")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from training_tasks import fields as f
 from training_tasks.config.derived import check_derived_features
+from training_tasks.config.window import LatestData, check_request_window, window_range
 from training_tasks.errors import ConfigError
 from training_tasks.protocol.ids import check_org_id
 
@@ -60,10 +61,11 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
 DEFAULT_VALIDATION_SPLIT = 0.2
 DEFAULT_INNER_VALIDATION_SPLIT = 0.2
 DEFAULT_DECISION_POLICY: dict[str, Any] = {"type": "fixed", "threshold": 0.5}
-DEFAULT_WINDOW_DAYS = 90
 REQUEST_KEYS = (
     "organizationId",
     "dataRange",
+    "dataWindowDays",
+    "windowEnd",
     "hyperparameters",
     "validationSplit",
     "targetColumn",
@@ -128,6 +130,7 @@ def check_request(request: object) -> Mapping[str, Any]:
         check_org_id(req["organizationId"])
     if "dataRange" in req:
         _data_range(req["dataRange"], "dataRange")
+    check_request_window(req)
     if "hyperparameters" in req:
         check_hyperparameters(req["hyperparameters"], "hyperparameters")
     if "validationSplit" in req:
@@ -192,11 +195,14 @@ def resolve(
     model_defaults: Mapping[str, Any],
     now: datetime,
     column_mappings: Mapping[str, str] | None = None,
+    *,
+    latest_data: LatestData | None = None,
 ) -> TrainingConfig:
     """Merge a request with the org's `mlModelConfig` defaults into a complete TrainingConfig.
 
     `column_mappings` (the org's schemaConfig.columnMappings) lets the target and the features
-    be compared as the SCADA columns they name, not only as the names given.
+    be compared as the SCADA columns they name, not only as the names given. `latest_data`
+    reads the newest row's time, for a window with `windowEnd: "latestData"`.
     """
     req = check_request({} if request is None else request)
     if req.get("organizationId", org_id) != org_id:
@@ -211,8 +217,7 @@ def resolve(
     if "dataRange" in req:
         start, end = _data_range(req["dataRange"], "dataRange")
     else:
-        days = model_defaults.get("dataWindowDays", DEFAULT_WINDOW_DAYS)
-        start, end = now - timedelta(days=days), now
+        start, end = window_range(req, model_defaults, now, latest_data)
     target = req.get("targetColumn", model_defaults.get("targetColumn"))
     features = req.get("featureColumns", model_defaults.get("featureColumns"))
     if target is None:

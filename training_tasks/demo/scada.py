@@ -417,6 +417,8 @@ def demo_org_config(
                 "metric": "auc",
             },
             "dataWindowDays": window_days,
+            # The demo's history ends on a fixed day: a window ending now would hold no rows.
+            "windowEnd": "latestData",
         },
         "trainingSchedule": {"pattern": "0 2 * * 0", "timezone": "UTC", "enabled": False},
         "scadaDbConfig": {"url": scada_url},

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from training_tasks.config import training as training_config
 from training_tasks.config.org import OrgConfig
+from training_tasks.config.window import LatestData
 from training_tasks.errors import ConfigError, SourceUnavailableError, TransientError
 from training_tasks.fields import check_nesting, kind, shown
 from training_tasks.pipeline.disk import check_run_fits
@@ -50,7 +51,9 @@ def submit_training(
     org = orgs.get_org(rt.engine, org_id)
     now = rt.now()
     mappings = org.schema_config.column_mappings
-    config = training_config.resolve(request, org_id, org.ml_model_config, now, mappings)
+    config = training_config.resolve(
+        request, org_id, org.ml_model_config, now, mappings, latest_data=latest_data_reader(org)
+    )
     _check_source(org, config)
     if rt.settings.ml_base_path.exists():  # the model store is here: check it has room now
         check_run_fits(rt, config)
@@ -88,20 +91,6 @@ def check_wire_request(request: object) -> Mapping[str, Any]:
     return request
 
 
-@contextlib.contextmanager
-def shortened_on_refusal(task_request: Any, request: object) -> Iterator[None]:
-    """If the block raises, let the task's stored result show a shortened copy of the request.
-
-    With `result_extended` Celery stores a task's arguments with its result, so a refused 10 MB
-    request would be kept whole in Redis for a week; the refusal itself echoes only its field.
-    """
-    try:
-        yield
-    except Exception:
-        task_request.args = [shown(request)]
-        raise
-
-
 def send_run(
     rt: Runtime, run_id: str, org_id: str, auto_deploy: bool, *, enqueue: Enqueue, actor: str
 ) -> str:
@@ -125,6 +114,31 @@ def send_run(
         ) from exc
     runs.set_task_id(rt.engine, run_id, task_id)
     return task_id
+
+
+def latest_data_reader(org: OrgConfig) -> LatestData:
+    """What a window with `windowEnd: "latestData"` ends at: the newest row of the org's table.
+
+    Read when the run is submitted (one MIN/MAX query), so the run records the range it trains.
+    """
+
+    def read() -> datetime | None:
+        try:
+            url = org.resolve_scada_url()
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.field,
+                f'{exc.problem}; windowEnd "latestData" reads the newest row of the SCADA table '
+                "when a run is submitted, so the URL is needed where runs are submitted "
+                "(trainctl, the Python API, beat) as well as on the workers",
+            ) from None
+        from training_tasks.stages.extract.bounds import latest_timestamp  # SQLAlchemy, ADBC
+
+        return latest_timestamp(
+            url, org.schema_config, org.organization_id, connect_timeout_s=SCHEMA_CHECK_TIMEOUT_S
+        )
+
+    return read
 
 
 def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> None:

@@ -45,25 +45,7 @@ def plan_source(
 ) -> SourcePlan:
     """Check the configured names against the live schema and build the range query."""
     org = config.organization_id
-    url = _parse_url(source_url, org)
-    name = url.get_backend_name()
-    if name not in ("postgresql", "sqlite"):
-        raise ExtractError(
-            f"organization {org}: scadaDbConfig.url uses {name!r}; use postgresql or sqlite"
-        )
-    backend: Literal["postgresql", "sqlite"] = "sqlite" if name == "sqlite" else "postgresql"
-    if backend == "sqlite":
-        driver_uri = _sqlite_uri(url, org)
-        # A creator, not a URL: SQLAlchemy would decode the %-escapes that the file URI needs.
-        engine = sa.create_engine(
-            "sqlite://", creator=lambda: sqlite3.connect(driver_uri, uri=True), poolclass=NullPool
-        )
-    else:
-        driver_uri = _libpq_uri(url, connect_timeout_s)
-        timeout = {"connect_timeout": max(1, round(connect_timeout_s)), "options": READ_ONLY}
-        engine = sa.create_engine(
-            url.set(drivername="postgresql+psycopg"), connect_args=timeout, poolclass=NullPool
-        )
+    engine, backend, driver_uri = source_engine(source_url, org, connect_timeout_s)
     masked = mask_url(source_url)
     columns, types = _checked_columns(engine, masked, schema, config)
     physical = dict.fromkeys(c.physical for c in columns)  # a column may serve twice
@@ -73,6 +55,45 @@ def plan_source(
     else:
         sql, params = _postgres_query(table, columns, config, types)
     return SourcePlan(org, backend, sql, params, tuple(columns), driver_uri, masked)
+
+
+def source_engine(
+    source_url: str, org: str, connect_timeout_s: float
+) -> tuple[sa.Engine, Literal["postgresql", "sqlite"], str]:
+    """A read-only engine without a pool on the SCADA database, its backend and driver URI."""
+    url = _parse_url(source_url, org)
+    name = url.get_backend_name()
+    if name not in ("postgresql", "sqlite"):
+        raise ExtractError(
+            f"organization {org}: scadaDbConfig.url uses {name!r}; use postgresql or sqlite"
+        )
+    if name == "sqlite":
+        driver_uri = _sqlite_uri(url, org)
+        # A creator, not a URL: SQLAlchemy would decode the %-escapes that the file URI needs.
+        engine = sa.create_engine(
+            "sqlite://", creator=lambda: sqlite3.connect(driver_uri, uri=True), poolclass=NullPool
+        )
+        return engine, "sqlite", driver_uri
+    driver_uri = _libpq_uri(url, connect_timeout_s)
+    timeout = {"connect_timeout": max(1, round(connect_timeout_s)), "options": READ_ONLY}
+    engine = sa.create_engine(
+        url.set(drivername="postgresql+psycopg"), connect_args=timeout, poolclass=NullPool
+    )
+    return engine, "postgresql", driver_uri
+
+
+def timestamp_column_type(
+    conn: sa.Connection, schema: SchemaConfig, org: str
+) -> sa.types.TypeEngine[Any]:
+    """Check that the table and its timestamp column exist and hold timestamps; their type."""
+    real = _real_columns(sa.inspect(conn), schema, org)
+    col = SourceColumn(
+        "schemaConfig.timestampColumn", TIMESTAMP_FIELD, schema.timestamp_column, "timestamp"
+    )
+    _check_name(col, real, schema, org)
+    sql_type = real[col.physical]
+    _check_type(col, sql_type, org, sqlite_source=conn.dialect.name == "sqlite")
+    return sql_type
 
 
 def read_batches(plan: SourcePlan, batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 from training_tasks import fields as f
 from training_tasks.config.org import SchemaConfig
 from training_tasks.config.training import TrainingConfig
-from training_tasks.errors import ExtractError
+from training_tasks.errors import ExtractError, SourceUnavailableError
+from training_tasks.stages.extract.bounds import table_time_span
 from training_tasks.stages.extract.plan import SourceColumn, SourcePlan
 from training_tasks.stages.extract.source import (
     ASSET_FIELD,
@@ -127,7 +128,9 @@ def extract(
         _stream(plan, batch_rows, split_at, train, holdout, _progress(progress, started))
         train.close()
         holdout.close()
-        _check_parts(train, holdout, config, split_at, schema.table)
+        if train.rows + holdout.rows == 0:
+            _no_rows(source_url, schema, config, connect_timeout_s)
+        _check_parts(train, holdout, config, split_at)
     except BaseException:
         train.discard()
         holdout.discard()
@@ -291,17 +294,29 @@ def _bad_values(
     )
 
 
-def _check_parts(
-    train: _Part, holdout: _Part, config: TrainingConfig, split_at: datetime, table: str
+def _no_rows(
+    source_url: str, schema: SchemaConfig, config: TrainingConfig, connect_timeout_s: float
 ) -> None:
+    """Refuse an empty range, naming the span the table does hold (one MIN/MAX query)."""
+    org = config.organization_id
+    span = f"{f.iso(config.start)} to {f.iso(config.end)}"
+    try:
+        held = table_time_span(source_url, schema, org, connect_timeout_s=connect_timeout_s)
+    except (ExtractError, SourceUnavailableError) as exc:
+        where = f"(its span could not be read: {exc})"
+    else:
+        where = f"({held.describe()})"
+    raise ExtractError(
+        f"organization {org}: table {schema.table!r} has no rows in dataRange {span} {where}; "
+        'widen dataRange or use "windowEnd": "latestData" (the window then ends at the newest '
+        "row), and check schemaConfig.timestampColumn"
+    )
+
+
+def _check_parts(train: _Part, holdout: _Part, config: TrainingConfig, split_at: datetime) -> None:
     org = config.organization_id
     span = f"{f.iso(config.start)} to {f.iso(config.end)}"
     rows, positives = train.rows + holdout.rows, train.positives + holdout.positives
-    if rows == 0:
-        raise ExtractError(
-            f"organization {org}: table {table!r} has no rows in dataRange {span}; choose a "
-            "dataRange that holds sensor data (and check schemaConfig.timestampColumn)"
-        )
     if positives in (0, rows):
         label = "1 (failure)" if positives else "0 (no failure)"
         raise ExtractError(
