@@ -87,7 +87,12 @@ def test_a_good_model_passes_and_validation_json_has_every_metric(
         and doc["modelSizeBytes"] == (tmp_path / "m" / "model.onnx").stat().st_size
     )
     assert all(set(c) == {"name", "passed", "value", "limit", "detail"} for c in doc["checks"])
-    assert [p.name for p in path.parent.iterdir()] == ["validation.json"]  # no temp file left
+    # The report beside it; no temporary file left.
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "report.html",
+        "report_data.json",
+        "validation.json",
+    ]
     report.raise_if_rejected()
 
 

@@ -156,7 +156,7 @@ def test_validation_json_keeps_every_field_and_adds_counts_intervals_and_the_thr
         "rows",
         "durationMs",
     }
-    assert old | {"decisionThreshold", "counts", "intervals", "warnings"} == set(doc)
+    assert old | {"decisionThreshold", "counts", "intervals", "warnings", "report"} == set(doc)
     assert doc["decisionThreshold"] == 0.5 and doc["metrics"]["decisionThreshold"] == 0.5
     assert doc["counts"] == {
         "rows": 1000,

@@ -287,28 +287,29 @@ def measure_latency(
 
 def open_native(
     path: Path | None, features: Sequence[str], derived: Sequence[DerivedFeature], limit: float
-) -> tuple[Predictor | None, Check | None]:
+) -> tuple[Predictor | None, Check | None, list[tuple[str, float]] | None]:
     """The native booster as a predictor of the raw `features`, or the final parity check when
-    there is none to use. The booster was trained on [raw..., derived...]: the derived columns
-    are computed here by the service's own evaluator, the ONNX graph computes its own."""
+    there is none to use; and the total gain of each feature's splits, for the report. The
+    booster was trained on [raw..., derived...]: the derived columns are computed here by the
+    service's own evaluator, the ONNX graph computes its own."""
     if path is None or not os.path.lexists(path):
-        return None, Check("parity", True, None, limit, "skipped (no native model)")
+        return None, Check("parity", True, None, limit, "skipped (no native model)"), None
     try:  # LightGBM gets the text, never a path the script could have made a link or FIFO
         text = read_script_output(Path(path), MAX_MODEL_READ_BYTES, "the native model").decode()
         booster = lgb.Booster(model_str=text)
     except (UnsafeFile, OSError, UnicodeDecodeError) as exc:
         detail = f"the native model {path} cannot be read: {exc}"
-        return None, Check("parity", False, None, limit, detail)
+        return None, Check("parity", False, None, limit, detail), None
     except lgb.basic.LightGBMError as exc:
         detail = f"the native model {path} cannot be loaded by LightGBM: {str(exc).strip()}"
-        return None, Check("parity", False, None, limit, detail)
+        return None, Check("parity", False, None, limit, detail), None
     width = len(features) + len(derived)
     if booster.num_feature() != width:
         split = f" ({len(features)} raw and {len(derived)} derived)" if derived else ""
         detail = (
             f"the native model {path} takes {booster.num_feature()} features, not {width}{split}"
         )
-        return None, Check("parity", False, None, limit, detail)
+        return None, Check("parity", False, None, limit, detail), None
 
     def predict(features: np.ndarray) -> np.ndarray:
         out = np.asarray(booster.predict(features))
@@ -319,7 +320,16 @@ def open_native(
             )
         return out
 
-    return with_derived(predict, features, derived), None
+    return with_derived(predict, features, derived), None, _gains(booster, features, derived)
+
+
+def _gains(
+    booster: lgb.Booster, features: Sequence[str], derived: Sequence[DerivedFeature]
+) -> list[tuple[str, float]]:
+    """Each input's total split gain, named as the run names it (the booster's names may not be)."""
+    names = [*features, *(str(feature["name"]) for feature in derived)]
+    gains = booster.feature_importance(importance_type="gain")
+    return [(name, float(gain)) for name, gain in zip(names, gains, strict=True)]
 
 
 def with_derived(

@@ -12,6 +12,7 @@ import numpy as np
 
 from training_tasks.errors import ValidationRejected
 from training_tasks.files import fsync_dir, write_json_atomic
+from training_tasks.reports.build import ReportInputs, write_report
 from training_tasks.stages.validate.model_checks import Check
 
 NEXT_STEP = (
@@ -47,6 +48,10 @@ class ValidationReport:
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Findings that do not reject: a gate inside its metric's 95% interval.
     warnings: list[str] = field(default_factory=list)
+    # What report.html is drawn from; kept in memory only, never in validation.json.
+    evidence: ReportInputs | None = field(default=None, repr=False, compare=False)
+    # What `write` recorded about report.html: its file, size and build time, or the error.
+    html_report: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-able camelCase data, for validation.json and the database."""
@@ -70,12 +75,16 @@ class ValidationReport:
             "counts": self.counts,
             "intervals": self.intervals,
             "warnings": self.warnings,
+            "report": self.html_report or None,
         }
         return dict(_jsonable(doc))
 
     def write(self, path: Path) -> Path:
-        """Write validation.json atomically: readers see the old file or the whole new one."""
+        """Write report.html beside validation.json, then validation.json atomically: readers
+        see the old file or the whole new one. A report that fails is recorded, not raised."""
         path = Path(path)
+        self.html_report.clear()
+        self.html_report.update(write_report(path.parent, self.as_dict(), self.evidence))
         write_json_atomic(path, self.as_dict())
         fsync_dir(path.parent)
         return path

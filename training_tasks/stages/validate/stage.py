@@ -17,6 +17,7 @@ from training_tasks.files import UnsafeFile, read_script_output
 from training_tasks.protocol.decision import DEFAULT_THRESHOLD
 from training_tasks.protocol.keyring import Keyring, SealedDataError
 from training_tasks.protocol.onnx_checks import UnsafeModel, check_model_bytes
+from training_tasks.stages.validate.for_report import report_inputs
 from training_tasks.stages.validate.holdout import (
     Holdout,
     Scored,
@@ -89,6 +90,7 @@ def validate(
     holdout_sha256: str | None = None,
     derived_features: Sequence[DerivedFeature] | None = None,
     recorded_thresholds: Mapping[str, object] | None = None,
+    train_path: Path | None = None,
 ) -> ValidationReport:
     """Run every check on the model and report; a bad model is a verdict here, not an error.
 
@@ -96,7 +98,8 @@ def validate(
     `derived_features` ([{name, expression, ast}]) and `recorded_thresholds` (where the run
     recorded its decision threshold: the value, or None where one is missing) are what the run
     recorded; the model's metadata must repeat them. Without a run (None) the model's own
-    metadata is taken.
+    metadata is taken. `train_path` (default: train.parquet beside the holdout) is summarized
+    in the report, for drift against the deployed version.
     """
     started_ns = time.perf_counter_ns()
     features = list(feature_columns)
@@ -112,6 +115,7 @@ def validate(
             run=RunRecord(derived_features, recorded_thresholds or {}),
             native_model_path=native_model_path,
             deployed=(deployed_model_path, target_column),
+            train_path=train_path,
         )
     finally:
         if holdout is not None:
@@ -139,6 +143,7 @@ def _judge(
     run: RunRecord,
     native_model_path: Path | None,
     deployed: tuple[Path | None, str],
+    train_path: Path | None = None,
 ) -> tuple[list[Check], dict[str, Any]]:
     """Every check, in order, and the measurements the report carries besides them."""
     opened, holdout_problem = holdout
@@ -147,7 +152,7 @@ def _judge(
     latency = measure_latency(loaded.model, sample) if loaded.model else {}
     checks = [*loaded.checks, _latency_check(latency, limits, _blocker(loaded.checks))]
     parity_limit = float(limits["maxParityDiff"])
-    native, parity_check = open_native(
+    native, parity_check, importance = open_native(
         native_model_path, features, _derived(run, loaded.decision), parity_limit
     )
     enabled = bool(limits["notWorseThanDeployed"])
@@ -160,8 +165,11 @@ def _judge(
     checks.append(positives_check(scored if holdout_ok else None, limits))
     threshold = loaded.decision.threshold if loaded.decision else None
     verdicts, found = _verdicts(scored, checks, threshold, limits, (parity_check, comparison))
+    paths = (opened.path if opened is not None else Path(), train_path)
+    evidence = report_inputs(scored, checks, found, importance, paths, (features, deployed[1]))
     return checks + verdicts, {
         **found,
+        "evidence": evidence,
         "latency": latency,
         "memory": loaded.memory,
         "model_sha256": loaded.sha256,
