@@ -1,8 +1,8 @@
 """Multi-tenant training service. Packages, each importing only the ones below it (make lint):
 
-cli > demo > service > messaging > pipeline > stages > sandbox > registry, runtime > db > config >
-protocol > fields, files, redaction > errors (docs/development.md). `celery -A training_tasks` finds the app through
-`app`; it is imported lazily so that light modules (`training_tasks.client`,
+cli > demo, ui > service > messaging > pipeline > stages > sandbox, reports > registry, runtime >
+db > config > protocol > fields, files, redaction > errors (docs/development.md). `celery -A
+training_tasks` finds the app through `app`; it is imported lazily so that light modules (`training_tasks.client`,
 `training_tasks.protocol`) stay cheap to import.
 """
 

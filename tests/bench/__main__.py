@@ -18,6 +18,8 @@ BENCHMARKS = (
     "bench_extract",
     "bench_train",
     "bench_validate",
+    "bench_report",
+    "bench_ui",
     "bench_chain",
     "bench_hotswap",
     "bench_swap_load",

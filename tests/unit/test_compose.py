@@ -33,7 +33,7 @@ COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SOURCE_DIRS = ("training_tasks", "workers", "beat_schedules")
-SERVICES = ("redis", "postgres", "migrate", "worker", "beat", "flower", "predict")
+SERVICES = ("redis", "postgres", "migrate", "worker", "beat", "flower", "predict", "ui")
 # Read by the programs in the images themselves, not by the service.
 SET_BY_DOCKER = {"HOSTNAME"}
 ENV_MAPPINGS = {"os.environ", "environ", "env"}
@@ -99,7 +99,8 @@ def environment(svc: dict[str, Any]) -> dict[str, str]:
     env = svc.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {name: interpolate(value) for name, value in env.items()}
+    # A name without a value (`FLOWER_BASIC_AUTH:`) passes the shell's value through.
+    return {name: interpolate(value or "") for name, value in env.items()}
 
 
 def volume_mounts(svc: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -236,7 +237,7 @@ def long_options(args: list[str]) -> set[str]:
 
 def test_compose_defines_every_service_of_the_system() -> None:
     assert set(SERVICES) <= set(services()), sorted(set(SERVICES) - set(services()))
-    assert set(project_services()) == {"migrate", "worker", "beat", "flower", "predict"}
+    assert set(project_services()) == {"migrate", "worker", "beat", "flower", "predict", "ui"}
 
 
 def test_redis_keeps_an_append_only_file_never_evicts_and_answers_ping() -> None:
@@ -309,7 +310,8 @@ def test_every_environment_variable_set_on_a_project_service_is_read_by_the_serv
         f"{service}: {name}"
         for service, svc in project_services().items()
         for name in environment(svc)
-        if name not in reads
+        # Flower reads its own FLOWER_* options from the environment.
+        if name not in reads and not (service == "flower" and name.startswith("FLOWER_"))
     }
     names = {name for svc in project_services().values() for name in environment(svc)}
     readers = {name: sorted(reads[name]) for name in sorted(names & set(reads))}
@@ -349,7 +351,7 @@ def test_the_service_database_is_the_postgres_service_through_psycopg() -> None:
 
 def test_every_long_running_project_service_has_a_healthcheck() -> None:
     long_running = set(project_services()) - one_shot_services()
-    assert long_running == {"worker", "beat", "flower", "predict"}
+    assert long_running == {"worker", "beat", "flower", "predict", "ui"}
     missing = {s for s in long_running if not services()[s].get("healthcheck", {}).get("test")}
     assert not missing, f"no health check: {sorted(missing)}"
 
@@ -423,7 +425,7 @@ def test_ports_are_published_on_the_loopback_address_only() -> None:
             assert host_ip == "127.0.0.1", f"{name} publishes a port on {host_ip or 'all'}"
 
 
-@pytest.mark.parametrize("service", ["flower", "predict"])
+@pytest.mark.parametrize("service", ["flower", "predict", "ui"])
 def test_web_services_listen_on_every_container_address_on_the_published_port(
     service: str,
 ) -> None:

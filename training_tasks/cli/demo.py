@@ -55,6 +55,7 @@ DEMO_ASSETS = 24
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 20.0
 SWAP_WAIT_S = 10.0
+DASHBOARD_PORT = 8088  # trainctl ui's default
 # One sensor reading in the demo's feature order: temperature, pressure, vibration, current.
 DEMO_ROW = [63.0, 415.0, 2.4, 32.5]
 # Rare failures that only pressure / temperature shows (see scada.iter_rare_failure_frames).
@@ -174,11 +175,25 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
                 f"  {org}: previous version {state['previousVersion']} stays deployable for rollback"
             )
     if keep_running:
-        console.print("worker keeps running; press Ctrl-C to stop")
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(1)
+        _keep_running(svc)
     return 0 if all(r["success"] for r in results) else 1
+
+
+def _keep_running(svc: Any) -> None:
+    """Serve the dashboard on loopback until Ctrl-C; its address is the last line printed."""
+    from training_tasks.ui.app import Dashboard  # Tornado: only when kept running
+    from training_tasks.ui.server import DashboardServer
+
+    dash = Dashboard(svc.rt.engine, svc.rt.store, svc.rt.now)
+    try:
+        server = DashboardServer(dash, "127.0.0.1", DASHBOARD_PORT)
+    except OSError:  # 8088 is taken (another dashboard?): any free port, printed below
+        server = DashboardServer(dash, "127.0.0.1", 0)
+    with server, contextlib.suppress(KeyboardInterrupt):
+        console.print("worker keeps running; press Ctrl-C to stop")
+        console.print(f"[bold]dashboard[/] {server.url}")
+        while True:
+            time.sleep(1)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

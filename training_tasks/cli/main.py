@@ -14,8 +14,10 @@ import click
 from training_tasks.cli.common import _echo_json, _service, read_json_object, run_cli
 from training_tasks.cli.database import db
 from training_tasks.cli.metrics import metrics_command
+from training_tasks.cli.report import report_command
 from training_tasks.cli.schedule import schedule, schedules_command
 from training_tasks.cli.secrets import secrets as secrets_group
+from training_tasks.cli.ui import ui_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -202,7 +204,7 @@ def cancel(org_id: str, wait_s: float) -> None:
 def serve(
     port: int, host: str, org_ids: tuple[str, ...], replica_id: str | None, fallback: str
 ) -> None:
-    """Run the reference prediction service: POST /predict/<org>, GET /health.
+    """Run the reference prediction service: POST /predict/<org>, GET /health, GET /metrics.
 
     It loads each organization's deployed model, follows deployments and rollbacks through
     Redis and swaps models without failing a request. While Redis holds no announcement of an
@@ -411,7 +413,9 @@ cli.add_command(db)
 cli.add_command(schedule)
 cli.add_command(schedules_command)
 cli.add_command(metrics_command)
+cli.add_command(report_command)
 cli.add_command(secrets_group)
+cli.add_command(ui_command)
 
 
 def main() -> None:
