@@ -7,6 +7,9 @@ It exists so the hot-swap can be exercised the way prediction services use it. E
                                                                "alarms": [true, ...],
                                                                "threshold": 0.5}
     GET  /health          {"status": "ok", "replicaId", "versions": {org: version}}
+    GET  /metrics         Prometheus metrics: requests by organization and outcome, their
+                          latency, the version each organization is served by, the last swap,
+                          loads and failed loads (workers/model_cache/metrics.py)
 
 `alarms` holds the model's decision for each row, made at its `threshold` (0.5 for a model
 exported without one).
@@ -27,6 +30,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.model_cache import Fallback, ModelCache, ModelUnavailable
+from workers.model_cache.metrics import PredictionMetrics
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -54,6 +59,7 @@ class PredictionServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], cache: ModelCache) -> None:
         super().__init__(address, _Handler)
         self.cache = cache
+        self.metrics = PredictionMetrics(cache)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
 
@@ -82,6 +88,7 @@ class PredictionServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: PredictionServer
+    _status: HTTPStatus = HTTPStatus.OK  # of the reply being written, for the metrics
     protocol_version = "HTTP/1.1"
     wbufsize = RESPONSE_BUFFER_BYTES  # handle_one_request flushes once the reply is written
     disable_nagle_algorithm = True
@@ -94,8 +101,15 @@ class _Handler(BaseHTTPRequestHandler):
         return answered
 
     def do_GET(self) -> None:
+        if self.path == "/metrics":
+            body, content_type = self.server.metrics.render()
+            self._send(HTTPStatus.OK, body, content_type)
+            return
         if self.path != "/health":
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}; try /health"})
+            self._reply(
+                HTTPStatus.NOT_FOUND,
+                {"error": f"no such path {self.path}; try /health or /metrics"},
+            )
             return
         cache = self.server.cache
         self._reply(
@@ -104,6 +118,18 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_POST(self) -> None:
+        started = time.perf_counter()
+        self._status = HTTPStatus.INTERNAL_SERVER_ERROR  # unless a reply says otherwise
+        try:
+            self._predict()
+        finally:
+            # Until the reply is in the buffer; handle_one_request flushes it right after.
+            match = PREDICT_PATH.match(self.path)
+            if match is not None:
+                elapsed_s = time.perf_counter() - started
+                self.server.metrics.observe(match.group(1), self._status, elapsed_s)
+
+    def _predict(self) -> None:
         try:
             body = self._body()  # read first, so the connection is ready for the next request
         except _BadRequest as exc:
@@ -156,9 +182,12 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _reply(self, status: HTTPStatus, doc: dict[str, Any]) -> None:
-        data = json.dumps(doc).encode("utf-8")
+        self._send(status, json.dumps(doc).encode("utf-8"), "application/json")
+
+    def _send(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+        self._status = status
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
             self.send_header("Connection", "close")

@@ -13,6 +13,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -55,7 +56,9 @@ LEAKY_REQUEST = {
     # but the message carries it, so Flower and the logs must not show it.
     "scadaDbConfig": {"url": f"postgresql://scada:{SECRET}@db.plant:5432/plant"},
 }
-CHAIN = ("training.submit", "training.extract", "training.train", "training.validate")
+STAGES = ("training.extract", "training.train", "training.validate", "training.deploy")
+# How Flower lists the chain of a run of acme-corp: each stage with its organization.
+SHOWN_CHAIN = ("training.submit", *(f"{stage}[acme-corp]" for stage in STAGES))
 FINISHED = ("succeeded", "validated", "rejected", "failed", "cancelled")
 
 
@@ -73,7 +76,7 @@ class Stack:
         self.service.register_organization(org_id, doc, actor="test")
 
     def run_row(self, run_id: str) -> dict[str, Any]:
-        return runs.get_run(self.service.rt.engine, run_id)
+        return dict(runs.get_run(self.service.rt.engine, run_id))
 
     def wait_finished(self, run_id: str) -> dict[str, Any]:
         return wait_for(
@@ -158,25 +161,26 @@ def test_training_submit_through_flowers_api_trains_and_flower_lists_the_chain(
 
     def chain_seen() -> dict[str, dict[str, Any]] | None:
         shown = {t["name"]: t for t in flower_tasks(flower).values()}
-        done = all(shown.get(n, {}).get("state") == "SUCCESS" for n in (*CHAIN, "training.deploy"))
-        return shown if done else None
+        done = all(shown.get(n, {}).get("state") == "SUCCESS" for n in SHOWN_CHAIN)
+        # Each stage is listed under its display name, which names the organization.
+        return {n.split("[")[0]: shown[n] for n in SHOWN_CHAIN} if done else None
 
     shown = wait_for(chain_seen, EVENTS_TIMEOUT_S, "Flower to show the whole chain succeeded")
     assert "'organizationId': 'acme-corp'" in shown["training.submit"]["args"]
     assert queued["runId"] in shown["training.submit"]["result"]
-    for stage in ("training.extract", "training.train", "training.validate", "training.deploy"):
+    for stage in STAGES:
         assert shown[stage]["args"] == repr([queued["runId"]]), stage
         assert shown[stage]["routing_key"] == "org.acme-corp"
 
     metrics = http(f"{flower.url}/metrics")
     events = samples(metrics, "flower_events_total")
-    for name in (*CHAIN, "training.deploy"):
+    for name in SHOWN_CHAIN:
         mine = [s for s in events if s.labels["task"] == name]
         assert any(s.labels["type"] == "task-succeeded" and s.value >= 1 for s in mine), name
     online = samples(metrics, "flower_worker_online")
     assert any(s.labels["worker"] == worker.name and s.value == 1 for s in online)
     runtimes = samples(metrics, "flower_task_runtime_seconds_count")
-    assert any(s.labels["task"] == "training.train" for s in runtimes)
+    assert any(s.labels["task"] == "training.train[acme-corp]" for s in runtimes)
 
 
 def test_flowers_api_needs_the_login_given_to_flower_and_its_metrics_do_not(stack: Stack) -> None:
@@ -189,6 +193,24 @@ def test_flowers_api_needs_the_login_given_to_flower_and_its_metrics_do_not(stac
         sent = http(apply, {"args": [{"organizationId": "acme-corp"}]}, login="ops:s3cret-login")
         assert sent["state"] == "PENDING" and sent["task-id"]
         assert "flower_events_total" in http(f"{guarded.url}/metrics")
+
+
+def test_flowers_broker_tab_and_queue_lengths_show_requests_waiting_for_a_worker(
+    stack: Stack,
+) -> None:
+    # No worker: the requests stay in training.requests. With a login, as compose runs Flower.
+    login = "ops:s3cret-login"
+    env = {**stack.env, "FLOWER_BASIC_AUTH": login}
+    with flower_process(env, stack.tmp, unauthenticated_api=False) as flower:
+        for _ in range(3):
+            submit = f"{flower.url}/api/task/async-apply/training.submit"
+            http(submit, {"args": [{"organizationId": "acme-corp"}]}, login=login)
+        lengths = http(f"{flower.url}/api/queues/length", login=login)
+        assert {"name": "training.requests", "messages": 3} in lengths["active_queues"]
+        page = http(f"{flower.url}/broker", login=login)
+        assert "training.requests" in page and "not supported" not in page
+        assert "redis://" in page  # the broker, named by its scheme
+    assert "Unable to get queues" not in flower.log_tail(10_000)
 
 
 FOREIGN_CLIENT = """
@@ -243,6 +265,7 @@ def test_trainctl_metrics_serves_runs_and_deployments_on_a_loopback_port(
 ) -> None:
     stack.register()
     done = stack.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
+    assert isinstance(done, dict)  # with a timeout, the run's result
     assert done["status"] == "succeeded", done["error"] or worker.log_tail()
     port = free_port()
     proc = subprocess.Popen(
@@ -275,6 +298,14 @@ def test_trainctl_metrics_serves_runs_and_deployments_on_a_loopback_port(
     [total_s] = samples(text, "training_run_seconds_sum")
     assert count.value == 1 and 0 < total_s.value < RUN_TIMEOUT_S
     assert samples(text, "training_runs_active")[0].value == 0
+    [info] = samples(text, "model_deployed_info")
+    assert info.labels == {**org, "version": done["version"]} and info.value == 1
+    scores = {n: samples(text, f"model_deployed_holdout_{n}")[0] for n in ("precision", "recall")}
+    assert all(0.7 <= s.value <= 1.0 for s in scores.values()), scores  # the gates are 0.70
+    [auc] = samples(text, "model_deployed_holdout_auc")
+    assert auc.labels == org and 0.5 < auc.value <= 1.0
+    [last] = samples(text, "training_last_success_timestamp_seconds")
+    assert abs(last.value - time.time()) < RUN_TIMEOUT_S + 30
 
 
 def _scrape(url: str) -> str | None:
@@ -309,7 +340,7 @@ def test_flower_shows_the_train_stage_in_progress_with_its_iteration(
     queued = submitted_run(flower, submit_through_flower(flower, request))
 
     def progress_or_finished() -> dict[str, Any] | str | None:
-        for task in flower_tasks(flower, taskname="training.train").values():
+        for task in flower_tasks(flower, taskname="training.train[acme-corp]").values():
             shown = (
                 json.loads(task["result"]) if task["state"] == "PROGRESS" and task["result"] else {}
             )
@@ -326,7 +357,8 @@ def test_flower_shows_the_train_stage_in_progress_with_its_iteration(
     assert 1 <= progress["iteration"] <= progress["total"] == 100
     events = samples(http(f"{flower.url}/metrics"), "flower_events_total")
     assert any(
-        s.labels["task"] == "training.train" and s.labels["type"] == "task-progress" for s in events
+        s.labels["task"] == "training.train[acme-corp]" and s.labels["type"] == "task-progress"
+        for s in events
     )
     # Nothing stale is left behind: the finished stage is not PROGRESS in the result backend.
     assert http(f"{flower.url}/api/task/result/{seen['uuid']}")["state"] != "PROGRESS"

@@ -7,11 +7,17 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Engine, event, insert, update
 
 from tests.support.registry_fixtures import NOW, migrated_engine, register
 from training_tasks.db.engine import make_engine
-from training_tasks.db.tables import audit_events, schedule_slots, training_runs
+from training_tasks.db.tables import (
+    audit_events,
+    model_versions,
+    organizations,
+    schedule_slots,
+    training_runs,
+)
 from training_tasks.registry.metrics import metrics_app, registry_for
 
 ORGS = ("acme-corp", "globex", "initech")
@@ -102,6 +108,31 @@ def history(engine: Engine) -> Engine:
     return engine
 
 
+def deploy_version(engine: Engine, n: int, org_id: str, scores: dict[str, Any]) -> str:
+    """Record run `n`'s model as validated with `scores` and make it the org's deployed one."""
+    version = f"v2026-06-01T12-00-00-000Z_{n:08x}"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(model_versions).values(
+                version=version,
+                organization_id=org_id,
+                run_id=f"{n:032x}",
+                status="deployed",
+                model_path=f"/ml/models/{org_id}/model_{version}.onnx",
+                sha256="0" * 64,
+                size_bytes=1,
+                validation={"passed": True, "metrics": scores},
+                created_at=NOW,
+            )
+        )
+        conn.execute(
+            update(organizations)
+            .where(organizations.c.id == org_id)
+            .values(current_version=version)
+        )
+    return version
+
+
 def value(engine: Engine, name: str, **labels: str) -> float | None:
     return registry_for(engine).get_sample_value(name, labels)
 
@@ -132,6 +163,36 @@ def test_deployments_and_rollbacks_are_counted_from_the_audit_trail(history: Eng
     assert {s.labels["event"] for s in deployments.samples} == {"deployed", "rolled_back"}
 
 
+def test_the_last_successful_run_is_when_the_newest_succeeded_run_finished(
+    history: Engine,
+) -> None:
+    # Run 2 (queued at hour 2, started 5 s later, took 90 s) is acme's newest success.
+    finished = NOW + timedelta(hours=2, seconds=95)
+    got = value(history, "training_last_success_timestamp_seconds", organization="acme-corp")
+    assert got == pytest.approx(finished.timestamp())
+    # globex has only a rejected and failed runs: no success to report.
+    assert value(history, "training_last_success_timestamp_seconds", organization="globex") is None
+
+
+def test_the_deployed_version_and_its_holdout_scores_are_reported_per_organization(
+    history: Engine,
+) -> None:
+    scores = {"rocAuc": 0.91, "precision": 0.82, "recall": 0.77, "accuracy": 0.9}
+    version = deploy_version(history, 2, "acme-corp", scores)
+    deploy_version(history, 5, "globex", {"rocAuc": None, "precision": 0.7, "recall": 0.71})
+    labels = {"organization": "acme-corp", "version": version}
+    assert value(history, "model_deployed_info", **labels) == 1
+    assert value(history, "model_deployed_holdout_auc", organization="acme-corp") == 0.91
+    assert value(history, "model_deployed_holdout_precision", organization="acme-corp") == 0.82
+    assert value(history, "model_deployed_holdout_recall", organization="acme-corp") == 0.77
+    # An AUC the holdout could not define (one class only) is left out, not reported as 0.
+    assert value(history, "model_deployed_holdout_auc", organization="globex") is None
+    assert value(history, "model_deployed_holdout_recall", organization="globex") == 0.71
+    # initech deployed nothing.
+    [deployed] = [f for f in registry_for(history).collect() if f.name == "model_deployed"]
+    assert {s.labels["organization"] for s in deployed.samples} == {"acme-corp", "globex"}
+
+
 def test_schedule_slots_are_counted_by_outcome(history: Engine) -> None:
     assert value(history, "schedule_slots_total", outcome="submitted") == 2
     assert value(history, "schedule_slots_total", outcome="skipped") == 1
@@ -152,7 +213,7 @@ def test_an_empty_database_reports_zeros_not_errors(engine: Engine) -> None:
     assert value(engine, "schedule_slots_total", outcome="skipped") == 0
 
 
-def test_a_scrape_costs_four_queries_however_many_organizations(history: Engine) -> None:
+def test_a_scrape_costs_six_queries_however_many_organizations(history: Engine) -> None:
     statements: list[str] = []
 
     def count(*args: Any) -> None:
@@ -169,7 +230,7 @@ def test_a_scrape_costs_four_queries_however_many_organizations(history: Engine)
         list(registry_for(history).collect())
     finally:
         event.remove(history, "before_cursor_execute", count)
-    assert first == len(statements) == 4
+    assert first == len(statements) == 6
 
 
 def call(app: Any, path: str) -> tuple[str, dict[str, str], bytes]:
@@ -193,8 +254,12 @@ def test_the_http_app_serves_prometheus_text_on_metrics_only(history: Engine) ->
         "model_deployments",
         "schedule_slots",
         "training_run_seconds",
+        "training_last_success_timestamp_seconds",
+        "model_deployed_info",
+        "model_deployed_holdout_auc",
     }
     assert expected <= set(families)
+    assert families["model_deployed_info"].type == "gauge"  # an info metric, in text format
     assert families["model_deployments"].type == "counter"
     assert families["training_run_seconds"].type == "summary"
     assert call(app, "/")[0] == "404 Not Found"

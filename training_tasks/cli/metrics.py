@@ -19,10 +19,12 @@ import click
 def metrics_command(host: str, port: int) -> None:
     """Serve the service's metrics for Prometheus on http://HOST:PORT/metrics.
 
-    Runs by organization and status (training_runs, training_runs_active), deployments and
-    rollbacks (model_deployments_total), schedule slots (schedule_slots_total) and durations of
-    finished runs (training_run_seconds), read from DATABASE_URL at each scrape. Worker and task
-    metrics are Flower's /metrics. Stop it with Ctrl-C.
+    Runs by organization and status (training_runs, training_runs_active), the last successful
+    run (training_last_success_timestamp_seconds), deployments and rollbacks
+    (model_deployments_total), the deployed version (model_deployed_info) and its holdout AUC,
+    precision and recall (model_deployed_holdout_*), schedule slots (schedule_slots_total) and
+    durations of finished runs (training_run_seconds), read from DATABASE_URL at each scrape.
+    Worker and task metrics are Flower's /metrics. Stop it with Ctrl-C.
     """
     from training_tasks.cli.common import cli_settings
 

@@ -17,6 +17,11 @@
    error"). Acknowledging that task when it ends goes through the same old channel. Here the
    channel keeps the parameters it connected with, so the restore and the late ack reach Redis
    (or fail with a connection error, which Celery handles) and the worker reconnects.
+
+`Connection` (the app's broker connections, see task_masking.MaskingAMQP) names this transport
+`redis` in URLs and connection info. Tools that pick their Redis support by the URL's scheme,
+such as Flower's Broker tab and its `/api/queues/length`, would otherwise see the scheme
+`training_tasks.messaging.broker_transport:Transport` and refuse it as an unknown broker.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu
 from kombu.transport import redis
 
 log = logging.getLogger(__name__)
@@ -65,3 +71,18 @@ class Transport(redis.Transport):
     """`broker_transport` of the service (see celeryconfig)."""
 
     Channel = Channel
+
+
+TRANSPORT = f"{__name__}:Transport"
+
+
+class Connection(kombu.Connection):
+    """A broker connection whose URL and info say `redis` for this module's transport."""
+
+    # kombu's own table of display names (it shows `pyamqp` as `amqp` the same way); only
+    # `as_uri()` and `info()` read it, so the connection still uses the Transport above.
+    resolve_aliases = {**kombu.Connection.resolve_aliases, TRANSPORT: "redis"}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the real transport, not its display name."""
+        return self.__class__, tuple(dict(self._info(resolve=False)).values()), None

@@ -32,6 +32,7 @@ from celery.app.amqp import AMQP
 from celery.signals import before_task_publish, task_failure, task_received
 from celery.utils.saferepr import saferepr
 
+from training_tasks.messaging.broker_transport import Connection
 from training_tasks.redaction import mask_text, masked
 
 # Celery's own limits for argsrepr/kwargsrepr (AMQP.argsrepr_maxsize, task_repr_maxlevels).
@@ -54,8 +55,13 @@ def as_list(args: Any) -> list[Any]:
 class MaskingAMQP(AMQP):
     """Celery's message builder with masked argument reprs, in the headers and the sent event.
 
-    Creating it (the app does on first use) also connects the two signal handlers below.
+    Creating it (the app does on first use) also connects the two signal handlers below. Its
+    broker connections name the service's transport `redis` (see broker_transport.Connection),
+    and a message's sent event carries the task's display name (`shadow`) when it has one, as
+    the worker's events do, so Flower never shows one task under two names.
     """
+
+    Connection = Connection
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)
@@ -73,7 +79,7 @@ class MaskingAMQP(AMQP):
         **options: Any,
     ) -> Any:
         levels = self.app.conf.task_repr_maxlevels
-        return super().as_task_v2(
+        message = super().as_task_v2(
             task_id,
             name,
             args,
@@ -84,6 +90,10 @@ class MaskingAMQP(AMQP):
             kwargsrepr=masked_repr(kwargs or {}, self.kwargsrepr_maxsize, levels),
             **options,
         )
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
 
 
 def mask_task_headers(

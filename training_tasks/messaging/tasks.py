@@ -227,7 +227,14 @@ def enqueue_chain(
     stages = [extract, train, validate, *([deploy] if auto_deploy else [])]
     first = [t.name for t in stages].index(f"training.{start}")
     steps = [stages[first].si(run_id), *(t.s() for t in stages[first + 1 :])]
-    workflow = chain(*(step.set(queue=queue, ignore_result=True) for step in steps))
+    # Routing and the worker's task registry go by the task's name; the display name (Celery's
+    # `shadow`) only changes what Flower, events and worker logs show.
+    workflow = chain(
+        *(
+            step.set(queue=queue, ignore_result=True, shadow=display_name(step.task, org_id))
+            for step in steps
+        )
+    )
     workflow.link_error(on_failure.s().set(queue=queue))
     if broker_url is None or broker_url == app.conf.broker_url:
         result = workflow.apply_async()
@@ -237,6 +244,11 @@ def enqueue_chain(
     while result.parent is not None:
         result = result.parent
     return str(result.id)
+
+
+def display_name(task_name: str, org_id: str) -> str:
+    """How a stage of `org_id` is shown in Flower and worker logs: `training.train[acme-corp]`."""
+    return f"{task_name}[{org_id}]"
 
 
 def queue_waiting(org_id: str, *, broker_url: str | None = None) -> bool:

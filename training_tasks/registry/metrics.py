@@ -1,9 +1,10 @@
 """The service's own Prometheus metrics, read from the service database at scrape time.
 
 Flower's `/metrics` covers workers and tasks (events, runtimes, who is online). What only the
-database knows is here: runs by organization and status, deployments and rollbacks, schedule
-slots, and how long finished runs took. Every family is one aggregate query, whatever the number
-of organizations, so a scrape costs four short queries on one connection.
+database knows is here: runs by organization and status, the last successful run, deployments
+and rollbacks, the deployed version and its holdout scores, schedule slots, and how long finished
+runs took. Every query covers all organizations at once, so a scrape costs six short queries on
+one connection, whatever the number of organizations.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    InfoMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -25,12 +27,22 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import ColumnElement, Connection, Engine, extract, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from training_tasks.db.tables import audit_events, schedule_slots, training_runs
-from training_tasks.registry.rows import ACTIVE_STATUSES, SLOT_OUTCOMES
+from training_tasks.db.tables import (
+    audit_events,
+    model_versions,
+    organizations,
+    schedule_slots,
+    training_runs,
+)
+from training_tasks.registry.rows import ACTIVE_STATUSES, SLOT_OUTCOMES, FinishedStatus
 
 log = logging.getLogger(__name__)
 
 DEPLOY_EVENTS = {"model.deployed": "deployed", "model.rolled_back": "rolled_back"}
+# A run that did what it was asked: deployed, or validated where deploying was left to a person.
+SUCCESSFUL: tuple[FinishedStatus, ...] = ("succeeded", "validated")
+# The deployed version's scores on its holdout, as the validate stage measured them.
+HOLDOUT_GAUGES = {"rocAuc": "auc", "precision": "precision", "recall": "recall"}
 METRICS_PATH = "/metrics"
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -46,7 +58,9 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.engine.connect() as conn:
             yield from _runs(conn)
+            yield _last_success(conn)
             yield _deployments(conn)
+            yield from _deployed(conn)
             yield _schedule_slots(conn)
             yield _run_seconds(conn)
 
@@ -69,6 +83,53 @@ def _runs(conn: Connection) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "training_runs_active", "Training runs queued or running now.", value=active
     )
+
+
+def _last_success(conn: Connection) -> Metric:
+    c = training_runs.c
+    rows = conn.execute(
+        select(c.organization_id, func.max(c.finished_at))
+        .where(c.status.in_(SUCCESSFUL), c.finished_at.is_not(None))
+        .group_by(c.organization_id)
+    ).all()
+    family = GaugeMetricFamily(
+        "training_last_success_timestamp_seconds",
+        "Unix time the organization's last successful run (succeeded or validated) finished.",
+        labels=["organization"],
+    )
+    for org_id, finished_at in rows:
+        family.add_metric([org_id], finished_at.timestamp())
+    return family
+
+
+def _deployed(conn: Connection) -> Iterator[Metric]:
+    o, v = organizations.c, model_versions.c
+    rows = conn.execute(
+        select(o.id, o.current_version, v.validation)
+        .join(model_versions, v.version == o.current_version)
+        .order_by(o.id)
+    ).all()
+    info = InfoMetricFamily(
+        "model_deployed",
+        "The model version deployed for each organization.",
+        labels=["organization"],
+    )
+    gauges = {
+        key: GaugeMetricFamily(
+            f"model_deployed_holdout_{name}",
+            f"The deployed model's {name} on its holdout (0 to 1), scored by validation.",
+            labels=["organization"],
+        )
+        for key, name in HOLDOUT_GAUGES.items()
+    }
+    for org_id, version, validation in rows:
+        info.add_metric([org_id], {"version": version})
+        scores = (validation or {}).get("metrics") or {}
+        for key, family in gauges.items():
+            if isinstance(scores.get(key), int | float):  # None: undefined on this holdout
+                family.add_metric([org_id], float(scores[key]))
+    yield info
+    yield from gauges.values()
 
 
 def _deployments(conn: Connection) -> Metric:

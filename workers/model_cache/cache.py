@@ -43,7 +43,7 @@ from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache.errors import ModelCacheError, ModelRejected
 from workers.model_cache.fallback import Fallback, LinkFallback
 from workers.model_cache.model import LoadedModel, check_org_id, load_model
-from workers.model_cache.slots import OrgStats, ServingSlots
+from workers.model_cache.slots import OrgStats, ServingSlots, SlotView
 
 log = logging.getLogger("workers.model_cache")
 
@@ -190,6 +190,10 @@ class ModelCache:
     def versions(self) -> dict[str, str | None]:
         """The version every organization serves now (None where there is none)."""
         return self._slots.versions()
+
+    def served(self) -> dict[str, SlotView]:
+        """What every organization serves now: version, sequence, load time and last error."""
+        return {org: self._slots.view(org) for org in self.organizations}
 
     def stats(self) -> dict[str, OrgStats]:
         """Loads, swaps, ignored stale announcements and load failures per organization."""
