@@ -152,8 +152,10 @@ def test_a_service_database_that_does_not_exist_is_one_line_from_trainctl(
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: the service database {missing} (DATABASE_URL) cannot be")
-    assert "does not exist" in line and "then run the command again" in line
+    database = missing.rsplit("/", 1)[1]
+    assert line.startswith("error: the service database ") and f"/{database} (DATABASE_URL)" in line
+    assert "does not exist" in line and "trainctl db upgrade" in line
+    assert "then run the command again" in line
 
 
 def test_a_wait_that_times_out_is_one_line_saying_the_run_goes_on(
