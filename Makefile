@@ -9,6 +9,7 @@ CELERY := $(BIN)/celery -A training_tasks
 
 help:
 	@echo "make run      - install into .venv and run the whole job on the embedded default"
+	@echo "               (KEEP_RUNNING=1: then keep the worker and serve the dashboard until Ctrl-C)"
 	@echo "make test     - install and run the whole test suite"
 	@echo "make worker   - a Celery worker for REDIS_URL / DATABASE_URL (all organizations)"
 	@echo "make beat     - Celery Beat firing organizations' schedules from DATABASE_URL"
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/trainctl demo
+	$(BIN)/trainctl demo $(if $(KEEP_RUNNING),--keep-running)
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -102,3 +102,44 @@ def test_a_demo_stopped_with_sigterm_stops_its_worker_and_redis(tmp_path: Path) 
     while _children_of_demo(base) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _children_of_demo(base) == []
+
+
+def test_a_demo_kept_running_serves_the_dashboard_until_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    base = tmp_path / "ml"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["ML_BASE_PATH"] = str(base)
+    command = ["demo", "--assets", "8", "--days", "30", "--keep-running"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training_tasks.cli", *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        line = ""
+        while not line.startswith("dashboard http") and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the demo ended without printing the dashboard's address"
+        url = line.split()[1].rstrip("/")
+        with urllib.request.urlopen(url + "/", timeout=30) as page:
+            overview = page.read().decode()
+        with urllib.request.urlopen(url + "/orgs/initech", timeout=30) as page:
+            initech = page.read().decode()
+        assert all(org in overview for org in ("acme-corp", "globex", "initech"))
+        assert "rejected" in initech and "recall" in initech
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 20
+    while _children_of_demo(base) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children_of_demo(base) == [], "the worker and the embedded Redis are stopped"
