@@ -10,6 +10,7 @@ import base64
 import contextlib
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,29 +30,8 @@ def roc_figure(model: Mapping[str, Any], other: Mapping[str, Any] | None, other_
     """ROC curves, the operating point marked."""
     fig, ax = _axes("false positive rate", "true positive rate (recall)")
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle=":")
-    if other is not None:
-        ax.plot(
-            other["roc"]["fpr"],
-            other["roc"]["tpr"],
-            color=DEPLOYED,
-            linestyle="--",
-            label=f"{other_label} (AUC {other['rocAuc']:.3f})",
-        )
-    ax.plot(
-        model["roc"]["fpr"],
-        model["roc"]["tpr"],
-        color=NEW,
-        label=f"this version (AUC {model['rocAuc']:.3f})",
-    )
-    point = model["operatingPoint"]
-    ax.plot(
-        [point["fpr"]],
-        [point["recall"]],
-        "o",
-        color=NEW,
-        markeredgecolor="black",
-        label=f"threshold {point['threshold']:.3g}",
-    )
+    curve = Curve("roc", "fpr", "tpr", "fpr", "recall", "AUC", "rocAuc")
+    _curves(ax, curve, model, other, other_label)
     ax.legend(loc="lower right")
     return _svg(fig)
 
@@ -59,31 +39,52 @@ def roc_figure(model: Mapping[str, Any], other: Mapping[str, Any] | None, other_
 def pr_figure(model: Mapping[str, Any], other: Mapping[str, Any] | None, other_label: str) -> str:
     """Precision-recall curves, the operating point marked."""
     fig, ax = _axes("recall", "precision")
-    if other is not None:
+    curve = Curve("pr", "recall", "precision", "recall", "precision", "AP", "prAuc")
+    _curves(ax, curve, model, other, other_label)
+    ax.legend(loc="lower left")
+    return _svg(fig)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Where a curve's points, its operating point and its area are in the report data."""
+
+    key: str  # "roc" or "pr"
+    x: str
+    y: str
+    point_x: str  # the operating point's keys
+    point_y: str
+    area_name: str
+    area_key: str
+
+
+def _curves(
+    ax: Any,
+    curve: Curve,
+    model: Mapping[str, Any],
+    other: Mapping[str, Any] | None,
+    other_label: str,
+) -> None:
+    """The deployed model's curve dashed under this version's, and this version's operating point."""
+    for data, label, style in ((other, other_label, "--"), (model, "this version", "-")):
+        if data is None:
+            continue
         ax.plot(
-            other["pr"]["recall"],
-            other["pr"]["precision"],
-            color=DEPLOYED,
-            linestyle="--",
-            label=f"{other_label} (AP {other['prAuc']:.3f})",
+            data[curve.key][curve.x],
+            data[curve.key][curve.y],
+            color=NEW if data is model else DEPLOYED,
+            linestyle=style,
+            label=f"{label} ({curve.area_name} {data[curve.area_key]:.3f})",
         )
-    ax.plot(
-        model["pr"]["recall"],
-        model["pr"]["precision"],
-        color=NEW,
-        label=f"this version (AP {model['prAuc']:.3f})",
-    )
     point = model["operatingPoint"]
     ax.plot(
-        [point["recall"]],
-        [point["precision"]],
+        [point[curve.point_x]],
+        [point[curve.point_y]],
         "o",
         color=NEW,
         markeredgecolor="black",
         label=f"threshold {point['threshold']:.3g}",
     )
-    ax.legend(loc="lower left")
-    return _svg(fig)
 
 
 def calibration_figure(
