@@ -1046,6 +1046,154 @@ def add_alarm(model: onnx.ModelProto, threshold: float) -> None:
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
 
 
+# --- window statistics ------------------------------------------------------------------------
+# A window is [N, length, columns] float32, oldest bucket first. Its features are, for each
+# column in the spec's order, each statistic in the spec's order, named `<column>__<stat>`.
+# Windows hold no NaN or infinity: the extraction forward-fills a gap or leaves the window out.
+# NaN-aware statistics would need masks, counts, per-row slope denominators and a search for
+# the last present bucket, about three times the operators of the plain ones below, on every
+# single-row prediction; filling a gap costs the extraction one pass, the same in training and
+# serving. The statistics are population ones: std divides by length, slope is the least-squares
+# change per bucket (0 for a window of one bucket), delta is last - first.
+
+WINDOW_INPUT_NAME = "window"
+WINDOW_OUTPUT_NAME = "window_features"
+WINDOW_STATS = ("mean", "std", "min", "max", "slope", "last", "delta")
+
+
+def window_spec(value: Any) -> dict[str, Any]:
+    """A checked window spec: `interval`, `length` >= 1, distinct `columns`, known `stats`."""
+    if not isinstance(value, Mapping):
+        raise ScriptError("the window spec must be an object with interval, length, columns, stats")
+    length, columns, stats = value.get("length"), value.get("columns"), value.get("stats")
+    if not isinstance(value.get("interval"), str) or not value["interval"]:
+        raise ScriptError('window spec: "interval" must be a duration such as "10min"')
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ScriptError(f'window spec: "length" must be a whole number >= 1, not {length!r}')
+    for field, names, allowed in (("columns", columns, None), ("stats", stats, WINDOW_STATS)):
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ScriptError(f'window spec: "{field}" must be a non-empty list of names')
+        if len(set(names)) != len(names):
+            raise ScriptError(f'window spec: "{field}" names one entry twice: {names}')
+        unknown = [n for n in names if allowed is not None and n not in allowed]
+        if unknown:
+            raise ScriptError(f"window spec: unknown stats {unknown}; known: {list(WINDOW_STATS)}")
+    return {"interval": value["interval"], "length": length, "columns": columns, "stats": stats}
+
+
+def window_feature_names(spec: Mapping[str, Any]) -> list[str]:
+    """The features' names in their order: each column, then each statistic of it."""
+    return [f"{column}__{stat}" for column in spec["columns"] for stat in spec["stats"]]
+
+
+def slope_weights(length: int) -> np.ndarray:
+    """w with w @ x = the least-squares slope of x per bucket (all zero for one bucket)."""
+    import numpy as np
+
+    centred = np.arange(length, dtype=np.float64) - (length - 1) / 2
+    spread = float(centred @ centred)
+    return centred / spread if spread else centred
+
+
+def window_features(window: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """The statistics of each window, [N, columns * stats] float32 (computed in float64)."""
+    import numpy as np
+
+    spec = window_spec(spec)
+    shape = (spec["length"], len(spec["columns"]))
+    if window.ndim != 3 or window.shape[1:] != shape:
+        raise ScriptError(f"windows must be [N, {shape[0]}, {shape[1]}], not {list(window.shape)}")
+    x = window.astype(np.float64)
+    finite = np.asarray(np.isfinite(x).all(axis=(0, 1)))
+    names = [c for j, c in enumerate(spec["columns"]) if not finite[j]]
+    if names:
+        raise ScriptError(
+            f"windows of {names} hold NaN or infinity: forward-fill gaps or leave the window out"
+        )
+    mean = x.mean(axis=1)
+    computed = {
+        "mean": lambda: mean,
+        "std": lambda: np.sqrt(((x - mean[:, None, :]) ** 2).mean(axis=1)),
+        "min": lambda: x.min(axis=1),
+        "max": lambda: x.max(axis=1),
+        "slope": lambda: np.einsum("l,nlc->nc", slope_weights(shape[0]), x - mean[:, None, :]),
+        "last": lambda: x[:, -1],
+        "delta": lambda: x[:, -1] - x[:, 0],
+    }
+    stats = np.stack([computed[stat]() for stat in spec["stats"]], axis=2)  # [N, C, S]
+    return stats.reshape(len(x), -1).astype(np.float32)
+
+
+def window_front(spec: Mapping[str, Any]) -> tuple[list[Any], list[Any], str, int]:
+    """The operators computing `window_features` from input `window` [N, length, columns]:
+    (nodes, initializers, output name, output width).
+
+    The window is turned to [N, columns, length]; each reduction adds one value per column
+    behind its buckets (and the window minus its mean behind them, for std and slope), and one
+    MatMul with a fixed matrix then gives every statistic in order: mean, slope, last and delta
+    are weighted sums, the others are picked. Slope is taken from the centred buckets, so a
+    large level does not swamp a small trend in float32.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    spec = window_spec(spec)
+    length, stats = spec["length"], spec["stats"]
+    nodes = [helper.make_node("Transpose", [WINDOW_INPUT_NAME], ["window/t"], perm=[0, 2, 1])]
+    pieces, rows = window_pieces(nodes, length, stats)
+    weights = np.zeros((sum(size for _, size in pieces), len(stats)), np.float64)
+    start, offset = {}, 0
+    for name, size in pieces:
+        start[name], offset = offset, offset + size
+    for j, stat in enumerate(stats):
+        for piece, row, weight in rows[stat]:
+            weights[start[piece] + row, j] += weight
+    stacked = "window/t"
+    if len(pieces) > 1:
+        stacked = "window/stacked"
+        nodes.append(helper.make_node("Concat", [name for name, _ in pieces], [stacked], axis=2))
+    matrix = numpy_helper.from_array(weights.astype(np.float32), "window/weights")
+    nodes += [
+        helper.make_node("MatMul", [stacked, matrix.name], ["window/stats"]),  # [N, C, S]
+        helper.make_node("Flatten", ["window/stats"], [WINDOW_OUTPUT_NAME], axis=1),
+    ]
+    return nodes, [matrix], WINDOW_OUTPUT_NAME, len(spec["columns"]) * len(stats)
+
+
+def window_pieces(
+    nodes: list[Any], length: int, stats: Sequence[str]
+) -> tuple[list[tuple[str, int]], dict[str, list[tuple[str, int, float]]]]:
+    """Append the reductions `stats` need; returns the tensors to stack behind the buckets
+    (name, size) and, per statistic, the (tensor, index, weight) terms that sum to it."""
+    from onnx import helper
+
+    pieces = [("window/t", length)]
+
+    def reduce(op: str, source: str) -> str:
+        name = f"window/{op.lower()}"
+        nodes.append(helper.make_node(op, [source], [name], axes=[2], keepdims=1))
+        pieces.append((name, 1))
+        return name
+
+    rows: dict[str, list[tuple[str, int, float]]] = {
+        "last": [("window/t", length - 1, 1.0)],
+        "delta": [("window/t", length - 1, 1.0), ("window/t", 0, -1.0)],
+        "mean": [("window/t", i, 1 / length) for i in range(length)],
+    }
+    if "std" in stats or "slope" in stats:
+        mean = reduce("ReduceMean", "window/t")
+        nodes.append(helper.make_node("Sub", ["window/t", mean], ["window/centred"]))
+        pieces.append(("window/centred", length))
+        rows["mean"] = [(mean, 0, 1.0)]
+        rows["slope"] = [("window/centred", i, w) for i, w in enumerate(slope_weights(length))]
+        if "std" in stats:  # sqrt(sum of squares / length) = L2 norm / sqrt(length)
+            rows["std"] = [(reduce("ReduceL2", "window/centred"), 0, length**-0.5)]
+    for stat, op in (("min", "ReduceMin"), ("max", "ReduceMax")):
+        if stat in stats:
+            rows[stat] = [(reduce(op, "window/t"), 0, 1.0)]
+    return pieces, rows
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
