@@ -59,12 +59,35 @@ THRESHOLD_DEFAULTS: dict[str, Any] = {
     # Fewer positive holdout rows than this cannot judge precision or recall: the run is rejected.
     "minHoldoutPositives": 30,
 }
-SCHEMA_KEYS = ("table", "schema", "timestampColumn", "assetColumn", "columnMappings")
+SCHEMA_KEYS = ("table", "schema", "timestampColumn", "assetColumn", "columnMappings", "labels")
+LABEL_KEYS = ("eventsTable", "assetColumn", "timestampColumn", "horizonHours", "excludeAfterHours")
+MAX_LABEL_HOURS = 8760.0  # a year: longer horizons label almost every reading positive
 SCADA_KEYS = ("url", "urlEnv")
 SCHEDULE_KEYS = ("pattern", "timezone", "enabled")
 ALERT_KEYS = ("webhookUrl",)
 SCRIPT_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\.py$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+
+
+@dataclass(frozen=True)
+class EventLabels:
+    """Targets computed from a failure-events table instead of read from a column."""
+
+    events_table: str
+    asset_column: str
+    timestamp_column: str
+    horizon_hours: float
+    exclude_after_hours: float
+
+    def public_dict(self) -> dict[str, Any]:
+        """The camelCase JSON shape, as the organization config gives it."""
+        return {
+            "eventsTable": self.events_table,
+            "assetColumn": self.asset_column,
+            "timestampColumn": self.timestamp_column,
+            "horizonHours": self.horizon_hours,
+            "excludeAfterHours": self.exclude_after_hours,
+        }
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,7 @@ class SchemaConfig:
     asset_column: str | None = None
     schema: str | None = None
     column_mappings: Mapping[str, str] = field(default_factory=dict)
+    labels: EventLabels | None = None
 
     def physical(self, logical: str) -> str:
         """The real column behind a logical feature or target name."""
@@ -140,6 +164,8 @@ class OrgConfig:
                 "columnMappings": dict(schema.column_mappings),
             },
         }
+        if schema.labels:
+            public["schemaConfig"]["labels"] = schema.labels.public_dict()
         if self.alert_webhook_url:
             # The registry stores this dict as the organization's config, so it must round-trip:
             # parsing refuses credentials in the URL, which leaves mask_url nothing to change.
@@ -162,6 +188,12 @@ def parse_org_config(raw: object, org_id: str) -> OrgConfig:
     url, url_env = _scada(doc["scadaDbConfig"])
     schedule = doc.get("trainingSchedule")
     model, schema = parse_model_config(doc["mlModelConfig"]), _schema(doc["schemaConfig"])
+    if schema.labels and "targetColumn" in model:
+        raise ConfigError(
+            "mlModelConfig.targetColumn",
+            "is not allowed together with schemaConfig.labels, which computes the target from "
+            "failure events; remove one of them",
+        )
     if "targetColumn" in model and "featureColumns" in model:
         check_target_not_feature(
             model["targetColumn"], model["featureColumns"], schema.column_mappings, "mlModelConfig."
@@ -327,6 +359,12 @@ def _schema(raw: object) -> SchemaConfig:
     }
     asset = cfg.get("assetColumn")
     schema = cfg.get("schema")
+    labels = None if cfg.get("labels") is None else _labels(cfg["labels"], f"{name}.labels")
+    if labels and asset is None:
+        raise ConfigError(
+            f"{name}.assetColumn",
+            "is required with schemaConfig.labels: failures are matched to readings by asset",
+        )
     return SchemaConfig(
         table=f.string(cfg.get("table"), f"{name}.table", max_len=128),
         timestamp_column=f.string(
@@ -335,4 +373,25 @@ def _schema(raw: object) -> SchemaConfig:
         asset_column=None if asset is None else f.string(asset, f"{name}.assetColumn", max_len=128),
         schema=None if schema is None else f.string(schema, f"{name}.schema", max_len=128),
         column_mappings=checked,
+        labels=labels,
+    )
+
+
+def _labels(raw: object, name: str) -> EventLabels:
+    """Check `schemaConfig.labels`: the events table, its columns and the two windows."""
+    cfg = f.require_mapping(raw, name)
+    f.reject_unknown(cfg, LABEL_KEYS, name)
+    for key in LABEL_KEYS:
+        if key not in cfg:
+            raise ConfigError(f"{name}.{key}", f"is required; {name} needs {', '.join(LABEL_KEYS)}")
+    return EventLabels(
+        events_table=f.string(cfg["eventsTable"], f"{name}.eventsTable", max_len=128),
+        asset_column=f.string(cfg["assetColumn"], f"{name}.assetColumn", max_len=128),
+        timestamp_column=f.string(cfg["timestampColumn"], f"{name}.timestampColumn", max_len=128),
+        horizon_hours=f.number(
+            cfg["horizonHours"], f"{name}.horizonHours", 0, MAX_LABEL_HOURS, low_open=True
+        ),
+        exclude_after_hours=f.number(
+            cfg["excludeAfterHours"], f"{name}.excludeAfterHours", 0, MAX_LABEL_HOURS
+        ),
     )

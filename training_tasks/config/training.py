@@ -59,6 +59,8 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "seed": 42,  # recorded with the version: the same request on the same data trains the same model
 }
 DEFAULT_VALIDATION_SPLIT = 0.2
+# The target's name when schemaConfig.labels computes it from failure events.
+EVENT_LABEL_COLUMN = "failure_within_horizon"
 DEFAULT_INNER_VALIDATION_SPLIT = 0.2
 DEFAULT_DECISION_POLICY: dict[str, Any] = {"type": "fixed", "threshold": 0.5}
 REQUEST_KEYS = (
@@ -197,12 +199,14 @@ def resolve(
     column_mappings: Mapping[str, str] | None = None,
     *,
     latest_data: LatestData | None = None,
+    event_labels: bool = False,
 ) -> TrainingConfig:
     """Merge a request with the org's `mlModelConfig` defaults into a complete TrainingConfig.
 
     `column_mappings` (the org's schemaConfig.columnMappings) lets the target and the features
     be compared as the SCADA columns they name, not only as the names given. `latest_data`
-    reads the newest row's time, for a window with `windowEnd: "latestData"`.
+    reads the newest row's time, for a window with `windowEnd: "latestData"`. `event_labels`
+    says the org's schemaConfig.labels computes the target, so none may be named.
     """
     req = check_request({} if request is None else request)
     if req.get("organizationId", org_id) != org_id:
@@ -218,7 +222,7 @@ def resolve(
         start, end = _data_range(req["dataRange"], "dataRange")
     else:
         start, end = window_range(req, model_defaults, now, latest_data)
-    target = req.get("targetColumn", model_defaults.get("targetColumn"))
+    target = _target(req, model_defaults, event_labels)
     features = req.get("featureColumns", model_defaults.get("featureColumns"))
     if target is None:
         raise ConfigError("targetColumn", "is required (in the request or the org's mlModelConfig)")
@@ -303,6 +307,21 @@ def _same_column(target: str, feature: str, i: int, column: str, mapped: str, pr
         f"either the target or a feature, never both: remove {f.shown(feature)} from "
         f"{prefix}featureColumns or choose another {prefix}targetColumn"
     )
+
+
+def _target(
+    req: Mapping[str, Any], model_defaults: Mapping[str, Any], event_labels: bool
+) -> object:
+    """The named targetColumn, or the computed label's name when events label the rows."""
+    if not event_labels:
+        return req.get("targetColumn", model_defaults.get("targetColumn"))
+    if "targetColumn" in req:
+        raise ConfigError(
+            "targetColumn",
+            "is not allowed: this organization's schemaConfig.labels computes the target from "
+            "failure events; remove targetColumn from the request",
+        )
+    return EVENT_LABEL_COLUMN
 
 
 def from_wire(wire: Mapping[str, Any]) -> TrainingConfig:

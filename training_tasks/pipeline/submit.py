@@ -52,7 +52,13 @@ def submit_training(
     now = rt.now()
     mappings = org.schema_config.column_mappings
     config = training_config.resolve(
-        request, org_id, org.ml_model_config, now, mappings, latest_data=latest_data_reader(org)
+        request,
+        org_id,
+        org.ml_model_config,
+        now,
+        mappings,
+        latest_data=latest_data_reader(org),
+        event_labels=org.schema_config.labels is not None,
     )
     _check_source(org, config)
     if rt.settings.ml_base_path.exists():  # the model store is here: check it has room now

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["timestamp", "asset", "feature", "target"]
+Role = Literal["timestamp", "asset", "feature", "target", "label"]  # label: from events
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from training_tasks.config.org import SchemaConfig
 from training_tasks.config.training import TrainingConfig, check_target_not_feature
 from training_tasks.errors import ConfigError, ExtractError
 from training_tasks.redaction import mask_url
+from training_tasks.stages.extract import labels as event_labels
 from training_tasks.stages.extract.errors import source_errors, translate_error
 from training_tasks.stages.extract.plan import SourceColumn, SourcePlan
 
@@ -48,12 +49,13 @@ def plan_source(
     engine, backend, driver_uri = source_engine(source_url, org, connect_timeout_s)
     masked = mask_url(source_url)
     columns, types = _checked_columns(engine, masked, schema, config)
-    physical = dict.fromkeys(c.physical for c in columns)  # a column may serve twice
+    # A column may serve twice; the label is computed, not a column of the table.
+    physical = dict.fromkeys(c.physical for c in columns if c.role != "label")
     table = sa.table(schema.table, *(sa.column(name) for name in physical), schema=schema.schema)
     if backend == "sqlite":
-        sql, params = _sqlite_query(table, columns, config, types)
+        sql, params = _sqlite_query(table, columns, config, types, schema)
     else:
-        sql, params = _postgres_query(table, columns, config, types)
+        sql, params = _postgres_query(table, columns, config, types, schema)
     return SourcePlan(org, backend, sql, params, tuple(columns), driver_uri, masked)
 
 
@@ -153,6 +155,10 @@ def _checked_columns(
     try:
         with engine.connect() as conn:
             real = _real_columns(sa.inspect(conn), schema, org)
+            if schema.labels:
+                events_ts = event_labels.check_events_table(
+                    sa.inspect(conn), schema, schema.labels, org
+                )
     except sa.exc.DBAPIError as exc:
         raise translate_error(exc.orig or exc, org, backend, masked_url) from exc
     finally:
@@ -160,7 +166,9 @@ def _checked_columns(
     wanted = _wanted_columns(schema, config)
     for col in wanted:
         _check_name(col, real, schema, org)
-    for col in wanted:
+    if schema.labels:
+        event_labels.check_same_zone(real[schema.timestamp_column], events_ts, org)
+    for col in (c for c in wanted if c.role != "label"):
         _check_type(col, real[col.physical], org, sqlite_source=backend == "sqlite")
     return wanted, real
 
@@ -186,7 +194,10 @@ def _wanted_columns(schema: SchemaConfig, config: TrainingConfig) -> list[Source
     for i, name in enumerate(config.feature_columns):
         cols.append(SourceColumn(f"featureColumns[{i}]", name, schema.physical(name), "feature"))
     target = config.target_column
-    cols.append(SourceColumn("targetColumn", target, schema.physical(target), "target"))
+    if schema.labels:
+        cols.append(SourceColumn("schemaConfig.labels", target, target, "label"))
+    else:
+        cols.append(SourceColumn("targetColumn", target, schema.physical(target), "target"))
     try:  # checked at submit too; the mappings may have changed since the run was queued
         check_target_not_feature(target, config.feature_columns, schema.column_mappings)
     except ConfigError as exc:
@@ -207,7 +218,7 @@ def _wanted_columns(schema: SchemaConfig, config: TrainingConfig) -> list[Source
 def _check_name(
     col: SourceColumn, real: dict[str, sa.types.TypeEngine[Any]], schema: SchemaConfig, org: str
 ) -> None:
-    if col.physical in real:
+    if col.physical in real or col.role == "label":
         return
     via = "" if col.physical == col.logical else f" (via schemaConfig.columnMappings.{col.logical})"
     close = difflib.get_close_matches(col.physical, list(real), n=1, cutoff=0.6)
@@ -248,6 +259,7 @@ def _sqlite_query(
     columns: list[SourceColumn],
     config: TrainingConfig,
     types: dict[str, sa.types.TypeEngine[Any]],
+    schema: SchemaConfig,
 ) -> tuple[str, tuple[str, ...]]:
     # The SQLite driver takes each column's Arrow type from the first rows it reads, so a feature
     # that starts with NULLs or whole numbers would be typed int64 and then fail on 0.5. A first
@@ -257,12 +269,16 @@ def _sqlite_query(
     as_text |= {c.logical for c in columns if c.role == "target" and _textual(types[c.physical])}
     flag: sa.ColumnElement[Any] = sa.literal_column("1")
     typed: list[sa.ColumnElement[Any]] = [
-        sa.literal_column("''" if c.logical in as_text else "0.5") for c in columns
+        sa.literal_column("''" if c.logical in as_text else _TYPED.get(c.role, "0.5"))
+        for c in columns
     ]
+    label, keep = event_labels.label_parts(table, schema, event_labels.sqlite_shift)
     head = sa.select(flag, *typed)
     body: list[sa.ColumnElement[Any]] = [
         # CAST keeps numbers in text columns uniform ('1.0', not the driver's '1.000000e+00').
-        sa.cast(table.c[c.physical], sa.Text)
+        label
+        if label is not None and c.role == "label"
+        else sa.cast(table.c[c.physical], sa.Text)
         if c.logical in as_text and c.role != "timestamp"
         else table.c[c.physical]
         for c in columns
@@ -270,11 +286,15 @@ def _sqlite_query(
     ts = table.c[columns[0].physical]
     start, end = (_sqlite_stamp(m) for m in (config.start, config.end))
     rows = sa.select(sa.literal_column("0"), *body).where(
-        ts >= sa.bindparam("range_start", start), ts < sa.bindparam("range_end", end)
+        ts >= sa.bindparam("range_start", start), ts < sa.bindparam("range_end", end), *keep
     )
     compiled = sa.union_all(head, rows).compile(dialect=sqlite.dialect())
-    params = tuple(str(compiled.params[name]) for name in compiled.positiontup or ())
+    values = {**compiled.params, **event_labels.label_values(schema)}
+    params = tuple(str(values[name]) for name in compiled.positiontup or ())
     return str(compiled), params
+
+
+_TYPED = {"label": "0"}
 
 
 def _textual(sql_type: sa.types.TypeEngine[Any]) -> bool:
@@ -289,13 +309,16 @@ def _sqlite_stamp(moment: datetime) -> str:
     return _utc(moment).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-# The range travels as bound parameters into two session settings, and the COPY query reads them
-# with current_setting(): a query with $1/$2 would lose ADBC's COPY path (see stage.py).
+# The range (and label windows) travel as bound parameters into session settings, and the COPY
+# query reads them with current_setting(): a query with $1/$2 would lose ADBC's COPY path.
 _RANGE_SETTINGS = ("training.range_start", "training.range_end")
-_BIND_RANGE = (
-    f"SELECT set_config('{_RANGE_SETTINGS[0]}', $1::text, false), "
-    f"set_config('{_RANGE_SETTINGS[1]}', $2::text, false)"
-)
+_ALL_SETTINGS = _RANGE_SETTINGS + event_labels.SETTINGS
+
+
+def _bind_settings(count: int) -> str:
+    """The statement that binds `count` parameters into the first `count` session settings."""
+    sets = (f"set_config('{n}', ${i}::text, false)" for i, n in enumerate(_ALL_SETTINGS, 1))
+    return "SELECT " + ", ".join(list(sets)[:count])
 
 
 def _postgres_query(
@@ -303,8 +326,15 @@ def _postgres_query(
     columns: list[SourceColumn],
     config: TrainingConfig,
     types: dict[str, sa.types.TypeEngine[Any]],
+    schema: SchemaConfig,
 ) -> tuple[str, tuple[str, ...]]:
-    selected = [_postgres_column(table, c, types[c.physical]) for c in columns]
+    label, keep = event_labels.label_parts(table, schema, event_labels.postgres_shift)
+    selected = [
+        label.label(c.logical)
+        if label is not None and c.role == "label"
+        else _postgres_column(table, c, types[c.physical])
+        for c in columns
+    ]
     aware = bool(getattr(types[columns[0].physical], "timezone", False))
     bound_type = sa.DateTime(timezone=aware)
 
@@ -317,13 +347,14 @@ def _postgres_query(
 
     ts = table.c[columns[0].physical]
     query = sa.select(*selected).where(
-        ts >= setting(_RANGE_SETTINGS[0]), ts < setting(_RANGE_SETTINGS[1])
+        ts >= setting(_RANGE_SETTINGS[0]), ts < setting(_RANGE_SETTINGS[1]), *keep
     )
     # `numeric_dollar` because the psycopg default doubles every % in names for its own
     # formatting, which the ADBC driver would take literally.
     dialect = postgresql.psycopg.dialect(paramstyle="numeric_dollar")
     compiled = query.compile(dialect=dialect)
-    return str(compiled), (stamp(config.start), stamp(config.end))
+    windows = event_labels.label_values(schema)
+    return str(compiled), (stamp(config.start), stamp(config.end), *windows.values())
 
 
 def _postgres_column(
@@ -363,7 +394,7 @@ def _read_sqlite(plan: SourcePlan, batch_rows: int, names: list[str]) -> Iterato
 def _read_postgres(plan: SourcePlan, batch_rows: int, names: list[str]) -> Iterator[pa.RecordBatch]:
     hint_bytes = max(1 << 20, batch_rows * _BYTES_PER_VALUE * len(names))
     with source_errors(plan), adbc_pg.connect(plan.driver_uri) as conn, conn.cursor() as cur:
-        cur.execute(_BIND_RANGE, parameters=plan.parameters)
+        cur.execute(_bind_settings(len(plan.parameters)), parameters=plan.parameters)
         cur.fetchall()
         cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(hint_bytes)})
         cur.execute(plan.sql)
