@@ -4,26 +4,7 @@ It is the package `training_client` (clients/python, also a distribution of its 
 training-service-client), which needs nothing but Celery; the service's wheel carries it.
 """
 
-from training_client import (
-    FINISHED_STATUSES,
-    REQUESTS_QUEUE,
-    STATUS_TASK,
-    SUBMIT_TASK,
-    InvalidRequestError,
-    RunNotFoundError,
-    RunTimeoutError,
-    ServiceError,
-    TrainingClient,
-)
+import training_client
+from training_client import *  # noqa: F403 - this module is that package under the service's name
 
-__all__ = [
-    "FINISHED_STATUSES",
-    "REQUESTS_QUEUE",
-    "STATUS_TASK",
-    "SUBMIT_TASK",
-    "InvalidRequestError",
-    "RunNotFoundError",
-    "RunTimeoutError",
-    "ServiceError",
-    "TrainingClient",
-]
+__all__ = training_client.__all__
