@@ -111,3 +111,42 @@ def test_a_version_the_organization_does_not_have_is_one_line(trained: Trained) 
     lines = [line for line in refused.stderr.splitlines() if not line.startswith("using ")]
     assert len(lines) == 1 and missing in lines[0], refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "garbage", "huge"])
+def test_a_hostile_report_data_file_is_one_line_and_never_hangs(
+    trained: Trained, planted: str
+) -> None:
+    data = trained.base / "artifacts" / "acme-corp" / trained.second / "report_data.json"
+    data.unlink()
+    if planted == "symlink":
+        data.symlink_to("/etc/passwd")
+    elif planted == "fifo":
+        os.mkfifo(data)  # a reader that follows it would block for ever
+    elif planted == "garbage":
+        data.write_text("{not json")
+    else:
+        data.write_bytes(b" " * (200 * 1024 * 1024))
+
+    rebuilt = trainctl(trained.env, "acme-corp", trained.second, "--rebuild")
+
+    assert rebuilt.returncode == 1, rebuilt.stdout + rebuilt.stderr
+    assert "Traceback" not in rebuilt.stderr
+    lines = [line for line in rebuilt.stderr.splitlines() if not line.startswith("using ")]
+    assert len(lines) == 1 and "report_data.json" in lines[0], rebuilt.stderr
+
+
+def test_report_data_of_the_wrong_shape_gives_a_page_without_the_parts_it_lacks(
+    trained: Trained,
+) -> None:
+    folder = trained.base / "artifacts" / "acme-corp" / trained.second
+    (folder / "report_data.json").write_text(
+        '{"roc": "x", "pr": [1, 2], "operatingPoint": 3, "features": "<b>y</b>"}'
+    )
+
+    rebuilt = trainctl(trained.env, "acme-corp", trained.second, "--rebuild")
+
+    assert rebuilt.returncode == 0 and "Traceback" not in rebuilt.stderr, rebuilt.stderr
+    page = (folder / "report.html").read_text()
+    assert "<b>y</b>" not in page  # nothing from the file is markup
+    assert "Passed" in page or "passed" in page  # the verdict and checks still show
