@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from beat_schedules.cron import CronSchedule
-from training_tasks.config import training as training_config
 from training_tasks.errors import ConfigError, TrainingServiceError
 from training_tasks.fields import iso
 from training_tasks.pipeline.submit import Enqueue, latest_data_reader, send_run
@@ -185,14 +184,7 @@ class Dispatcher:
         """The run of `slot`: the org's mlModelConfig, its window ending at the slot or newest row."""
         try:
             org = orgs.get_org(self.rt.engine, row.org_id)
-            config = training_config.resolve(
-                None,
-                row.org_id,
-                org.ml_model_config,
-                slot,
-                org.schema_config.column_mappings,
-                latest_data=latest_data_reader(org),
-            )
+            config = org.training_config(None, slot, latest_data=latest_data_reader(org))
         except TrainingServiceError as exc:
             skipped.append((slot, f"the organization's config cannot start a run ({exc})"))
             return None

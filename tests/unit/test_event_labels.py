@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from training_tasks.config.org import SchemaConfig, parse_org_config
-from training_tasks.config.training import EVENT_LABEL_COLUMN, TrainingConfig, resolve
+from training_tasks.config.training import EVENT_LABEL_COLUMN, TrainingConfig
 from training_tasks.errors import ConfigError, ExtractError
 from training_tasks.stages.extract.stage import extract
 
@@ -178,16 +178,15 @@ def test_a_request_naming_a_target_is_refused_when_events_label_the_rows() -> No
     request = {
         "dataRange": {"startDate": "2024-03-01T00:00:00Z", "endDate": "2024-03-11T00:00:00Z"}
     }
-    config = resolve(request, "acme", org.ml_model_config, T0, event_labels=True)
+    config = org.training_config(request, T0)
     assert config.target_column == EVENT_LABEL_COLUMN
+    assert (
+        config.label_horizon_s
+        == config.purge_gap_s
+        == org.schema_config.labels.horizon_hours * 3600
+    )
     with pytest.raises(ConfigError) as err:
-        resolve(
-            {**request, "targetColumn": "failure"},
-            "acme",
-            org.ml_model_config,
-            T0,
-            event_labels=True,
-        )
+        org.training_config({**request, "targetColumn": "failure"}, T0)
     assert err.value.field == "targetColumn" and "schemaConfig.labels" in str(err.value)
 
 

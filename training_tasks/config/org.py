@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,11 +14,18 @@ from training_tasks import fields as f
 from training_tasks.config.derived import check_derived_features
 from training_tasks.config.sql_url import backend_name
 from training_tasks.config.training import (
+    TrainingConfig,
     check_decision_policy,
     check_hyperparameters,
     check_target_not_feature,
+    resolve,
 )
-from training_tasks.config.window import check_window_days, check_window_end
+from training_tasks.config.window import (
+    LatestData,
+    check_window_days,
+    check_window_end,
+)
+from training_tasks.config.window_features import check_windows
 from training_tasks.errors import ConfigError
 from training_tasks.redaction import mask_url
 
@@ -45,6 +53,7 @@ MODEL_KEYS = (
     "innerValidationSplit",
     "decisionPolicy",
     "derivedFeatures",
+    "windows",
 )
 THRESHOLD_DEFAULTS: dict[str, Any] = {
     "accuracy": 0.70,
@@ -59,6 +68,8 @@ THRESHOLD_DEFAULTS: dict[str, Any] = {
     # Fewer positive holdout rows than this cannot judge precision or recall: the run is rejected.
     "minHoldoutPositives": 30,
 }
+# Gates on event-level metrics: only with schemaConfig.labels, and off unless given.
+EVENT_THRESHOLDS = ("minEventRecall", "maxFalseAlarmsPerAssetDay")
 SCHEMA_KEYS = ("table", "schema", "timestampColumn", "assetColumn", "columnMappings", "labels")
 LABEL_KEYS = ("eventsTable", "assetColumn", "timestampColumn", "horizonHours", "excludeAfterHours")
 MAX_LABEL_HOURS = 8760.0  # a year: longer horizons label almost every reading positive
@@ -129,6 +140,25 @@ class OrgConfig:
         """Whether a validated model is deployed at the end of its run (default: yes)."""
         return bool(self.ml_model_config.get("autoDeploy", True))
 
+    def training_config(
+        self,
+        request: Mapping[str, Any] | None,
+        now: datetime,
+        *,
+        latest_data: LatestData | None = None,
+    ) -> TrainingConfig:
+        """A request merged with this organization's defaults, schema and event labels."""
+        labels = self.schema_config.labels
+        return resolve(
+            request,
+            self.organization_id,
+            self.ml_model_config,
+            now,
+            self.schema_config.column_mappings,
+            latest_data=latest_data,
+            label_horizon_h=None if labels is None else labels.horizon_hours,
+        )
+
     def resolve_scada_url(self, environ: Mapping[str, str] | None = None) -> str:
         """The connection URL, from the stored value or the named environment variable."""
         if self.scada_url:
@@ -194,6 +224,7 @@ def parse_org_config(raw: object, org_id: str) -> OrgConfig:
             "is not allowed together with schemaConfig.labels, which computes the target from "
             "failure events; remove one of them",
         )
+    _check_against_schema(model, schema)
     if "targetColumn" in model and "featureColumns" in model:
         check_target_not_feature(
             model["targetColumn"], model["featureColumns"], schema.column_mappings, "mlModelConfig."
@@ -249,11 +280,35 @@ def parse_model_config(raw: object) -> dict[str, Any]:
         cfg["decisionPolicy"] = check_decision_policy(
             cfg["decisionPolicy"], f"{name}.decisionPolicy"
         )
+    if "windows" in cfg:
+        windows = check_windows(cfg["windows"], f"{name}.windows")
+        cfg["windows"] = {k: v for k, v in windows.to_wire().items() if not k.endswith("Seconds")}
     if "derivedFeatures" in cfg:
+        # A window model's derived features are expressions over its window statistics.
+        named = (
+            check_windows(cfg["windows"], f"{name}.windows").feature_names()
+            if "windows" in cfg
+            else cfg.get("featureColumns")
+        )
         cfg["derivedFeatures"] = check_derived_features(
-            cfg["derivedFeatures"], f"{name}.derivedFeatures", cfg.get("featureColumns")
+            cfg["derivedFeatures"], f"{name}.derivedFeatures", named
         )
     return cfg
+
+
+def _check_against_schema(model: Mapping[str, Any], schema: SchemaConfig) -> None:
+    """Refuse model options the schema cannot serve: windows need assets, event gates events."""
+    if "windows" in model and schema.asset_column is None:
+        raise ConfigError(
+            "schemaConfig.assetColumn",
+            "is required with mlModelConfig.windows: windows are built per asset",
+        )
+    gates = [k for k in EVENT_THRESHOLDS if k in model.get("thresholds", {})]
+    if gates and schema.labels is None:
+        raise ConfigError(
+            f"mlModelConfig.thresholds.{gates[0]}",
+            "needs failure events: set schemaConfig.labels, or remove the gate",
+        )
 
 
 def parse_schedule(raw: object) -> dict[str, Any]:
@@ -271,7 +326,13 @@ def parse_schedule(raw: object) -> dict[str, Any]:
 
 def _thresholds(raw: object, name: str) -> dict[str, Any]:
     th = dict(f.require_mapping(raw, name))
-    f.reject_unknown(th, THRESHOLD_DEFAULTS, name)
+    f.reject_unknown(th, (*THRESHOLD_DEFAULTS, *EVENT_THRESHOLDS), name)
+    if "minEventRecall" in th:
+        th["minEventRecall"] = f.number(th["minEventRecall"], f"{name}.minEventRecall", 0.0, 1.0)
+    if "maxFalseAlarmsPerAssetDay" in th:
+        th["maxFalseAlarmsPerAssetDay"] = f.number(
+            th["maxFalseAlarmsPerAssetDay"], f"{name}.maxFalseAlarmsPerAssetDay", 0.0, 1e6
+        )
     for key in ("accuracy", "precision", "recall", "maxMetricDrop"):
         if key in th:
             th[key] = f.number(th[key], f"{name}.{key}", 0.0, 1.0)

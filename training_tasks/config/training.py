@@ -13,6 +13,7 @@ from typing import Any
 from training_tasks import fields as f
 from training_tasks.config.derived import check_derived_features
 from training_tasks.config.window import LatestData, check_request_window, window_range
+from training_tasks.config.window_features import WindowSpec, check_windows
 from training_tasks.errors import ConfigError
 from training_tasks.protocol.ids import check_org_id
 
@@ -75,6 +76,7 @@ REQUEST_KEYS = (
     "innerValidationSplit",
     "decisionPolicy",
     "derivedFeatures",
+    "windows",  # per-asset windows, or null: single readings even if mlModelConfig has windows
     "keepScratch",  # keep the extracted training data after the run (for debugging)
 )
 
@@ -98,6 +100,18 @@ class TrainingConfig:
         default_factory=lambda: dict(DEFAULT_DECISION_POLICY)
     )
     derived_features: Mapping[str, str] = field(default_factory=dict)  # name -> expression
+    # A window model's spec; its feature_columns are the window's columns, and its derived
+    # features are expressions over the window statistics (`vibration__slope`).
+    windows: WindowSpec | None = None
+    # Time kept free between the last training example and the holdout (and the inner fold):
+    # the label horizon plus one window, so no example's label or window reaches across.
+    purge_gap_s: float = 0.0
+    label_horizon_s: float | None = None  # set when failure events label the rows
+
+    @property
+    def tree_features(self) -> list[str]:
+        """The names of the features the trees see before derived ones."""
+        return self.windows.feature_names() if self.windows else list(self.feature_columns)
 
     def lightgbm_params(self) -> dict[str, Any]:
         """The hyperparameters under LightGBM's own names."""
@@ -115,6 +129,9 @@ class TrainingConfig:
             "innerValidationSplit": self.inner_validation_split,
             "decisionPolicy": dict(self.decision_policy),
             "derivedFeatures": dict(self.derived_features),
+            "windows": None if self.windows is None else self.windows.to_wire(),
+            "purgeGapSeconds": self.purge_gap_s,
+            "labelHorizonSeconds": self.label_horizon_s,
             "keepScratch": self.keep_scratch,
         }
 
@@ -147,6 +164,8 @@ def check_request(request: object) -> Mapping[str, Any]:
         check_decision_policy(req["decisionPolicy"], "decisionPolicy")
     if "derivedFeatures" in req:
         check_derived_features(req["derivedFeatures"], "derivedFeatures")
+    if req.get("windows") is not None:
+        check_windows(req["windows"], "windows")
     if "keepScratch" in req:
         f.boolean(req["keepScratch"], "keepScratch")
     return req
@@ -199,14 +218,15 @@ def resolve(
     column_mappings: Mapping[str, str] | None = None,
     *,
     latest_data: LatestData | None = None,
-    event_labels: bool = False,
+    label_horizon_h: float | None = None,
 ) -> TrainingConfig:
     """Merge a request with the org's `mlModelConfig` defaults into a complete TrainingConfig.
 
     `column_mappings` (the org's schemaConfig.columnMappings) lets the target and the features
     be compared as the SCADA columns they name, not only as the names given. `latest_data`
-    reads the newest row's time, for a window with `windowEnd: "latestData"`. `event_labels`
-    says the org's schemaConfig.labels computes the target, so none may be named.
+    reads the newest row's time, for a window with `windowEnd: "latestData"`.
+    `label_horizon_h` is the horizon of the org's schemaConfig.labels, which computes the target
+    (so none may be named) and widens the purge gap. `OrgConfig.training_config` passes all this.
     """
     req = check_request({} if request is None else request)
     if req.get("organizationId", org_id) != org_id:
@@ -222,8 +242,11 @@ def resolve(
         start, end = _data_range(req["dataRange"], "dataRange")
     else:
         start, end = window_range(req, model_defaults, now, latest_data)
-    target = _target(req, model_defaults, event_labels)
+    target = _target(req, model_defaults, label_horizon_h is not None)
+    windows = _windows(req, model_defaults)
     features = req.get("featureColumns", model_defaults.get("featureColumns"))
+    if windows is not None:
+        features = list(_window_columns(req, windows))
     if target is None:
         raise ConfigError("targetColumn", "is required (in the request or the org's mlModelConfig)")
     if features is None:
@@ -247,6 +270,9 @@ def resolve(
     derived_field = (
         "derivedFeatures" if "derivedFeatures" in req else "mlModelConfig.derivedFeatures"
     )
+    horizon_s = None if label_horizon_h is None else float(label_horizon_h) * 3600.0
+    gap_s = (horizon_s or 0.0) + (windows.span_s if windows else 0)
+    named = windows.feature_names() if windows else feature_tuple
     return TrainingConfig(
         organization_id=org_id,
         start=start,
@@ -258,8 +284,32 @@ def resolve(
         keep_scratch=bool(req.get("keepScratch", False)),
         inner_validation_split=_inner_split(inner, "innerValidationSplit"),
         decision_policy=check_decision_policy(policy, "decisionPolicy"),
-        derived_features=_derived(derived, derived_field, feature_tuple, target),
+        derived_features=_derived(derived, derived_field, named, target),
+        windows=windows,
+        purge_gap_s=gap_s,
+        label_horizon_s=horizon_s,
     )
+
+
+def _windows(req: Mapping[str, Any], model_defaults: Mapping[str, Any]) -> WindowSpec | None:
+    """The request's windows (null: none), else the org's mlModelConfig.windows."""
+    if "windows" in req:
+        return None if req["windows"] is None else check_windows(req["windows"], "windows")
+    spec = model_defaults.get("windows")
+    return None if spec is None else check_windows(spec, "mlModelConfig.windows")
+
+
+def _window_columns(req: Mapping[str, Any], windows: WindowSpec) -> tuple[str, ...]:
+    """A window model reads its window's columns; a request naming others is refused."""
+    named = req.get("featureColumns")
+    if named is not None and set(f.string_list(named, "featureColumns")) != set(windows.columns):
+        where = "windows" if "windows" in req else "mlModelConfig.windows"
+        raise ConfigError(
+            "featureColumns",
+            f"{list(named)} differs from {where}.columns {list(windows.columns)}; a window model "
+            "reads its window's columns: leave featureColumns out or give the same columns",
+        )
+    return windows.columns
 
 
 def _derived(
@@ -342,6 +392,11 @@ def from_wire(wire: Mapping[str, Any]) -> TrainingConfig:
         ),
         decision_policy=dict(wire.get("decisionPolicy") or DEFAULT_DECISION_POLICY),
         derived_features=dict(wire.get("derivedFeatures") or {}),
+        windows=None if not wire.get("windows") else WindowSpec.from_wire(wire["windows"]),
+        purge_gap_s=float(wire.get("purgeGapSeconds") or 0.0),
+        label_horizon_s=(
+            None if wire.get("labelHorizonSeconds") is None else float(wire["labelHorizonSeconds"])
+        ),
     )
 
 

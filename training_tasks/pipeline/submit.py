@@ -50,16 +50,7 @@ def submit_training(
         )
     org = orgs.get_org(rt.engine, org_id)
     now = rt.now()
-    mappings = org.schema_config.column_mappings
-    config = training_config.resolve(
-        request,
-        org_id,
-        org.ml_model_config,
-        now,
-        mappings,
-        latest_data=latest_data_reader(org),
-        event_labels=org.schema_config.labels is not None,
-    )
+    config = org.training_config(request, now, latest_data=latest_data_reader(org))
     _check_source(org, config)
     if rt.settings.ml_base_path.exists():  # the model store is here: check it has room now
         check_run_fits(rt, config)
