@@ -186,6 +186,32 @@ def test_a_due_slot_starts_a_run_whose_data_window_ends_at_the_slot(
     assert svc.get_schedule("acme")["nextRunAt"] == "2027-01-02T02:00:00Z"
 
 
+def test_a_scheduled_run_of_an_organization_labelled_by_events_trains_the_computed_target(
+    svc: TrainingService, clock: Clock
+) -> None:
+    labels = {
+        "eventsTable": "failure_events",
+        "assetColumn": "asset_id",
+        "timestampColumn": "failed_at",
+        "horizonHours": 48,
+        "excludeAfterHours": 12,
+    }
+    doc = {
+        **ORG_DOC,
+        "mlModelConfig": {"featureColumns": ["temperature", "pressure"]},
+        "schemaConfig": {**ORG_DOC["schemaConfig"], "assetColumn": "asset", "labels": labels},
+    }
+    svc.register_organization("labelled", doc)
+    svc.schedule_training("labelled", {"pattern": "0 2 * * *"})
+    sent = Sent()
+    clock.now = at(1, 2, 0) + timedelta(seconds=3)
+    report = dispatcher(svc, sent).dispatch_due(clock.now)
+    assert (report.submitted, report.skipped) == (1, 0)
+    config = runs.get_run(svc.rt.engine, sent.runs[0])["config"]
+    assert config["targetColumn"] == "failure_within_horizon"
+    assert config["purgeGapSeconds"] == 48 * 3600
+
+
 def test_a_slot_is_skipped_with_the_reason_while_a_run_is_active(
     svc: TrainingService, clock: Clock
 ) -> None:
