@@ -16,6 +16,7 @@ from pathlib import Path
 
 BENCHMARKS = (
     "bench_extract",
+    "bench_window_extract",
     "bench_train",
     "bench_validate",
     "bench_report",

@@ -139,7 +139,14 @@ def latest_data_reader(org: OrgConfig) -> LatestData:
 
 
 def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> None:
-    """Refuse names missing from the SCADA table now, before a run exists, when we can look."""
+    """Refuse a range too short for its purge gap, and names missing from the SCADA table now,
+    before a run exists, when we can look."""
+    # ADBC and pyarrow, about 1 s: imported only where a run is submitted.
+    from training_tasks.stages.extract.source import plan_source
+    from training_tasks.stages.extract.split import plan_split
+    from training_tasks.stages.extract.window_query import plan_window_source
+
+    plan_split(config, org.schema_config)
     try:
         url = org.resolve_scada_url()
     except ConfigError:
@@ -147,10 +154,9 @@ def _check_source(org: OrgConfig, config: training_config.TrainingConfig) -> Non
             "SCADA URL of %s is not set here; the worker checks the schema", org.organization_id
         )
         return
-    from training_tasks.stages.extract.source import plan_source  # ADBC and pyarrow, about 1 s
-
+    plan = plan_source if config.windows is None else plan_window_source
     try:
-        plan_source(url, org.schema_config, config, connect_timeout_s=SCHEMA_CHECK_TIMEOUT_S)
+        plan(url, org.schema_config, config, connect_timeout_s=SCHEMA_CHECK_TIMEOUT_S)
     except SourceUnavailableError as exc:
         log.warning(
             "could not check the SCADA schema of %s now (%s); extract will",

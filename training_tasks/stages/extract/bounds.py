@@ -18,8 +18,9 @@ from training_tasks import fields as f
 from training_tasks.config.org import SchemaConfig
 from training_tasks.errors import ExtractError
 from training_tasks.redaction import mask_url
+from training_tasks.stages.extract.columns import timestamp_column_type
 from training_tasks.stages.extract.errors import translate_error
-from training_tasks.stages.extract.source import source_engine, timestamp_column_type
+from training_tasks.stages.extract.source import source_engine
 
 
 @dataclass(frozen=True)

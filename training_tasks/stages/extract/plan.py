@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["timestamp", "asset", "feature", "target", "label"]  # label: from events
+TIMESTAMP_FIELD = "timestamp"
+ASSET_FIELD = "asset_id"
+# label: from events; bucket, count, check and events: computed by a window query.
+Role = Literal[
+    "timestamp", "asset", "feature", "target", "label", "bucket", "count", "check", "events"
+]
 
 
 @dataclass(frozen=True)
@@ -33,3 +38,5 @@ class SourcePlan:
     columns: tuple[SourceColumn, ...]
     driver_uri: str  # holds the password: never log it, use masked_url
     masked_url: str
+    # PostgreSQL: the session settings the parameters are bound into, in order (see source.py).
+    settings: tuple[str, ...] = ()
