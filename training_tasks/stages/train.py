@@ -81,11 +81,16 @@ def script_config(
     """The JSON config the training script receives (camelCase, absolute paths).
 
     `derivedFeatures` arrives parsed ([{name, expression, ast}], see `config/derived.py`), so a
-    script computes the features without an expression parser of its own.
+    script computes the features without an expression parser of its own; for a window model
+    they are expressions over the window statistics' names (`vibration__slope`).
     """
+    windows = config.windows
     return {
         **config.to_wire(),
-        "derivedFeatures": compile_features(config.derived_features, config.feature_columns),
+        "derivedFeatures": compile_features(config.derived_features, config.tree_features),
+        "windows": windows.to_wire() if windows else None,
+        "purgeGapSeconds": config.purge_gap_s,
+        "labelHorizonSeconds": config.label_horizon_s,
         "version": version,
         "outputPath": str(output_dir.resolve()),
         "trainDataPath": str(train_path.resolve()),
