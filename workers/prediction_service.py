@@ -6,13 +6,23 @@ It exists so the hot-swap can be exercised the way prediction services use it. E
                                                                "probabilities": [...],
                                                                "alarms": [true, ...],
                                                                "threshold": 0.5}
+                          a window model takes windows instead ([length][columns], oldest
+                          bucket first), in a list or one per asset:
+                          {"windows": [[[c1, c2], ...], ...]}  ->  the same answer, one per window
+                          {"assets": {"pump-001": [[c1, c2], ...], ...}}  ->  {"organizationId",
+                              "version", "threshold", "assets": {"pump-001": {"probability",
+                              "alarm"}, ...}}
+    GET  /models/<org>    what to send: {"organizationId", "version", "threshold",
+                          "featureColumns", "window": null or {"interval", "intervalSeconds",
+                          "length", "columns", "stats"}}
     GET  /health          {"status": "ok", "replicaId", "versions": {org: version}}
     GET  /metrics         Prometheus metrics: requests by organization and outcome, their
                           latency, the version each organization is served by, the last swap,
                           loads and failed loads (workers/model_cache/metrics.py)
 
-`alarms` holds the model's decision for each row, made at its `threshold` (0.5 for a model
-exported without one).
+`alarms` holds the model's decision for each row or window, made at its `threshold` (0.5 for a
+model exported without one). A request of the other kind than the organization's model takes
+(rows for a window model, windows for a model on single readings) gets 400 saying what to send.
 
 Connections are HTTP/1.1 keep-alive. Each response leaves in one send (status line, headers and
 body are buffered and flushed together) on a socket with TCP_NODELAY: a response split in two small
@@ -37,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workers.model_cache import Fallback, ModelCache, ModelUnavailable
 from workers.model_cache.metrics import PredictionMetrics
 
@@ -44,6 +56,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ROWS = 100_000
 PREDICT_PATH = re.compile(r"^/predict/([a-z0-9][a-z0-9-]{0,62})$")
+MODEL_PATH = re.compile(r"^/models/([a-z0-9][a-z0-9-]{0,62})$")
+WINDOW_KEYS = ("windows", "assets")
 # Most replies (a few hundred rows) fit, so they leave in one send; a larger one is sent in pieces,
 # which TCP_NODELAY keeps from waiting on ACKs.
 RESPONSE_BUFFER_BYTES = 64 * 1024
@@ -105,10 +119,14 @@ class _Handler(BaseHTTPRequestHandler):
             body, content_type = self.server.metrics.render()
             self._send(HTTPStatus.OK, body, content_type)
             return
+        model = MODEL_PATH.match(self.path)
+        if model is not None:
+            self._describe(model.group(1))
+            return
         if self.path != "/health":
             self._reply(
                 HTTPStatus.NOT_FOUND,
-                {"error": f"no such path {self.path}; try /health or /metrics"},
+                {"error": f"no such path {self.path}; try /health, /metrics or /models/<org>"},
             )
             return
         cache = self.server.cache
@@ -141,8 +159,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, {"error": "POST /predict/<organizationId>"})
             return
         org_id = match.group(1)
+        cache, key = self.server.cache, "rows"
         try:
-            prediction = self.server.cache.predict(org_id, _rows(body))
+            doc = _json(body)
+            key, inputs, assets = _inputs(doc, cache.model_info(org_id))
+            prediction = cache.predict(org_id, inputs)
         except _BadRequest as exc:
             self._reply(exc.status, {"error": str(exc)})
             return
@@ -150,18 +171,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
             return
         except (ValueError, TypeError) as exc:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": f"rows: {exc}"})
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": f"{key}: {exc}"})
             return
-        self._reply(
-            HTTPStatus.OK,
-            {
-                "organizationId": org_id,
-                "version": prediction.version,
-                "probabilities": [float(p) for p in prediction.probabilities],
-                "alarms": prediction.alarms.tolist(),
-                "threshold": prediction.threshold,
-            },
-        )
+        answer: dict[str, Any] = {"organizationId": org_id, "version": prediction.version}
+        probabilities = [float(p) for p in prediction.probabilities]
+        if assets is None:
+            answer.update(probabilities=probabilities, alarms=prediction.alarms.tolist())
+        else:
+            pairs = zip(assets, probabilities, prediction.alarms.tolist(), strict=True)
+            answer["assets"] = {a: {"probability": p, "alarm": b} for a, p, b in pairs}
+        self._reply(HTTPStatus.OK, {**answer, "threshold": prediction.threshold})
+
+    def _describe(self, org_id: str) -> None:
+        """GET /models/<org>: what the organization's model takes, so a caller knows what to send."""
+        try:
+            self._reply(HTTPStatus.OK, self.server.cache.model_info(org_id))
+        except ModelUnavailable as exc:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
 
     def _body(self) -> bytes:
         raw = self.headers.get("Content-Length")
@@ -206,19 +232,85 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _rows(body: bytes) -> list[list[float]]:
-    """The rows of a /predict body, or _BadRequest saying what the body should be."""
+def _json(body: bytes) -> Any:
+    """The JSON document of a /predict body, or _BadRequest."""
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         raise _BadRequest(f"the body is not JSON ({reason})") from None
-    rows = doc.get("rows") if isinstance(doc, dict) else None
+
+
+def _inputs(doc: Any, model: dict[str, Any]) -> tuple[str, Any, list[str] | None]:
+    """(the body's key, what to predict on, the asset ids of an `assets` body); _BadRequest
+    saying what to send when the body is not what the organization's model takes.
+
+    `model` is the cache's model_info of the organization."""
+    doc = doc if isinstance(doc, dict) else {}
+    given = [key for key in ("rows", *WINDOW_KEYS) if key in doc]
+    window, org_id = model["window"], model["organizationId"]
+    if window is None:
+        if given and given != ["rows"]:
+            raise _BadRequest(
+                f"organization {org_id} is served by a model on single readings, which takes "
+                f'rows, not {" or ".join(given)}: send {{"rows": [row, ...]}}, each row '
+                f"[{', '.join(model['featureColumns'])}]"
+            )
+        return "rows", _rows(doc.get("rows")), None
+    if len(given) != 1 or given == ["rows"]:
+        raise _BadRequest(f"organization {org_id} is served by a window model: {_send(window)}")
+    if given == ["windows"]:
+        return "windows", _windows(doc["windows"], "windows", window), None
+    assets = doc["assets"]
+    if not isinstance(assets, dict):
+        assets = {}
+    windows = _windows(list(assets.values()), "assets", window)
+    # Named here: the model can only say which window of the list holds a gap.
+    gaps = [a for a, ok in zip(assets, _finite(windows), strict=True) if not ok]
+    if gaps:
+        raise _BadRequest(
+            f"assets: the windows of {gaps[:10]} hold NaN or infinity; the model was trained on "
+            "windows without gaps: forward-fill a short gap with the last value, or leave the "
+            "asset out until it has a whole window"
+        )
+    return "assets", windows, list(assets)
+
+
+def _rows(rows: Any) -> list[list[float]]:
+    """The rows of a /predict body, or _BadRequest saying what the body should be."""
     if not isinstance(rows, list) or not rows or len(rows) > MAX_ROWS:
         raise _BadRequest(f'rows: give {{"rows": [[...], ...]}} with 1 to {MAX_ROWS} rows')
     if not all(isinstance(row, list) for row in rows):
         raise _BadRequest("rows: every row must be a list of numbers in feature order")
     return rows
+
+
+def _windows(windows: Any, key: str, window: dict[str, Any]) -> np.ndarray:
+    """Windows as a float32 array (its shape is the model's to check), or _BadRequest when
+    they are not 1 to MAX_ROWS grids of numbers."""
+    if not isinstance(windows, list) or not 1 <= len(windows) <= MAX_ROWS:
+        raise _BadRequest(f"{key}: give 1 to {MAX_ROWS} windows; {_send(window)}")
+    try:
+        return np.asarray(windows, dtype=np.float32)
+    except (ValueError, TypeError):  # ragged, or not numbers
+        raise _BadRequest(
+            f"{key}: not every window is a grid of numbers; {_send(window)}"
+        ) from None
+
+
+def _finite(windows: np.ndarray) -> np.ndarray:
+    """Per window, whether all its values are finite."""
+    return np.isfinite(windows.reshape(len(windows), -1)).all(axis=1)
+
+
+def _send(window: dict[str, Any]) -> str:
+    """What a window model takes, as a sentence."""
+    columns = ", ".join(window["columns"])
+    return (
+        'send {"windows": [window, ...]} or {"assets": {"<asset id>": window, ...}}, each '
+        f"window {window['length']} buckets of {window['interval']} (oldest first), each "
+        f"bucket [{columns}]"
+    )
 
 
 class PredictionService:

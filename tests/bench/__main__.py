@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_swap_load",
     "bench_beat",
     "bench_model_options",
+    "bench_window_inference",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

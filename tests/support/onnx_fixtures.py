@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightgbm as lgb
@@ -357,3 +361,115 @@ def judge(model: Path, holdout: Path, **overrides: Any) -> Any:
 def check(report: Any, name: str) -> dict[str, Any]:
     """The named check of a validation report."""
     return next(c for c in report.as_dict()["checks"] if c["name"] == name)
+
+
+# -- window models ----------------------------------------------------------------------------
+# A window model takes input `window` float32 [N, length, columns] (oldest bucket first) and
+# computes its statistics in the graph, in front of the trees: the training script's own
+# window_front, convert and finish build it, so the fixture is what the script exports.
+
+WINDOW: dict[str, Any] = {
+    "interval": "10min",
+    "intervalSeconds": 600,
+    "length": 36,
+    "columns": ["vibration", "temperature"],
+    "stats": ["mean", "std", "min", "max", "slope", "last", "delta"],
+}
+
+
+@functools.cache
+def train_script() -> ModuleType:
+    """The bundled training script imported as a module (it runs nothing on import)."""
+    from training_tasks.config.settings import BUNDLED_SCRIPT
+
+    spec = importlib.util.spec_from_file_location("bundled_train_model", BUNDLED_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_windows(
+    count: int, *, window: dict[str, Any] = WINDOW, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows [count, length, columns] float32 of vibration around 1 and temperature around 60
+    (further columns: noise), and labels (about 40% failures): a failing asset's vibration and
+    temperature drift upwards, by amounts that overlap the healthy ones', so scores spread."""
+    rng = np.random.default_rng(seed)
+    length, width = window["length"], len(window["columns"])
+    failing = rng.random(count) < 0.4
+    steps = np.arange(length, dtype=np.float64)
+    level = rng.normal(0.0, 1.0, (count, 1, width)) + np.array([1.0, 60.0, *[0.0] * (width - 2)])
+    noise = rng.normal(0.0, 1.0, (count, length, width)) * np.array(
+        [0.1, 1.0, *[1.0] * (width - 2)]
+    )
+    drift = np.zeros((count, 1, width))
+    drift[:, 0, 0] = rng.uniform(0.0, 0.01, count) + failing * rng.uniform(0.0, 0.01, count)
+    drift[:, 0, 1 % width] += failing * rng.uniform(0.0, 0.05, count)
+    windows = level + noise + drift * steps[None, :, None]
+    return windows.astype(np.float32), failing.astype(np.int8)
+
+
+def window_statistics(windows: np.ndarray, window: dict[str, Any] = WINDOW) -> np.ndarray:
+    """The statistics of each window [N, columns * stats] float32, by the script's reference."""
+    return np.asarray(train_script().window_features(windows, window))
+
+
+def train_window_booster(
+    windows: np.ndarray,
+    labels: np.ndarray,
+    *,
+    window: dict[str, Any] = WINDOW,
+    rounds: int = 40,
+    leaves: int = 15,
+    seed: int = 0,
+) -> lgb.Booster:
+    """A LightGBM booster on the windows' statistics, named `<column>__<stat>`."""
+    features = window_statistics(windows, window)
+    names = train_script().window_feature_names(window)
+    params = {"objective": "binary", "num_leaves": leaves, "verbosity": -1, "seed": seed}
+    dataset = lgb.Dataset(features, labels, feature_name=names)
+    return lgb.train({**params, "num_threads": 1}, dataset, num_boost_round=rounds)
+
+
+def to_onnx_window(
+    booster: lgb.Booster,
+    *,
+    window: dict[str, Any] = WINDOW,
+    threshold: float = 0.5,
+    org_id: str = ORG_ID,
+    version: str = VERSION,
+    metadata: dict[str, str | None] | None = None,
+    input_shape: Sequence[int | str] | None = None,
+) -> onnx.ModelProto:
+    """A window model as the training script exports it: input `window` [N, length, columns]
+    -> the window statistics -> the trees -> `failure_probability` [N] and `failure_alarm` at
+    `threshold`, with the metadata `window` and `window_feature_columns`.
+
+    `metadata` replaces entries (None removes one) and `input_shape` declares another input
+    shape, to build a model whose metadata and input disagree.
+    """
+    script = train_script()
+    config = {
+        "featureColumns": list(window["columns"]),
+        "derivedFeatures": [],
+        "windows": script.window_spec(window),
+        "organizationId": org_id,
+        "version": version,
+        "decisionPolicy": {"type": "fixed", "threshold": threshold},
+    }
+    model = script.convert(booster.model_to_string(), config)
+    if input_shape is not None:
+        declared = helper.make_tensor_value_info("window", TensorProto.FLOAT, list(input_shape))
+        model.graph.input[0].CopyFrom(declared)
+    model = onnx.load_model_from_string(script.finish(model, config, threshold, 0))
+    entries = {p.key: p.value for p in model.metadata_props}
+    for key, value in (metadata or {}).items():
+        entries.pop(key, None)
+        if value is not None:
+            entries[key] = value
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, entries)
+    onnx.checker.check_model(model)
+    return model

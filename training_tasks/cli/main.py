@@ -204,7 +204,9 @@ def cancel(org_id: str, wait_s: float) -> None:
 def serve(
     port: int, host: str, org_ids: tuple[str, ...], replica_id: str | None, fallback: str
 ) -> None:
-    """Run the reference prediction service: POST /predict/<org>, GET /health, GET /metrics.
+    """Run the reference prediction service: POST /predict/<org> (rows; for a window model
+    {"windows": [...]} or {"assets": {asset: window}}), GET /models/<org> (what to send),
+    GET /health, GET /metrics.
 
     It loads each organization's deployed model, follows deployments and rollbacks through
     Redis and swaps models without failing a request. While Redis holds no announcement of an

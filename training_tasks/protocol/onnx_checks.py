@@ -20,6 +20,7 @@ from training_tasks.protocol.decision import ALARM_NAME
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 INPUT_NAME = "input"
+WINDOW_INPUT_NAME = "window"  # a window model's input: float32 [N, length, columns]
 OUTPUT_NAME = "failure_probability"
 # "" and "ai.onnx" are two names of the standard operator set; both share its version limit.
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -243,8 +244,12 @@ def _run_checker(data: bytes, label: str) -> None:
 
 
 def _check_input(graph: GraphProto, feature_count: int | None, label: str) -> int | None:
-    """The one input must be float32 [N, F]; returns F, or None when it is symbolic."""
+    """The one input must be float32 [N, F], or a window model's `window` float32
+    [N, length, F]; returns F (the columns of a window), or None when it is symbolic."""
     expected = f"float32 [N, {feature_count if feature_count is not None else 'F'}]"
+    windowed = len(graph.input) == 1 and graph.input[0].name == WINDOW_INPUT_NAME
+    if windowed:
+        expected = f"float32 [N, length, {feature_count if feature_count is not None else 'F'}]"
     names = [_show(i.name) for i in graph.input]
     # The name is not enforced (see "lenient tensor names" in docs/decisions.md); the count is.
     if len(graph.input) != 1:
@@ -260,17 +265,23 @@ def _check_input(graph: GraphProto, feature_count: int | None, label: str) -> in
             f"is {expected}, {EXPORT_HINT}"
         )
     dims = tensor.shape.dim
-    if not tensor.HasField("shape") or len(dims) != 2:
+    if not tensor.HasField("shape") or len(dims) != (3 if windowed else 2):
         rank = len(dims) if tensor.HasField("shape") else "unknown"
         raise UnsafeModel(
-            f"{label} takes input {INPUT_NAME!r} of rank {rank}; the model contract is "
+            f"{label} takes input {names[0]} of rank {rank}; the model contract is "
             f"{expected}, {EXPORT_HINT}"
         )
-    width = dims[1].dim_value if dims[1].HasField("dim_value") else None
-    if (width is not None and width < 1) or (feature_count is not None and width != feature_count):
-        shown = width if width is not None else _show(dims[1].dim_param or "unknown")
+    if windowed and dims[1].HasField("dim_value") and dims[1].dim_value < 1:
         raise UnsafeModel(
-            f"{label} takes input {INPUT_NAME!r} with {shown} features; the model contract is "
+            f"{label} takes input {WINDOW_INPUT_NAME!r} of {dims[1].dim_value} buckets; the "
+            f"model contract is {expected} with length >= 1, {EXPORT_HINT}"
+        )
+    last = dims[-1]
+    width = last.dim_value if last.HasField("dim_value") else None
+    if (width is not None and width < 1) or (feature_count is not None and width != feature_count):
+        shown = width if width is not None else _show(last.dim_param or "unknown")
+        raise UnsafeModel(
+            f"{label} takes input {names[0]} with {shown} features; the model contract is "
             f"{expected}, train it on the configured featureColumns"
         )
     return width

@@ -3,6 +3,9 @@
     with ModelCache(redis_url, ml_base_path, ["acme-corp"]) as cache:
         prediction = cache.predict("acme-corp", [[71.5, 2.1, 0.03, 1480.0]])
 
+An organization served by a window model takes windows instead, [n, length, columns] float32,
+oldest bucket first: `cache.window_spec("acme-corp")` says the length, interval and columns.
+
 While Redis holds no announcement of an organization it serves the deployment the
 `models/<org>/current` link names, verified like an announced one (see `fallback`).
 

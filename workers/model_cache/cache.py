@@ -58,9 +58,10 @@ _PING_TOKEN = "model-cache"
 
 @dataclass(frozen=True)
 class Prediction:
-    """Failure probabilities and alarms for the rows of one call, and the model that made them.
+    """Failure probabilities and alarms for the rows (or windows) of one call, and the model
+    that made them.
 
-    `alarms` (bool, one per row) is the model's own decision at its `threshold`; a model exported
+    `alarms` (bool, one per row or window) is the model's own decision at its `threshold`; a model exported
     without one decides at probability >= 0.5.
     """
 
@@ -172,7 +173,9 @@ class ModelCache:
     # -- serving ----------------------------------------------------------------------------
 
     def predict(self, org_id: str, rows: Any) -> Prediction:
-        """Failure probabilities and alarms of 2-D `rows` (in the model's feature_columns order)."""
+        """Failure probabilities and alarms of 2-D `rows` (in the model's feature_columns order),
+        or, when the organization serves a window model, of its windows [n, length, columns]
+        (see `window_spec`); ValueError saying what to send for anything else."""
         model = self._slots.current(org_id)  # one reference read: the call keeps this model
         probabilities, alarms = model.decide(rows)
         return Prediction(
@@ -182,6 +185,25 @@ class ModelCache:
     def feature_columns(self, org_id: str) -> list[str]:
         """The feature columns, in order, of the model `org_id` serves now."""
         return list(self._slots.current(org_id).feature_columns)
+
+    def window_spec(self, org_id: str) -> dict[str, Any] | None:
+        """What one window of the model `org_id` serves now holds (`interval`,
+        `intervalSeconds`, `length`, `columns`, `stats`), or None for a model on single rows."""
+        window = self._slots.current(org_id).window
+        return None if window is None else window.to_wire()
+
+    def model_info(self, org_id: str) -> dict[str, Any]:
+        """What the model `org_id` serves now takes and decides at, as camelCase JSON:
+        `organizationId`, `version`, `threshold`, `featureColumns` and `window` (see
+        `window_spec`)."""
+        model = self._slots.current(org_id)  # one read: the fields belong to one model
+        return {
+            "organizationId": org_id,
+            "version": model.version,
+            "threshold": model.threshold,
+            "featureColumns": list(model.feature_columns),
+            "window": None if model.window is None else model.window.to_wire(),
+        }
 
     def version(self, org_id: str) -> str | None:
         """The version `org_id` serves now, or None if it has no valid model."""

@@ -1,5 +1,10 @@
 """Load one deployed ONNX model: path and sha256 checks, metadata checks, warm-up, inference.
 
+A model takes single readings (input `input` [N, features]) or windows (input `window`
+[N, length, columns], with its metadata `window` saying the length, interval and columns; see
+`window`); which one is read from the file, and a file whose input and metadata disagree is
+refused.
+
 A model's decision is its own: the `failure_alarm` output where it has one, made in the graph at
 its `decision_threshold`; a model exported without them decides at probability >= 0.5.
 
@@ -28,6 +33,13 @@ from training_tasks.protocol.ids import ORG_ID_PATTERN
 from training_tasks.protocol.keyring import Keyring, SealedDataError
 from training_tasks.protocol.onnx_checks import UnsafeModel, check_model_bytes
 from workers.model_cache.errors import ModelRejected
+from workers.model_cache.window import (
+    WINDOW_INPUT,
+    WindowInput,
+    as_windows,
+    check_window_model,
+    window_of,
+)
 
 PROBABILITY_OUTPUT = "failure_probability"
 INPUT_NAME = "input"
@@ -92,10 +104,14 @@ class LoadedModel:
     probability_pair: bool
     threshold: float  # the decision threshold of the model's metadata (0.5 for an old model)
     alarm_name: str | None  # its `failure_alarm` output; None for a model exported without one
+    window: WindowInput | None = None  # what a window model takes; None: single readings
     # Made once, not per call. A float32 array of one element: numpy compares with it (broadcast)
     # in about half the time it takes with a scalar, which is half a single-row call's overhead.
     _threshold32: np.ndarray = field(init=False, repr=False)
     _outputs: list[str] = field(init=False, repr=False)
+    # The width a row must have. -1 for a window model: its input never passes as rows, so the
+    # window check runs off the row path and costs a row nothing.
+    _row_width: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         outputs = (
@@ -103,31 +119,35 @@ class LoadedModel:
         )
         object.__setattr__(self, "_threshold32", np.array([self.threshold], dtype=np.float32))
         object.__setattr__(self, "_outputs", outputs)
+        width = -1 if self.window is not None else len(self.feature_columns)
+        object.__setattr__(self, "_row_width", width)
 
     @property
     def has_alarm(self) -> bool:
         """Whether the model makes its decision itself (a `failure_alarm` output)."""
         return self.alarm_name is not None
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input: (features,) of a row, or (length, columns) of a window."""
+        return self.window.shape if self.window is not None else (len(self.feature_columns),)
+
     def predict(self, rows: Any) -> np.ndarray:
-        """Failure probabilities (float32, one per row) of 2-D `rows` in feature-column order."""
+        """Failure probabilities (float32, one per row or window); see `decide`."""
         return self.decide(rows)[0]
 
     def decide(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
         """Failure probabilities and alarms (bool) of `rows`, from one run of the model.
 
-        The alarms are the model's own `failure_alarm` output, or probability >= its threshold
-        for a model without one.
+        `rows` is 2-D [n_rows, features] in feature-column order, or for a window model windows
+        [n_windows, length, columns] (or one window [length, columns]). The alarms are the
+        model's own `failure_alarm` output, or probability >= its threshold for a model without
+        one.
         """
         # One function on purpose: this is every prediction's path, and calls cost here.
         features = np.asarray(rows, dtype=np.float32)
-        width = len(self.feature_columns)
-        if features.ndim != 2 or features.shape[1] != width:
-            raise ValueError(
-                f"rows must be 2-D [n_rows, {width}] in the order {list(self.feature_columns)} "
-                f"(organization {self.organization_id}, version {self.version}); got shape "
-                f"{list(features.shape)}"
-            )
+        if features.ndim != 2 or features.shape[1] != self._row_width:
+            features = self._not_rows(features)
         n_rows = len(features)
         outputs = self.session.run(self._outputs, {self.input_name: features})
         # Reshaped only when not [N] already: numpy is slower on the view a reshape makes.
@@ -141,6 +161,16 @@ class LoadedModel:
             return probabilities, np.greater_equal(probabilities, self._threshold32)
         alarms = np.asarray(outputs[1])
         return probabilities, alarms if alarms.shape == (n_rows,) else alarms.reshape(n_rows)
+
+    def _not_rows(self, features: np.ndarray) -> np.ndarray:
+        """The windows of a window model; ValueError saying what to send otherwise."""
+        if self.window is not None:
+            return as_windows(features, self.window, self.organization_id, self.version)
+        raise ValueError(
+            f"rows must be 2-D [n_rows, {self._row_width}] in the order "
+            f"{list(self.feature_columns)} (organization {self.organization_id}, version "
+            f"{self.version}); got shape {list(features.shape)}"
+        )
 
 
 def load_model(
@@ -175,7 +205,7 @@ def load_model(
         raise ModelRejected(f"{exc}; deploy a valid version") from None
     session = _session(onnx_bytes, path, intra_op_threads)
     columns = _check_metadata(session, org_id, deployment, path)
-    input_name = _input_name(session, path, len(columns))
+    input_name, window = _input(session, path, columns)
     output_name, pair = _output(session, path)
     threshold, alarm_name = _decision(session, path)
     model = LoadedModel(
@@ -191,6 +221,7 @@ def load_model(
         probability_pair=pair,
         threshold=threshold,
         alarm_name=alarm_name,
+        window=window,
     )
     _warm(model)
     return model
@@ -244,22 +275,29 @@ def _check_metadata(
     return tuple(columns)
 
 
-def _input_name(session: ort.InferenceSession, path: Path, width: int) -> str:
+def _input(
+    session: ort.InferenceSession, path: Path, columns: tuple[str, ...]
+) -> tuple[str, WindowInput | None]:
+    """The input's name, and the window it takes (None: rows), checked against the metadata."""
     inputs = session.get_inputs()
-    named = [i for i in inputs if i.name == INPUT_NAME]
-    chosen = named[0] if named else (inputs[0] if len(inputs) == 1 else None)
+    named = [i for i in inputs if i.name in (INPUT_NAME, WINDOW_INPUT)]
+    chosen = named[0] if len(named) == 1 else (inputs[0] if len(inputs) == 1 else None)
     if chosen is None:
         raise ModelRejected(
             f"model file {path} has inputs {[i.name for i in inputs]}; the model contract is one "
-            f"float32 input named {INPUT_NAME!r}"
+            f"float32 input named {INPUT_NAME!r} (or {WINDOW_INPUT!r} for a window model)"
         )
+    metadata = session.get_modelmeta().custom_metadata_map
+    window = window_of(metadata, path)
     shape = chosen.shape
-    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
+    check_window_model(window, chosen.name, shape, metadata, columns, path)
+    width = len(columns)
+    if window is None and (len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width)):
         raise ModelRejected(
             f"model file {path} takes input shape {shape}, but its feature_columns list "
             f"{width} features; export the model with input [N, {width}]"
         )
-    return str(chosen.name)
+    return str(chosen.name), window
 
 
 def _output(session: ort.InferenceSession, path: Path) -> tuple[str, bool]:
@@ -292,7 +330,7 @@ def _decision(session: ort.InferenceSession, path: Path) -> tuple[float, str | N
 def _warm(model: LoadedModel) -> None:
     """Run one inference, so the first real call pays no set-up and a broken graph shows now."""
     try:
-        result, _alarms = model.decide(np.zeros((1, len(model.feature_columns)), dtype=np.float32))
+        result, _alarms = model.decide(np.zeros((1, *model.input_shape), dtype=np.float32))
     except Exception as exc:
         raise ModelRejected(
             f"model file {model.path} failed its warm-up inference ({type(exc).__name__}: "

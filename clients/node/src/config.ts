@@ -36,6 +36,20 @@ export type DecisionPolicy =
   | { type: "precisionAtLeast"; value: number }
   | { type: "recallAtLeast"; value: number };
 
+/** Per-asset windows of a window model (`mlModelConfig.windows`). */
+export interface WindowsConfig {
+  /** The bucket width: "30s", "10min", "2h", "1d". */
+  interval: string;
+  /** Buckets per window; the last one ends at the example's time. */
+  length: number;
+  /** The raw columns a bucket holds (the mean of its readings), in the window's order. */
+  columns: string[];
+  /** The statistics the model computes per column (default: all seven). */
+  stats?: ("mean" | "std" | "min" | "max" | "slope" | "last" | "delta")[];
+  /** The longest gap forward-filled; a longer one breaks the series (default: 3 intervals). */
+  maxGap?: string;
+}
+
 /** A training request for one organization (the `training.submit` argument). */
 export interface TrainingConfig {
   organizationId: string;
@@ -52,8 +66,13 @@ export interface TrainingConfig {
   innerValidationSplit?: number;
   targetColumn?: string;
   featureColumns?: string[];
-  /** New columns as expressions over raw columns: `{"temp_diff": "process_temp - air_temp"}`. */
+  /**
+   * New columns as expressions over raw columns: `{"temp_diff": "process_temp - air_temp"}`
+   * (for a window model, over the window statistics: `vibration__slope`).
+   */
   derivedFeatures?: Record<string, string>;
+  /** Train a window model on per-asset windows; null trains on single readings. */
+  windows?: WindowsConfig | null;
   decisionPolicy?: DecisionPolicy;
   /** Keep the extracted training split after success (for debugging). */
   keepScratch?: boolean;

@@ -9,6 +9,7 @@ export type {
   RunStatus,
   SubmittedRun,
   TrainingConfig,
+  WindowsConfig,
 } from "./config.js";
 export {
   DeploymentFormatError,
@@ -22,3 +23,4 @@ export { channel, currentKey, parseDeployment } from "./hotswap.js";
 export type { Deployment, ModelSwap, SwapEvent } from "./hotswap.js";
 export { DEFAULT_THRESHOLD, loadModel } from "./model.js";
 export type { LoadedModel, LoadOptions, Prediction } from "./model.js";
+export type { Row, Window, WindowSpec } from "./window.js";

@@ -4,6 +4,10 @@
  * pass, the metadata must name the deployment's organization and version, the input and outputs
  * must follow the model contract, and one warm-up inference must give a probability.
  *
+ * A model takes rows (input `input` [N, features]) or, a window model, windows (input `window`
+ * [N, length, columns], its metadata `window` saying the length, interval and columns; see
+ * `window.ts`).
+ *
  * A model's decision is its own: the `failure_alarm` output where it has one, made in the graph
  * at its `decision_threshold`; a model exported without them decides at probability >= 0.5.
  * The file is read once; the hash is taken over those bytes and the session built from them.
@@ -18,6 +22,15 @@ import * as ort from "onnxruntime-node";
 import { ModelRejectedError } from "./errors.js";
 import { checkOrgId, type Deployment } from "./hotswap.js";
 import { inspectOnnx } from "./onnx-file.js";
+import {
+  checkWindowModel,
+  type Row,
+  WINDOW_INPUT,
+  type Window,
+  windowOf,
+  type WindowSpec,
+  windowTensorData,
+} from "./window.js";
 
 export const PROBABILITY_OUTPUT = "failure_probability";
 export const ALARM_OUTPUT = "failure_alarm";
@@ -33,7 +46,7 @@ export interface LoadOptions {
   intraOpNumThreads?: number;
 }
 
-/** What `predict` answers: one probability and one decision per row. */
+/** What `predict` answers: one probability and one decision per row or window. */
 export interface Prediction {
   probabilities: number[];
   alarms: boolean[];
@@ -51,8 +64,13 @@ export interface LoadedModel {
   threshold: number;
   /** Whether the model makes its decision itself (a `failure_alarm` output). */
   hasAlarm: boolean;
-  /** Probabilities and alarms of rows given in `featureColumns` order. */
-  predict(rows: readonly (readonly number[])[]): Promise<Prediction>;
+  /** What one window holds, for a window model (input `window`); null for a model on rows. */
+  window: WindowSpec | null;
+  /**
+   * Probabilities and alarms of rows given in `featureColumns` order, or, for a window model,
+   * of windows [n][length][columns] (or one window [length][columns]), oldest bucket first.
+   */
+  predict(input: readonly Row[] | readonly Window[]): Promise<Prediction>;
   /** Free the native session. */
   release(): Promise<void>;
 }
@@ -76,8 +94,15 @@ export async function loadModel(
   const label = `model file ${file} (organization ${org}, version ${deployment.version})`;
   const { metadata } = inspectOnnx(data, label);
   const featureColumns = checkMetadata(metadata, deployment, file);
+  const window = windowOf(metadata, file);
   const session = await createSession(data, file, options.intraOpNumThreads ?? 1);
-  const shape = checkContract(session, file, featureColumns.length);
+  let shape: Shape;
+  try {
+    shape = checkContract(session, file, featureColumns, metadata, window);
+  } catch (error) {
+    await session.release(); // a refused model keeps no native session
+    throw error;
+  }
   const model = new Model(
     deployment,
     file,
@@ -85,6 +110,7 @@ export async function loadModel(
     thresholdOf(metadata, file),
     shape,
     session,
+    window,
   );
   await warm(model, file);
   return model;
@@ -222,20 +248,29 @@ interface Shape {
   hasAlarm: boolean;
 }
 
-function checkContract(session: ort.InferenceSession, file: string, width: number): Shape {
+function checkContract(
+  session: ort.InferenceSession,
+  file: string,
+  featureColumns: readonly string[],
+  metadata: Map<string, string>,
+  window: WindowSpec | null,
+): Shape {
+  const width = featureColumns.length;
   const inputs = session.inputMetadata;
-  const input =
-    inputs.find((i) => i.name === INPUT_NAME) ?? (inputs.length === 1 ? inputs[0] : undefined);
+  const known = inputs.filter((i) => i.name === INPUT_NAME || i.name === WINDOW_INPUT);
+  const input = known.length === 1 ? known[0] : inputs.length === 1 ? inputs[0] : undefined;
   const dims = input?.isTensor ? input.shape : [];
+  if (input !== undefined) {
+    checkWindowModel(window, input.name, dims, metadata, featureColumns, file);
+  }
   if (
     input === undefined ||
-    dims.length !== 2 ||
-    (typeof dims[1] === "number" && dims[1] !== width)
+    (window === null && (dims.length !== 2 || (typeof dims[1] === "number" && dims[1] !== width)))
   ) {
     throw new ModelRejectedError(
       `model file ${file} takes inputs ${JSON.stringify(inputs.map((i) => i.name))} of shape ` +
         `${JSON.stringify(dims)}; the model contract is one float32 input ${JSON.stringify(INPUT_NAME)} ` +
-        `[N, ${width}] (its feature_columns)`,
+        `[N, ${width}] (its feature_columns), or "window" [N, length, columns] with window metadata`,
     );
   }
   const outputs = session.outputMetadata;
@@ -277,6 +312,7 @@ class Model implements LoadedModel {
     readonly threshold: number,
     private readonly shape: Shape,
     private readonly session: ort.InferenceSession,
+    readonly window: WindowSpec | null,
   ) {
     this.organizationId = deployment.organizationId;
     this.version = deployment.version;
@@ -287,7 +323,22 @@ class Model implements LoadedModel {
     this.threshold32 = Math.fround(threshold);
   }
 
-  async predict(rows: readonly (readonly number[])[]): Promise<Prediction> {
+  async predict(input: readonly Row[] | readonly Window[]): Promise<Prediction> {
+    const tensor = this.window === null ? this.rowTensor(input) : this.windowTensor(input);
+    const count = tensor.dims[0] as number;
+    const result = await this.session.run({ [this.shape.inputName]: tensor }, this.outputs);
+    const raw = result[this.shape.outputName]?.data as Float32Array;
+    const probabilities = this.shape.probabilityPair
+      ? Array.from({ length: count }, (_, i) => raw[i * 2 + 1] as number)
+      : Array.from(raw);
+    const alarms = this.shape.hasAlarm
+      ? Array.from(result[ALARM_OUTPUT]?.data as Uint8Array, Boolean)
+      : probabilities.map((p) => p >= this.threshold32);
+    return { probabilities, alarms, threshold: this.threshold };
+  }
+
+  private rowTensor(input: readonly Row[] | readonly Window[]): ort.Tensor {
+    const rows = input as readonly Row[];
     const width = this.featureColumns.length;
     if (
       !Array.isArray(rows) ||
@@ -296,22 +347,22 @@ class Model implements LoadedModel {
     ) {
       throw new TypeError(
         `rows must be a non-empty array of rows of ${width} numbers in the order ` +
-          `${JSON.stringify(this.featureColumns)} (organization ${this.organizationId}, version ` +
-          `${this.version})`,
+          `${JSON.stringify(this.featureColumns)} (${this.label()})`,
       );
     }
     const features = new Float32Array(rows.length * width);
     rows.forEach((row, i) => features.set(row, i * width));
-    const input = new ort.Tensor("float32", features, [rows.length, width]);
-    const result = await this.session.run({ [this.shape.inputName]: input }, this.outputs);
-    const raw = result[this.shape.outputName]?.data as Float32Array;
-    const probabilities = this.shape.probabilityPair
-      ? Array.from({ length: rows.length }, (_, i) => raw[i * 2 + 1] as number)
-      : Array.from(raw);
-    const alarms = this.shape.hasAlarm
-      ? Array.from(result[ALARM_OUTPUT]?.data as Uint8Array, Boolean)
-      : probabilities.map((p) => p >= this.threshold32);
-    return { probabilities, alarms, threshold: this.threshold };
+    return new ort.Tensor("float32", features, [rows.length, width]);
+  }
+
+  private windowTensor(input: readonly Row[] | readonly Window[]): ort.Tensor {
+    const window = this.window as WindowSpec;
+    const { data, count } = windowTensorData(input, window, this.label());
+    return new ort.Tensor("float32", data, [count, window.length, window.columns.length]);
+  }
+
+  private label(): string {
+    return `organization ${this.organizationId}, version ${this.version}`;
   }
 
   release(): Promise<void> {
@@ -322,7 +373,10 @@ class Model implements LoadedModel {
 async function warm(model: Model, file: string): Promise<void> {
   let probabilities: number[];
   try {
-    ({ probabilities } = await model.predict([model.featureColumns.map(() => 0)]));
+    const zeros = model.featureColumns.map(() => 0);
+    const input =
+      model.window === null ? [zeros] : Array.from({ length: model.window.length }, () => zeros);
+    ({ probabilities } = await model.predict(input));
   } catch (error) {
     await model.release();
     throw new ModelRejectedError(
@@ -333,7 +387,7 @@ async function warm(model: Model, file: string): Promise<void> {
   if (probabilities.length !== 1 || !Number.isFinite(probabilities[0])) {
     await model.release();
     throw new ModelRejectedError(
-      `model file ${file} returned ${JSON.stringify(probabilities)} for one warm-up row; ` +
+      `model file ${file} returned ${JSON.stringify(probabilities)} for one warm-up input; ` +
         "expected one finite probability",
     );
   }
