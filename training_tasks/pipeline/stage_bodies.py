@@ -113,6 +113,7 @@ def validate_body(ctx: StageContext) -> StageOutcome:
     """Score the holdout with the exported model and check every threshold."""
     # pyarrow, onnxruntime, LightGBM, scikit-learn (about 2 s): only where a stage runs.
     from training_tasks.stages.extract.stage import ExtractResult
+    from training_tasks.stages.validate.inputs import run_inputs
     from training_tasks.stages.validate.recorded import recorded_by_run
     from training_tasks.stages.validate.stage import validate
 
@@ -138,6 +139,7 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         script_metrics=record["metrics"],
         derived_features=derived,
         recorded_thresholds=thresholds,
+        **run_inputs(config, data),
     )
     report.write(store.artifacts(org_id, version) / "validation.json")
     doc = report.as_dict()

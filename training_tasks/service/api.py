@@ -35,6 +35,7 @@ from training_tasks.stages.deploy import DeployOutcome, deploy_version, reconcil
 
 if TYPE_CHECKING:
     from training_tasks.db.engine import Engine
+    from training_tasks.stages.extract.result import ExtractResult
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 VERSION_IN_PATH = re.compile(VERSION_PATTERN.pattern.strip("^$"))
@@ -239,6 +240,7 @@ class TrainingService(ScheduleApi):
         Nothing is recorded: the report is returned (camelCase, with `passed` and `failures`).
         """
         # onnxruntime, LightGBM and scikit-learn (about 2 s): only for a validation.
+        from training_tasks.stages.validate.inputs import run_inputs
         from training_tasks.stages.validate.stage import validate
 
         org = orgs.get_org(self.rt.engine, check_org_id(org_id))
@@ -268,6 +270,7 @@ class TrainingService(ScheduleApi):
             ),
             derived_features=derived,
             recorded_thresholds=thresholds,
+            **run_inputs(config, _extracted(run)),
         )
         return {
             **camel_keys(report.as_dict()),
@@ -374,6 +377,16 @@ def latest_holdout(engine: Engine, org_id: str) -> tuple[RunRow, Path]:
         "extracted data left on disk (a run's extract stage writes it; `trainctl gc` deletes it "
         f"with the version). Run `trainctl train {org_id} --wait`, then validate again"
     )
+
+
+def _extracted(run: RunRow) -> ExtractResult | None:
+    """What the run's extract stage recorded, or None for a record without all of it."""
+    from training_tasks.stages.extract.result import ExtractResult  # pyarrow: only here
+
+    try:
+        return ExtractResult.from_dict(run["data_stats"] or {})
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _lstat_mode(path: Path) -> int:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,32 @@ class HoldoutProblem(ValueError):
     """The holdout file cannot be used to judge the model."""
 
 
+class HoldoutFile(Protocol):
+    """An opened holdout as scoring reads it: what each model is fed, chunk by chunk."""
+
+    @property
+    def path(self) -> Path:
+        """Where the holdout is."""
+
+    @property
+    def parquet(self) -> pq.ParquetFile:
+        """The file, opened once and verified."""
+
+    @property
+    def sample(self) -> np.ndarray:
+        """The first inputs, for warm-up and latency."""
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(model inputs, int8 labels) per chunk."""
+
+    def close(self) -> None:
+        """Close the file."""
+
+
+# Reads an opened, verified holdout file: (holdout, "") or (None, the problem).
+Reader = Callable[[BinaryIO, Path], tuple["HoldoutFile | None", str]]
+
+
 @dataclass(frozen=True)
 class Holdout:
     """An opened holdout; it is read in chunks so memory does not grow with its row count."""
@@ -43,7 +69,7 @@ class Holdout:
         missing = [
             name
             for name in names
-            if name not in schema.names or not _is_number(schema.field(name).type)
+            if name not in schema.names or not is_number(schema.field(name).type)
         ]
         if missing:
             return self, missing
@@ -68,19 +94,30 @@ class Holdout:
         self.parquet.close(force=True)
 
     def _labels(self, column: pa.Array) -> np.ndarray:
-        if column.null_count:
-            raise HoldoutProblem(f"the target column {self.target!r} has missing values")
-        values = column.to_numpy(zero_copy_only=False)
-        if np.any((values != 0) & (values != 1)):
-            raise HoldoutProblem(f"the target column {self.target!r} has values other than 0 and 1")
-        return values.astype(np.int8)
+        return labels_of(column, self.target)
+
+
+def labels_of(column: pa.Array, target: str) -> np.ndarray:
+    """The 0/1 labels of a target column as int8; raises HoldoutProblem on any other value."""
+    if column.null_count:
+        raise HoldoutProblem(f"the target column {target!r} has missing values")
+    values = column.to_numpy(zero_copy_only=False)
+    if np.any((values != 0) & (values != 1)):
+        raise HoldoutProblem(f"the target column {target!r} has values other than 0 and 1")
+    return values.astype(np.int8)
 
 
 def open_holdout(
-    path: Path, features: list[str], target: str, expected_sha256: str | None = None
-) -> tuple[Holdout | None, str]:
+    path: Path,
+    features: list[str],
+    target: str,
+    expected_sha256: str | None = None,
+    read: Reader | None = None,
+) -> tuple[HoldoutFile | None, str]:
     """Open the holdout Parquet file, verify it is the one extract wrote, and check its columns;
-    else None and the problem. The file is hashed and then read through one descriptor."""
+    else None and the problem. The file is hashed and then read through one descriptor.
+
+    `read` reads a holdout of another layout (windows); by default one row is one example."""
     try:
         fd = open_regular(Path(path), MAX_HOLDOUT_BYTES, "the holdout")
     except FileNotFoundError:
@@ -92,9 +129,12 @@ def open_holdout(
     handle = os.fdopen(fd, "rb")
     try:
         problem = _changed(fd, Path(path), expected_sha256)
-        holdout: Holdout | None = None
+        holdout: HoldoutFile | None = None
         if not problem:
-            holdout, problem = _read_holdout(handle, Path(path), features, target)
+            if read is None:
+                holdout, problem = _read_holdout(handle, Path(path), features, target)
+            else:
+                holdout, problem = read(handle, Path(path))
     except BaseException:
         handle.close()
         raise
@@ -131,7 +171,7 @@ def _read_holdout(
             return None, f"the holdout {path} lacks the columns {missing}"
         for name in [*features, target]:
             kind = schema.field(name).type
-            if not _is_number(kind):
+            if not is_number(kind):
                 return None, f"column {name!r} of the holdout is {kind}, not a number"
         sample = _first_rows(parquet, features)
     except (OSError, pa.ArrowException) as exc:
@@ -139,7 +179,7 @@ def _read_holdout(
     return Holdout(path, parquet, features, target, sample), ""
 
 
-def _is_number(kind: pa.DataType) -> bool:
+def is_number(kind: pa.DataType) -> bool:
     return bool(pa.types.is_floating(kind) or pa.types.is_integer(kind) or kind == pa.bool_())
 
 
@@ -165,11 +205,12 @@ def to_matrix(data: pa.RecordBatch | pa.Table, features: Sequence[str]) -> np.nd
     return matrix
 
 
-def sample_rows(holdout: Holdout | None, width: int) -> np.ndarray:
-    """Rows for warm-up and latency: the holdout's first rows, or zeros when it has none."""
+def sample_rows(holdout: HoldoutFile | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Inputs for warm-up and latency: the holdout's first ones, or zeros of `shape` (one
+    input's) when it has none."""
     if holdout is not None and len(holdout.sample):
         return holdout.sample
-    return np.zeros((BATCH_ROWS, width), dtype=np.float32)
+    return np.zeros((BATCH_ROWS, *shape), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -188,14 +229,22 @@ class Scored:
         return len(self.labels)
 
 
-def score_holdout(holdout: Holdout, predictors: Mapping[str, Scorer]) -> Scored:
-    """Score each holdout chunk with every model in one pass; a model that fails is recorded."""
+def score_holdout(
+    holdout: HoldoutFile,
+    predictors: Mapping[str, Scorer],
+    observers: Mapping[str, Callable[[np.ndarray], object]] | None = None,
+) -> Scored:
+    """Score each holdout chunk with every model in one pass; a model that fails is recorded.
+
+    `observers` see each chunk's inputs too (a check that keeps its own findings); one that
+    raises is recorded under its name in `errors` and not called again."""
     labels: list[np.ndarray] = []
     scores: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
     alarms: dict[str, list[np.ndarray]] = {}
     errors: dict[str, str] = {}
     for features, chunk_labels in holdout.chunks():
         labels.append(chunk_labels)
+        _observe(observers or {}, features, errors)
         for name, predict in predictors.items():
             if name in errors:
                 continue
@@ -219,11 +268,25 @@ def score_holdout(holdout: Holdout, predictors: Mapping[str, Scorer]) -> Scored:
     )
 
 
+def _observe(
+    observers: Mapping[str, Callable[[np.ndarray], object]],
+    features: np.ndarray,
+    errors: dict[str, str],
+) -> None:
+    for name, observe in observers.items():
+        if name in errors:
+            continue
+        try:
+            observe(features)
+        except Exception as exc:  # onnxruntime raises unrelated exception types
+            errors[name] = str(exc).strip()
+
+
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
 
-def holdout_check(holdout: Holdout, labels: np.ndarray) -> Check:
+def holdout_check(holdout: HoldoutFile, labels: np.ndarray) -> Check:
     """The holdout must have rows of both classes, or the metrics are undefined."""
     rows, positives = len(labels), int(labels.sum())
     if rows == 0:
@@ -253,13 +316,17 @@ def scores_check(scored: Scored) -> Check:
 
 
 def score_and_check(
-    holdout: Holdout | None, problem: str, predictors: Mapping[str, Scorer], blocker: str | None
+    holdout: HoldoutFile | None,
+    problem: str,
+    predictors: Mapping[str, Scorer],
+    blocker: str | None,
+    observers: Mapping[str, Callable[[np.ndarray], object]] | None = None,
 ) -> tuple[Scored | None, list[Check]]:
     """Score the holdout with every model; returns the holdout and scores checks."""
     if holdout is None:
         return None, [Check("holdout", False, None, None, problem), not_run("scores", "holdout")]
     try:
-        scored = score_holdout(holdout, predictors)
+        scored = score_holdout(holdout, predictors, observers)
     except HoldoutProblem as exc:
         return None, [Check("holdout", False, None, None, str(exc)), not_run("scores", "holdout")]
     rows_check = holdout_check(holdout, scored.labels)

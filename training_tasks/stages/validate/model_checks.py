@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import json
 import os
 import time
@@ -21,17 +20,19 @@ import onnxruntime as ort
 import psutil
 
 from training_tasks.config.derived import evaluate
+from training_tasks.config.window_features import WindowSpec
 from training_tasks.files import UnsafeFile, read_script_output
 from training_tasks.protocol.decision import ALARM_NAME
-from training_tasks.protocol.keyring import Keyring, is_sealed
 from training_tasks.stages.validate.recorded import (
     DerivedFeature,
     ModelDecision,
     RunRecord,
     read_decision,
+    window_problems,
 )
 
 INPUT_NAME = "input"
+WINDOW_INPUT_NAME = "window"
 OUTPUT_NAME = "failure_probability"
 BATCH_ROWS = 1_000
 WARMUP_RUNS = 20
@@ -132,9 +133,13 @@ def open_session(model_bytes: bytes) -> ort.InferenceSession:
     )
 
 
-def bind_contract(session: ort.InferenceSession, width: int) -> tuple[OnnxModel | None, Check]:
-    """Check the input/output contract; the model comes back only when it can be fed and read."""
-    problems, notes = _input_problems(session, width)
+def bind_contract(
+    session: ort.InferenceSession, width: int, window: tuple[int, int] | None = None
+) -> tuple[OnnxModel | None, Check]:
+    """Check the input/output contract; the model comes back only when it can be fed and read.
+
+    `window` (length, columns): the model takes windows [N, length, columns], not rows."""
+    problems, notes = _input_problems(session, width, window)
     output_name, column, output_note = _pick_output(session)
     (problems if output_name is None else notes).extend([output_note] if output_note else [])
     if problems:
@@ -143,25 +148,43 @@ def bind_contract(session: ort.InferenceSession, width: int) -> tuple[OnnxModel 
     alarm = ALARM_NAME if ALARM_NAME in outputs else None
     model = OnnxModel(session, session.get_inputs()[0].name, str(output_name), column, alarm)
     with_alarm = f" and {ALARM_NAME!r} bool [N]" if alarm else ""
-    detail = "; ".join(notes) or f"input float [N, {width}], output {OUTPUT_NAME!r} [N]{with_alarm}"
+    shape = _shown_shape(width, window)
+    detail = "; ".join(notes) or f"input float {shape}, output {OUTPUT_NAME!r} [N]{with_alarm}"
     return model, Check("contract", True, str(output_name), OUTPUT_NAME, detail)
 
 
-def _input_problems(session: ort.InferenceSession, width: int) -> tuple[list[str], list[str]]:
+def _shown_shape(width: int, window: tuple[int, int] | None) -> str:
+    return f"[N, {width}]" if window is None else f"[N, {window[0]}, {window[1]}]"
+
+
+def _input_problems(
+    session: ort.InferenceSession, width: int, window: tuple[int, int] | None
+) -> tuple[list[str], list[str]]:
     inputs = session.get_inputs()
     if len(inputs) != 1:
         return [f"the model has {len(inputs)} inputs; it must have exactly one"], []
     arg, problems, notes = inputs[0], [], []
     if arg.type != "tensor(float)":
         problems.append(f"input {arg.name!r} is {arg.type}; it must be tensor(float)")
-    if len(arg.shape) != 2:
-        problems.append(f"input {arg.name!r} has shape {arg.shape}; it must be [N, {width}]")
-    elif isinstance(arg.shape[1], int) and arg.shape[1] != width:
-        problems.append(
-            f"input {arg.name!r} takes {arg.shape[1]} features, featureColumns has {width}"
-        )
-    if arg.name != INPUT_NAME:
-        notes.append(f"the input is named {arg.name!r}, not {INPUT_NAME!r}")
+    wanted = (
+        [(width, "features", "featureColumns has")]
+        if window is None
+        else [
+            (window[0], "buckets", "windows.length is"),
+            (window[1], "columns", "windows.columns has"),
+        ]
+    )
+    if len(arg.shape) != 1 + len(wanted):
+        shape = _shown_shape(width, window)
+        kind = "" if window is None else " (the window of each example)"
+        problems.append(f"input {arg.name!r} has shape {arg.shape}; it must be {shape}{kind}")
+    else:
+        for dim, (size, unit, what) in zip(arg.shape[1:], wanted, strict=True):
+            if isinstance(dim, int) and dim != size:
+                problems.append(f"input {arg.name!r} takes {dim} {unit}, {what} {size}")
+    expected = INPUT_NAME if window is None else WINDOW_INPUT_NAME
+    if arg.name != expected:
+        notes.append(f"the input is named {arg.name!r}, not {expected!r}")
     return problems, notes
 
 
@@ -195,9 +218,13 @@ def metadata_check(
     version: str,
     features: list[str],
     run: RunRecord | None = None,
+    window: WindowSpec | None = None,
 ) -> tuple[Check, ModelDecision]:
     """The model's metadata_props must name the configured features, organization and version,
-    and the derived features and decision threshold the run recorded; returns its decision too."""
+    and the derived features and decision threshold the run recorded; returns its decision too.
+
+    A window model (`window`, the run's spec) must also record that spec and the statistics'
+    names, and its derived features are expressions over those statistics."""
     meta, problems = session.get_modelmeta().custom_metadata_map, []
     recorded = recorded_features(session)
     if recorded is None:
@@ -209,14 +236,18 @@ def metadata_check(
             problems.append(f"the model does not record {key} in its metadata")
         elif meta[key] != expected:
             problems.append(f"the model's {key} is {meta[key]!r}, not {expected!r}")
-    decision = read_decision(meta, run or RunRecord(), features)
+    if window is not None:
+        problems += window_problems(meta, window)
+    named = features if window is None else window.feature_names()
+    decision = read_decision(meta, run or RunRecord(), named)
     problems += decision.problems
     if problems:
         return Check("metadata", False, None, None, "; ".join(problems)), decision
+    spec = "" if window is None else ", window"
     detail = (
-        "feature_columns, organization_id, version, derived_features and decision_threshold "
-        f"match (decision threshold {decision.threshold!r}, {len(decision.derived_features)} "
-        "derived features)"
+        f"feature_columns, organization_id, version{spec}, derived_features and "
+        f"decision_threshold match (decision threshold {decision.threshold!r}, "
+        f"{len(decision.derived_features)} derived features)"
     )
     return Check("metadata", True, None, None, detail), decision
 
@@ -344,53 +375,3 @@ def with_derived(
         return predict(np.column_stack([raw, *evaluate(derived, columns)]))
 
     return predict_raw
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """The deployed model and the raw holdout columns its own metadata names, in its order."""
-
-    model: OnnxModel
-    features: list[str]
-
-
-def open_deployed(
-    path: Path | None, enabled: bool, *, org_id: str, target: str
-) -> tuple[Deployed | None, dict[str, Any]]:
-    """The deployed model to compare with, or the reason the comparison is skipped.
-
-    It may be older or newer in style than the model judged, with other derived features: it
-    computes those itself and is fed the raw columns it records, not the new model's.
-    """
-    info: dict[str, Any] = {"deployedModelPath": None if path is None else str(path)}
-    if not enabled:
-        return None, {**info, "status": "skipped (disabled by notWorseThanDeployed)"}
-    if path is None:
-        return None, {**info, "status": "skipped (no deployed model)"}
-    try:
-        stored = read_script_output(Path(path), MAX_MODEL_READ_BYTES, "the deployed model")
-        session = open_session(_deployed_onnx(stored, Path(path), org_id))
-    except Exception as exc:  # a broken deployed model must not block its replacement
-        status = "skipped (deployed model cannot be loaded)"
-        return None, {**info, "status": status, "reason": str(exc).strip()}
-    info["deployedSha256"] = hashlib.sha256(stored).hexdigest()
-    recorded = recorded_features(session)
-    if recorded is None or not all(isinstance(name, str) for name in recorded):
-        reason = "the deployed model does not record feature_columns as a JSON list of names"
-        return None, {**info, "status": "skipped (features differ)", "reason": reason}
-    if target in recorded:  # fed the labels, it would look perfect
-        reason = f"the deployed model takes the target column {target!r} as a feature"
-        return None, {**info, "status": "skipped (features differ)", "reason": reason}
-    model, contract = bind_contract(session, len(recorded))
-    if model is None:
-        status = "skipped (deployed model breaks the model contract)"
-        return None, {**info, "status": status, "reason": contract.detail}
-    return Deployed(model, list(recorded)), {**info, "status": "compared"}
-
-
-def _deployed_onnx(stored: bytes, path: Path, org_id: str) -> bytes:
-    """The ONNX bytes of a deployed copy `models/<org>/deployed_<version>/model.onnx`."""
-    if not is_sealed(stored):
-        return stored
-    version = path.parent.name.removeprefix("deployed_")
-    return Keyring.from_env().open_model(stored, org_id, version)

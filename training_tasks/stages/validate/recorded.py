@@ -15,6 +15,7 @@ import numpy as np
 
 from training_tasks.config.derived import check_ast, compile_features
 from training_tasks.config.training import TrainingConfig
+from training_tasks.config.window_features import WindowSpec
 from training_tasks.protocol.decision import (
     DEFAULT_THRESHOLD,
     DERIVED_KEY,
@@ -25,6 +26,9 @@ from training_tasks.protocol.decision import (
 )
 
 DerivedFeature = Mapping[str, Any]  # {"name", "expression", "ast"}, as config/derived.py compiles
+WINDOW_KEY = "window"  # JSON: {"interval", "intervalSeconds", "length", "columns", "stats"}
+WINDOW_FEATURES_KEY = "window_feature_columns"  # JSON: the statistics' names, in input order
+WINDOW_FIELDS = ("interval", "intervalSeconds", "length", "columns", "stats")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,33 @@ def _threshold_problems(
     return problems
 
 
+def window_problems(meta: Mapping[str, str], spec: WindowSpec) -> list[str]:
+    """How a window model's `window` and `window_feature_columns` differ from the run's spec."""
+    wanted = {key: spec.to_wire()[key] for key in WINDOW_FIELDS}
+    problems = []
+    recorded = _json_of(meta, WINDOW_KEY)
+    if not isinstance(recorded, dict):
+        problems.append(f"the model does not record its window spec as JSON in {WINDOW_KEY!r}")
+    elif {key: recorded.get(key) for key in WINDOW_FIELDS} != wanted:
+        shown = {key: recorded.get(key) for key in WINDOW_FIELDS}
+        problems.append(f"the model's window is {shown} but the run's windows is {wanted}")
+    names = _json_of(meta, WINDOW_FEATURES_KEY)
+    if names != spec.feature_names():
+        problems.append(
+            f"the model's {WINDOW_FEATURES_KEY} is {names} but the run's windows give "
+            f"{spec.feature_names()}"
+        )
+    return problems
+
+
+def _json_of(meta: Mapping[str, str], key: str) -> Any:
+    """The JSON value of a metadata entry; None where it is missing or unreadable."""
+    try:
+        return json.loads(meta[key])
+    except (KeyError, ValueError, RecursionError):  # RecursionError: nested too deep to read
+        return None
+
+
 def _derived_of(
     meta: Mapping[str, str], features: Sequence[str]
 ) -> tuple[list[DerivedFeature], str]:
@@ -156,7 +187,7 @@ def recorded_by_run(
     the script. The threshold: a fixed policy's own, and the one metrics.json reports (None
     there when a choosing policy left it unreported).
     """
-    derived = compile_features(config.derived_features, config.feature_columns)
+    derived = compile_features(config.derived_features, config.tree_features)
     policy, reported = config.decision_policy, dict(script_metrics or {})
     thresholds: dict[str, object] = {}
     if policy.get("type") == "fixed":

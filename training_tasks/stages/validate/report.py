@@ -48,6 +48,12 @@ class ValidationReport:
     intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Findings that do not reject: a gate inside its metric's 95% interval.
     warnings: list[str] = field(default_factory=list)
+    # The time kept free between the training examples and the holdout (extract's purge gap).
+    purge_gap_s: float = 0.0
+    # The event metrics with the counts and the range behind them; None without failure events.
+    events: dict[str, Any] | None = None
+    # A window model's spec and how its in-graph statistics matched the reference; None: rows.
+    window: dict[str, Any] | None = None
     # What report.html is drawn from; kept in memory only, never in validation.json.
     evidence: ReportInputs | None = field(default=None, repr=False, compare=False)
     # What `write` recorded about report.html: its file, size and build time, or the error.
@@ -77,6 +83,11 @@ class ValidationReport:
             "warnings": self.warnings,
             "report": self.html_report or None,
         }
+        # Only where they apply: a run on single readings without events records what it did.
+        extra = {"events": self.events, "window": self.window}
+        doc.update({key: value for key, value in extra.items() if value is not None})
+        if self.purge_gap_s or self.events is not None or self.window is not None:
+            doc["purgeGapSeconds"] = self.purge_gap_s
         return dict(_jsonable(doc))
 
     def write(self, path: Path) -> Path:
