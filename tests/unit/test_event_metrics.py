@@ -68,7 +68,7 @@ def test_an_event_caught_early_counts_with_the_lead_time_of_its_first_alarm() ->
 
     assert (found.events_caught, found.events_total, found.event_recall) == (1, 1, 1.0)
     assert found.median_lead_time_h == pytest.approx(5.0)  # 20 h - 15 h, not 20 h - 18 h
-    assert found.false_alarms == 0  # both episodes hold positive examples
+    assert found.false_alarms == 0  # every alarm precedes the failure within the horizon
 
 
 def test_a_missed_event_lowers_recall_and_the_median_is_over_caught_events_only() -> None:
@@ -119,14 +119,23 @@ def test_consecutive_alarms_are_one_episode_and_a_gap_or_another_asset_starts_a_
     assert found.false_alarms_per_asset_day == pytest.approx(5 / 6)
 
 
-def test_an_alarm_episode_touching_a_positive_example_is_not_false() -> None:
-    # 12-14 h alarm and only 14 h is labelled 1 (a failure at 20 h is within 6 h of it).
-    examples = hourly("A", alarms=[12, 13, 14, 30], positives=[14])
+def test_alarms_within_the_horizon_of_a_failure_are_not_false_and_earlier_ones_are() -> None:
+    # Alarms at 12-15 h; a failure at 20 h labels 14-19 h; 12-13 h came too early to be right.
+    examples = hourly("A", alarms=[12, 13, 14, 15, 30], positives=horizon_of(20))
 
     found = judge(examples, [("A", 20)])
 
-    assert found.false_alarms == 1  # only the lone alarm at 30 h
+    assert found.false_alarms == 2  # 12-13 h (one run) and the lone alarm at 30 h
     assert found.events_caught == 1
+
+
+def test_an_alarm_that_stays_on_counts_once_per_horizon_it_brings_no_failure() -> None:
+    never_off = judge(hourly("A", alarms=range(48)), [])
+    a_horizon = judge(hourly("A", alarms=range(10, 16)), [])  # 5 h: shorter than the horizon
+    longer = judge(hourly("A", alarms=range(10, 17)), [])  # 6 h from first to last: twice
+
+    assert never_off.false_alarms == 1 + 47 // 6  # not 1: that would hide a useless model
+    assert (a_horizon.false_alarms, longer.false_alarms) == (1, 2)
 
 
 def test_assets_without_events_count_in_the_asset_days_and_events_of_other_assets_do_not() -> None:
@@ -236,13 +245,13 @@ def by_the_definition(examples: Sequence[Example], events: Sequence[tuple[str, f
     false = 0
     for asset in assets:
         mine = sorted((h, label, alarm) for a, h, label, alarm in examples if a == asset)
-        episode: list[int] = []
-        for _, label, alarm in [*mine, (None, 0, 0)]:
-            if alarm:
-                episode.append(label)
-            elif episode:
-                false += not any(episode)
-                episode = []
+        run: list[float] = []  # times of consecutive alarms on examples labelled 0
+        for h, label, alarm in [*mine, (None, 1, 0)]:
+            if alarm and not label:
+                run.append(h)
+            elif run:
+                false += 1 + int((run[-1] - run[0]) // HORIZON_H)
+                run = []
     median = float(np.median(leads)) if leads else None
     return len(leads), total, median, false
 

@@ -120,7 +120,7 @@ def test_too_few_events_caught_and_too_many_false_alarms_reject_the_version_with
         "thresholds.minEventRecall 0.7" in report.failures
     )
     assert (
-        "0.333 false alarms per asset-day (2 false alarm episodes over 3 assets x 2.0 days) is "
+        "0.333 false alarms per asset-day (2 false alarms over 3 assets x 2.0 days) is "
         "above thresholds.maxFalseAlarmsPerAssetDay 0.2" in report.failures
     )
     assert len(report.failures) == 2

@@ -304,7 +304,7 @@ EVENT_KEYS = frozenset(column.key for column in EVENT_COLUMNS)
 EVENT_NOTES = {
     "eventsCaught": "caught: holdout failures with an alarm in their horizon, of all",
     "medianLeadTimeH": "lead h: median hours from the first alarm to the failure",
-    "falseAlarmsPerAssetDay": "FA/day: false alarm episodes per asset-day",
+    "falseAlarmsPerAssetDay": "FA/day: alarms no failure followed (one per horizon), per asset-day",
 }
 EVENT_FIELDS = (
     "eventRecall",

@@ -137,7 +137,7 @@ def _gate(key: str, found: EventMetrics, limit: float) -> Check:
         return Check(name, False, value, limit, detail)
     rate = found.false_alarms_per_asset_day
     counts = (
-        f"{found.false_alarms} false alarm episodes over {found.assets} assets x "
+        f"{found.false_alarms} false alarms over {found.assets} assets x "
         f"{found.asset_days / max(found.assets, 1):.1f} days"
     )
     if rate is not None and rate <= limit:

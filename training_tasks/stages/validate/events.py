@@ -1,14 +1,17 @@
 """Event-level metrics a maintenance planner reads: failures caught before they happen, how early,
-and how many alarm episodes came to nothing.
+and how many alarms came to nothing.
 
 The holdout's examples (asset, time, label, alarm) are judged against the failure events:
 - an event counts when its asset is in the holdout and its whole horizon lies in the holdout's
   example range: split_at <= F - horizon and F <= end;
 - it is caught when the asset alarms at an example with time in [F - horizon, F); its lead time
   is F minus the first such alarm;
-- an alarm episode is a maximal run of consecutive alarming examples of one asset in time order;
-  it is false when none of its examples has label 1. False alarms per asset-day divide the false
-  episodes by (assets in the holdout x days from split_at to end).
+- a false alarm is a maximal run of consecutive alarming examples of one asset, in time order,
+  whose labels are all 0 (no failure within the horizon of any of them); one that stays on for a
+  horizon or longer counts again for each horizon it lasts (a planner dismisses an alarm that
+  brought no failure within the horizon; if it is still on, it is raised again). So an alarm that
+  never stops is not one false alarm but one per horizon of the time no failure followed.
+  False alarms per asset-day divide them by (assets in the holdout x days from split_at to end).
 
 Vectorized numpy (holdouts have millions of rows): one sort of the examples, then searchsorted.
 """
@@ -38,7 +41,7 @@ class EventMetrics:
     events_total: int
     median_lead_time_h: float | None  # None: no event caught
     false_alarms_per_asset_day: float | None  # None: no asset or no time in the holdout
-    false_alarms: int  # false alarm episodes
+    false_alarms: int  # false alarms: runs of alarms on negatives, one per horizon they last
     assets: int  # assets with at least one holdout example
     asset_days: float
 
@@ -97,7 +100,7 @@ def event_metrics(
     )
     caught = lead_us[lead_us >= 0]
     total = int(np.count_nonzero(counted))
-    false_alarms = _false_episodes(codes, labels, alarms)
+    false_alarms = _false_alarms(codes, t, labels, alarms, horizon_us)
     asset_days = assets * max(0, end_us - start_us) / (SECONDS_PER_DAY * US_PER_S)
     return EventMetrics(
         event_recall=len(caught) / total if total else None,
@@ -190,14 +193,18 @@ def _lead_times(
     return np.full(len(event_codes), -1, dtype=np.int64)
 
 
-def _false_episodes(codes: np.ndarray, labels: np.ndarray, alarms: np.ndarray) -> int:
-    """Alarm episodes (runs of alarming examples of one asset, sorted by asset and time) without
-    a positive example."""
-    if not alarms.any():
+def _false_alarms(
+    codes: np.ndarray, t: np.ndarray, labels: np.ndarray, alarms: np.ndarray, horizon_us: int
+) -> int:
+    """False alarms among examples sorted by asset and time: each run of consecutive alarming
+    negative examples of one asset counts once, plus once more per full horizon it lasts."""
+    false = alarms & ~labels
+    if not false.any():
         return 0
-    continues = np.zeros(len(alarms), dtype=bool)
-    continues[1:] = alarms[:-1] & (codes[1:] == codes[:-1])
-    alarming = np.flatnonzero(alarms)
-    starts = np.flatnonzero(~continues[alarming])  # where each episode begins among the alarms
-    positives = np.add.reduceat(labels[alarming].astype(np.int64), starts)
-    return int(np.count_nonzero(positives == 0))
+    continues = np.zeros(len(false), dtype=bool)
+    continues[1:] = false[:-1] & (codes[1:] == codes[:-1])
+    marked = np.flatnonzero(false)
+    firsts = marked[~continues[marked]]
+    lasts = marked[np.r_[~continues[marked][1:], True]]
+    lasted_us = t[lasts] - t[firsts]
+    return int(len(firsts) + np.sum(lasted_us // max(horizon_us, 1)))
