@@ -87,11 +87,17 @@ def test_the_demo_creates_its_database_loads_its_tables_and_registers_the_orgs(
     first = demo(env, missing_database)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "created the database" in first.stdout
-    for table in ("sensor_readings", "plant_telemetry", "bearing_log"):
+    for table in ("sensor_readings", "plant_telemetry", "bearing_log", "press_readings"):
         rows, comment = table_facts(missing_database, table)
         assert rows > 1000 and comment and comment.startswith("trainctl demo data")
+    failures, comment = table_facts(missing_database, "failure_events")
+    assert failures > 100 and comment and comment.startswith("trainctl demo data")
+    assert _index_columns(missing_database, "failure_events") == [["asset_id", "failed_at"]]
     svc = TrainingService(_runtime(env, postgres_url))
-    assert sorted(svc.list_organizations()) == ["acme-corp", "globex", "initech"]
+    assert sorted(svc.list_organizations()) == ["acme-corp", "globex", "initech", "vandelay"]
+    vandelay = svc.get_organization("vandelay")
+    assert vandelay["schemaConfig"]["labels"]["eventsTable"] == "failure_events"
+    assert vandelay["mlModelConfig"]["windows"]["length"] == 36
     acme = svc.get_organization("acme-corp")
     assert acme["scadaDbConfig"]["url"] == missing_database
     assert acme["mlModelConfig"]["windowEnd"] == "latestData"
@@ -100,7 +106,7 @@ def test_the_demo_creates_its_database_loads_its_tables_and_registers_the_orgs(
 
     again = demo(env, missing_database)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already held") == 3
+    assert again.stdout.count("already held") == 5  # four reading tables and the events
     assert "registered organization" not in again.stdout
     assert "updated organization" not in again.stdout
 
@@ -154,6 +160,14 @@ def test_scheduled_slots_on_demo_data_train_on_its_newest_rows(
     assert slot["outcome"] == "skipped"
     assert "mlModelConfig.windowEnd" in slot["reason"] and "holds no rows" in slot["reason"]
     rt.close()
+
+
+def _index_columns(url: str, table: str) -> list[list[str | None]]:
+    engine = sa.create_engine(url)
+    try:
+        return [ix["column_names"] for ix in sa.inspect(engine).get_indexes(table)]
+    finally:
+        engine.dispose()
 
 
 def _runtime(

@@ -48,7 +48,7 @@ CLIENT_SOURCES = ("clients/python",)
 HEAVY = ("sqlalchemy", "lightgbm", "pandas", "numpy", "onnx", "onnxruntime", "training_tasks")
 BUILD_TIMEOUT_S = 300
 DEMO_TIMEOUT_S = 900
-DEMO_ORGS = ("acme-corp", "globex", "initech")
+DEMO_ORGS = ("acme-corp", "globex", "initech", "vandelay")
 
 
 def copy_sources(paths: tuple[str, ...], dest: Path) -> Path:

@@ -2,19 +2,21 @@
 one command.
 
 An embedded Redis (unless REDIS_URL is set), SQLite under ML_BASE_PATH (unless DATABASE_URL
-is set), demo SCADA databases for three organizations (SQLite files, or tables in the PostgreSQL
+is set), demo SCADA databases for four organizations (SQLite files, or tables in the PostgreSQL
 database of `--scada-url`), a real Celery worker process, trainings at once with live progress,
 and a table of what was deployed. `--load-only` stops after loading the data and registering the
 organizations, for a worker and `trainctl train` of one's own. `initech`'s failures are rare and
 show only in the ratio of two sensors: it is trained first as a user would first try (raw
 columns, threshold 0.5), which validation rejects, then with `pressure / temperature` as a
-derived feature and the threshold of the best F1 on the inner fold, which passes.
+derived feature and the threshold of the best F1 on the inner fold, which passes. `vandelay`'s
+failures are events in a maintenance log, preceded by hours of drift that one reading cannot
+tell from a busy machine: it is trained on single readings, then on six-hour windows, and the
+two are compared on the failures they catch at the same false-alarm rate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -24,32 +26,35 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 
 from training_tasks.cli.views import console, follow_runs, print_deployed
-from training_tasks.config.org import parse_org_config
 from training_tasks.config.settings import Settings
-from training_tasks.demo import scada
+from training_tasks.config.window_features import check_windows
+from training_tasks.demo import events, scada
 from training_tasks.demo.child_process import die_with_parent
 from training_tasks.demo.embedded_redis import EmbeddedRedis
-from training_tasks.demo.postgres import (
-    DemoLoadError,
-    ensure_database,
-    is_postgres_url,
-    load_demo_table,
+from training_tasks.demo.event_comparison import (
+    EventScore,
+    Holdout,
+    at_false_alarm_rate,
+    recorded_scope,
+    recorded_score,
 )
-from training_tasks.errors import NotFoundError
+from training_tasks.demo.orgs import DEMO_START as DEMO_START  # what tests start data at
+from training_tasks.demo.orgs import EVENT_ORG, RARE_ORG, prepare_demo_orgs
+from training_tasks.demo.postgres import DemoLoadError, is_postgres_url
+from training_tasks.files import UnsafeFile
 from training_tasks.messaging.broker import WorkerProbe
 from training_tasks.redaction import mask_url
 from training_tasks.service.api import TrainingService
+from training_tasks.stages.validate.event_checks import read_events
 from workers.prediction_service import PredictionService
 
-DEMO_START = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO_DAYS = 120
 DEMO_ASSETS = 24
 WORKER_READY_TIMEOUT_S = 60.0
@@ -58,20 +63,15 @@ SWAP_WAIT_S = 10.0
 DASHBOARD_PORT = 8088  # trainctl ui's default
 # One sensor reading in the demo's feature order: temperature, pressure, vibration, current.
 DEMO_ROW = [63.0, 415.0, 2.4, 32.5]
-# Rare failures that only pressure / temperature shows (see scada.iter_rare_failure_frames).
-RARE_ORG = "initech"
-RARE_DAYS = 60
-RARE_ASSETS = 8
-# The same organization trained as a user would first try: raw columns, the default 0.5.
+TYPICAL = dict(zip(scada.FEATURES, DEMO_ROW, strict=True))
+# The rare-failure organization trained as a user would first try: raw columns, the default 0.5.
 RAW_REQUEST: dict[str, Any] = {
     "derivedFeatures": {},
     "decisionPolicy": {"type": "fixed", "threshold": 0.5},
 }
-DEMO_LAYOUTS = {
-    "acme-corp": scada.ACME_LAYOUT,
-    "globex": scada.GLOBEX_LAYOUT,
-    RARE_ORG: scada.INITECH_LAYOUT,
-}
+# The event-labelled organization (demo/events.py) trained first on single readings.
+SINGLE_READINGS: dict[str, Any] = {"windows": None}
+FIRST_TRY = {RARE_ORG: RAW_REQUEST, EVENT_ORG: SINGLE_READINGS}
 
 
 def run_demo(
@@ -116,7 +116,7 @@ def run_demo(
 
         svc = TrainingService()
         try:
-            orgs = _prepare_demo_orgs(svc, base / "demo", assets, days, scada_url)
+            orgs = _prepare(svc, base / "demo", assets, days, scada_url)
         except DemoLoadError as exc:
             console.print(f"[red]{exc}[/]")
             return 1
@@ -130,7 +130,7 @@ def _load_only(base: Path, assets: int, days: int, scada_url: str | None) -> int
     settings = Settings.from_env()
     console.print(f"[bold]database[/] {mask_url(settings.database_url)}")
     try:
-        orgs = _prepare_demo_orgs(TrainingService(), base / "demo", assets, days, scada_url)
+        orgs = _prepare(TrainingService(), base / "demo", assets, days, scada_url)
     except DemoLoadError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
@@ -151,23 +151,30 @@ def _train_all(svc: Any, orgs: list[str], settings: Settings, keep_running: bool
         console.print(f"prediction service on http://127.0.0.1:{prediction.port}")
         for org in orgs:
             console.print(f"  {org}: before training, {_ask(prediction.port, org)}")
-        # First round: the two drift organizations, and the rare-failure one on raw columns.
-        handles = [submit(org, **(RAW_REQUEST if org == RARE_ORG else {})) for org in orgs]
+        # First round: the two drift organizations, and the two others as a user would first try.
+        handles = [submit(org, **FIRST_TRY.get(org, {})) for org in orgs]
         console.print(
             f"submitted {len(handles)} trainings: "
             + ", ".join(f"{h.version} ({h.queue})" for h in handles)
         )
         results = follow_runs(handles, timeout_s=1800)
-        raw = next(r for r in results if r["organizationId"] == RARE_ORG)
+        first = {r["organizationId"]: r for r in results if r["organizationId"] in FIRST_TRY}
         console.print(
-            f"{RARE_ORG} on raw columns at threshold 0.5: {raw['status']}; now with "
+            f"{RARE_ORG} on raw columns at threshold 0.5: {first[RARE_ORG]['status']}; now with "
             "pressure / temperature as a derived feature and the threshold of the best F1"
         )
-        tuned = follow_runs([submit(RARE_ORG)], timeout_s=1800)
-        results = [r for r in results if r is not raw] + tuned
-        print_deployed([*results, raw], str(settings.ml_base_path))
+        spec = events.WINDOWS
+        console.print(
+            f"{EVENT_ORG} on single readings: {first[EVENT_ORG]['status']}; now on windows of "
+            f"{spec['length']} x {spec['interval']} of {' and '.join(spec['columns'])}"
+        )
+        second = follow_runs([submit(org) for org in FIRST_TRY], timeout_s=1800)
+        results = [r for r in results if r["organizationId"] not in FIRST_TRY] + second
+        print_deployed([*results, *first.values()], str(settings.ml_base_path))
         for result in results:
             _report(svc, prediction, result)
+    windowed = next(r for r in second if r["organizationId"] == EVENT_ORG)
+    _compare_events(svc, first[EVENT_ORG], windowed)
     for org in orgs:
         state = svc.get_organization(org)
         if state["previousVersion"]:
@@ -216,98 +223,99 @@ def _report(svc: Any, prediction: Any, result: dict[str, Any]) -> None:
 
 
 def _ask(port: int, org_id: str) -> str:
-    """One prediction request to the reference service, described in words."""
+    """One prediction request to the reference service, of what the model takes, in words."""
 
-    body = json.dumps({"rows": [DEMO_ROW]}).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/predict/{org_id}",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
+    base = f"http://127.0.0.1:{port}"
     try:
+        with urllib.request.urlopen(f"{base}/models/{org_id}", timeout=5) as response:
+            model = json.loads(response.read())
+        window = model.get("window")
+        if window is None:
+            body: dict[str, Any] = {"rows": [[TYPICAL[c] for c in model["featureColumns"]]]}
+        else:
+            shape = (window["columns"], window["length"], window["intervalSeconds"])
+            body = {"windows": events.example_windows(*shape)}
+        request = urllib.request.Request(
+            f"{base}/predict/{org_id}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             doc = json.loads(response.read())
     except urllib.error.HTTPError as err:
         return f"the prediction service answers {err.code}: {json.loads(err.read())['error']}"
-    return f"a request is answered by {doc['version']} (failure probability {doc['probabilities'][0]:.3f})"
+    steady, *climbing = doc["probabilities"]
+    answer = f"a request is answered by {doc['version']} (failure probability {steady:.3f}"
+    if climbing:
+        hours = window["length"] * window["intervalSeconds"] / 3600
+        answer += f" for {hours:g} steady hours, {climbing[0]:.3f} for {hours:g} climbing ones"
+    return answer + ")"
 
 
-def _prepare_demo_orgs(
-    svc: Any, demo_dir: Path, assets: int, days: int, scada_url: str | None
-) -> list[str]:
-    """Write each demo organization's SCADA data (unless it is there) and register the org."""
-    demo_dir.mkdir(parents=True, exist_ok=True)
-    if scada_url is not None and ensure_database(scada_url):
-        console.print(f"created the database of {mask_url(scada_url)}")
-    for seed, (org_id, layout) in enumerate(DEMO_LAYOUTS.items(), start=1):
-        rare = org_id == RARE_ORG
-        org_assets, org_days = (RARE_ASSETS, RARE_DAYS) if rare else (assets, days)
-        shape = f"{org_assets}x{org_days}d{'_rare' if rare else ''}"
-        frames = functools.partial(_frames, rare, org_assets, org_days, seed)
-        if scada_url is None:
-            url = _load_sqlite(demo_dir / f"scada_{org_id}_{shape}.db", frames, layout, org_id)
-        else:
-            tag = f"{org_id}, {shape} from {DEMO_START:%Y-%m-%d}"
-            loaded = load_demo_table(scada_url, frames, layout, tag)
-            state = "already held" if loaded.kept else "loaded"
-            console.print(
-                f"{org_id}: {state} {loaded.rows:,} sensor rows in table {layout.table!r} "
-                f"of {mask_url(scada_url)}"
-            )
-            url = scada_url
-        config = scada.demo_org_config(org_id, url, layout, window_days=org_days)
-        if rare:
-            config["mlModelConfig"].update(scada.RARE_FAILURE_MODEL)
-        _register(svc, org_id, config)
-    return list(DEMO_LAYOUTS)
-
-
-def _frames(rare: bool, assets: int, days: int, seed: int) -> Iterator[pd.DataFrame]:
-    """One demo organization's sensor history, a week at a time."""
-    if rare:
-        return scada.iter_rare_failure_frames(
-            assets=assets, days=days, interval_min=15, seed=seed, start=DEMO_START
+def _compare_events(svc: Any, single: dict[str, Any], windowed: dict[str, Any]) -> None:
+    """What the two models of the event-labelled organization did about the holdout's failures,
+    as validation recorded it, and the single-reading one again at the windows' false-alarm rate."""
+    versions = {v["version"]: v for v in svc.list_versions(EVENT_ORG, limit=20)}
+    window_score, single_score = (
+        recorded_score((versions.get(run["version"]) or {}).get("metrics") or {})
+        for run in (windowed, single)
+    )
+    if window_score is None or single_score is None:
+        console.print(f"{EVENT_ORG}: event metrics are not recorded for both models: no comparison")
+        return
+    console.print(
+        f"{EVENT_ORG}: the {window_score.total} failures of the holdout, each model at its own "
+        "threshold (validation's event metrics):"
+    )
+    hours = check_windows(events.WINDOWS, "windows").span_s / 3600
+    console.print(f"  {f'{hours:g} h windows':<16} {_score_words(window_score)}")
+    console.print(f"  {'single readings':<16} {_score_words(single_score)}")
+    rate = window_score.false_alarms_per_asset_day
+    same = None if rate is None else _at_rate(svc, single, versions.get(single["version"]), rate)
+    if same is not None:
+        console.print(f"  single readings at the windows' false-alarm rate: {_score_words(same)}")
+        console.print(
+            "  (one threshold gives each model its own false-alarm rate; this one is chosen on "
+            "the single-reading model's holdout scores to raise no more false alarms than the "
+            "windows)"
         )
-    return scada.iter_sensor_frames(
-        assets=assets, days=days, interval_min=10, seed=seed, start=DEMO_START
+
+
+def _at_rate(
+    svc: Any, run: dict[str, Any], version: dict[str, Any] | None, rate: float
+) -> EventScore | None:
+    """The single-reading model of `run` on its holdout at `rate` false alarms per asset-day."""
+    scope = recorded_scope(svc.rt.store.artifacts(EVENT_ORG, run["version"]))
+    holdout = (run.get("data") or {}).get("holdoutPath")
+    if version is None or scope is None or holdout is None:
+        return None
+    columns = (run["config"]["featureColumns"], run["config"]["targetColumn"])
+    try:
+        scored = Holdout(Path(holdout), Path(version["modelPath"]), *columns).scored()
+        return at_false_alarm_rate(rate, scored, read_events(scope.events_path), scope)
+    except (OSError, ValueError, KeyError, pa.ArrowException, UnsafeFile) as exc:
+        console.print(f"  (the single-reading model cannot be scored again on its holdout: {exc})")
+        return None
+
+
+def _score_words(score: EventScore | None) -> str:
+    if score is None:
+        return "-"
+    lead = "-" if score.lead_h is None else f"{score.lead_h:.1f} h"
+    rate = score.false_alarms_per_asset_day
+    threshold = "no alarm" if score.threshold is None else f"threshold {score.threshold:.2f}"
+    return (
+        f"caught {score.caught} of {score.total}, median lead {lead}, "
+        f"{'-' if rate is None else f'{rate:.3f}'} false alarms per asset-day ({threshold})"
     )
 
 
-def _load_sqlite(
-    db_path: Path,
-    frames: Callable[[], Iterator[pd.DataFrame]],
-    layout: scada.ScadaLayout,
-    org_id: str,
-) -> str:
-    """A demo SQLite file (written once, under a temporary name first); its URL."""
-    if not db_path.exists():
-        partial = db_path.with_name(f".{db_path.name}.partial")
-        partial.unlink(missing_ok=True)
-        with console.status(f"generating demo SCADA data for {org_id}"):
-            rows = scada.write_scada_sqlite(partial, frames(), layout)
-        partial.replace(db_path)
-        console.print(f"generated {rows:,} sensor rows for {org_id} in {db_path}")
-    return f"sqlite:///{db_path}"
-
-
-def _register(svc: Any, org_id: str, config: dict[str, Any]) -> None:
-    """Register the organization, or bring a registered one to the demo's config.
-
-    A schedule set since (`trainctl schedule`) is kept.
-    """
-    try:
-        current = svc.get_organization(org_id)
-    except NotFoundError:
-        svc.register_organization(org_id, config, actor="demo")
-        console.print(f"registered organization {org_id} (queue org.{org_id})")
-        return
-    if current.get("trainingSchedule"):
-        config["trainingSchedule"] = current["trainingSchedule"]
-    wanted = parse_org_config(config, org_id).public_dict()
-    if any(current.get(key) != value for key, value in wanted.items()):
-        svc.update_organization(org_id, config, actor="demo")
-        console.print(f"updated organization {org_id} to the demo's config")
+def _prepare(svc: Any, demo_dir: Path, assets: int, days: int, scada_url: str | None) -> list[str]:
+    """The demo organizations' data and registrations, told on the console."""
+    return prepare_demo_orgs(
+        svc, demo_dir, assets, days, scada_url, say=console.print, busy=console.status
+    )
 
 
 @contextlib.contextmanager

@@ -395,7 +395,7 @@ def demo(
     """Run the whole job on the embedded default (what `make run` does).
 
     Starts an embedded Redis (unless REDIS_URL is set), uses SQLite under ML_BASE_PATH (unless
-    DATABASE_URL is set), generates demo SCADA data for three organizations, starts a worker,
+    DATABASE_URL is set), generates demo SCADA data for four organizations, starts a worker,
     trains them at once with progress, prints what was deployed and stops what it started.
     """
     from training_tasks.cli.demo import run_demo  # the service, the demo data, pandas

@@ -1,6 +1,8 @@
-"""What `make run` runs on: a synthetic SCADA sensor history a failure classifier can learn from,
-an embedded Redis server, and child processes that die with their parent. `trainctl demo`
-(`training_tasks/cli/demo.py`) drives the whole job. Imports only the bottom layer."""
+"""What `make run` runs on: synthetic SCADA sensor histories a failure classifier can learn from
+(`scada`; `events`: failures in a maintenance log, for window models), the demo organizations
+(`orgs`), the comparison of a window model with single readings (`event_comparison`), an embedded
+Redis server, and child processes that die with their parent. `trainctl demo`
+(`training_tasks/cli/demo.py`) drives the whole job. Imports the layers below the service."""
 
 from training_tasks.demo.scada import (
     ACME_LAYOUT,

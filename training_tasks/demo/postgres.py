@@ -15,6 +15,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from training_tasks.demo.events import EVENTS_TABLE, write_failure_events
 from training_tasks.demo.scada import ScadaLayout, write_scada_postgres
 from training_tasks.redaction import mask_url
 
@@ -72,30 +73,48 @@ def load_demo_table(
     url: str, frames: Callable[[], Iterable[pd.DataFrame]], layout: ScadaLayout, tag: str
 ) -> Loaded:
     """Write `frames()` into `layout.table` unless the table already holds the data `tag` names."""
+
+    def write(replace: bool) -> int:
+        return write_scada_postgres(writer_url(url), frames(), layout, replace=replace)
+
+    return _load_marked(url, layout.table, tag, write)
+
+
+def load_demo_events(url: str, events: Callable[[], pd.DataFrame], tag: str) -> Loaded:
+    """Write `events()` into the `failure_events` table unless it already holds what `tag` names."""
+
+    def write(replace: bool) -> int:
+        return write_failure_events(writer_url(url), events(), replace=replace)
+
+    return _load_marked(url, EVENTS_TABLE, tag, write)
+
+
+def _load_marked(url: str, table: str, tag: str, write: Callable[[bool], int]) -> Loaded:
+    """Run `write(replace)` for `table` unless it already carries the mark of `tag`."""
     mark = f"{DEMO_MARK}: {tag}"
     engine = sa.create_engine(writer_url(url))
     try:
         inspector = sa.inspect(engine)
-        exists = inspector.has_table(layout.table)
-        comment = inspector.get_table_comment(layout.table).get("text") if exists else None
+        exists = inspector.has_table(table)
+        comment = inspector.get_table_comment(table).get("text") if exists else None
         if exists and comment == mark:
             with engine.connect() as conn:
-                count = sa.select(sa.func.count()).select_from(sa.table(layout.table))
+                count = sa.select(sa.func.count()).select_from(sa.table(table))
                 return Loaded(rows=int(conn.execute(count).scalar_one()), kept=True)
         if exists and not (comment or "").startswith(DEMO_MARK):
             raise DemoLoadError(
-                f"table {layout.table!r} in {mask_url(url)} exists and was not written by the "
+                f"table {table!r} in {mask_url(url)} exists and was not written by the "
                 "demo, which leaves it alone: give --scada-url a database of its own "
                 "(it is created if missing)"
             )
         try:
-            rows = write_scada_postgres(writer_url(url), frames(), layout, replace=exists)
+            rows = write(exists)
             with engine.begin() as conn:
-                conn.execute(sa.text(_comment_sql(conn, layout.table, mark)))
+                conn.execute(sa.text(_comment_sql(conn, table, mark)))
         except BaseException:
             # A half-written table has no mark, and would be refused next time: remove it.
             with engine.begin() as conn:
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {_quoted(conn, layout.table)}"))
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {_quoted(conn, table)}"))
             raise
         return Loaded(rows=rows, kept=False)
     finally:

@@ -50,19 +50,26 @@ class ScadaLayout:
     timestamp_column: str
     asset_column: str
     columns: Mapping[str, str]
-    target_column: str
+    # None: the rows carry no label (failure events label them, see demo/events.py).
+    target_column: str | None
     boolean_target: bool = False
     # Features stored as 4-byte floats instead of 8-byte ones.
     real_features: bool = False
 
     def physical_names(self) -> dict[str, str]:
         """Frame column -> physical column, for every column that is written."""
-        return {
+        names = {
             TIMESTAMP: self.timestamp_column,
             ASSET: self.asset_column,
             **{name: self.columns[name] for name in FEATURES},
-            TARGET: self.target_column,
         }
+        if self.target_column is not None:
+            names[TARGET] = self.target_column
+        return names
+
+    def value_columns(self) -> list[str]:
+        """The frame columns written after the timestamp, in table order."""
+        return list(self.physical_names())[1:]
 
 
 ACME_LAYOUT = ScadaLayout(
@@ -327,7 +334,8 @@ def write_scada_sqlite(
         with closing(sqlite3.connect(path)) as conn, conn:
             for chunk in _chunks(frame):
                 stamps = pc.strftime(pa.array(chunk[TIMESTAMP]), "%Y-%m-%d %H:%M:%S")
-                columns = [stamps.to_pylist(), *(chunk[c].tolist() for c in _VALUE_COLUMNS)]
+                values = (chunk[c].tolist() for c in layout.value_columns())
+                columns = [stamps.to_pylist(), *values]
                 conn.executemany(insert, zip(*columns, strict=True))
                 total += len(chunk)
         index.create(engine)
@@ -356,7 +364,7 @@ def write_scada_postgres(
         with psycopg.connect(conninfo) as conn:
             with conn.cursor() as cur, cur.copy(copy) as pipe:
                 for chunk in _chunks(frame):
-                    pipe.write(_csv_bytes(chunk))
+                    pipe.write(_csv_bytes(chunk, layout))
                     total += len(chunk)
             conn.commit()
             index.create(engine)
@@ -366,11 +374,9 @@ def write_scada_postgres(
     return total
 
 
-_VALUE_COLUMNS = (ASSET, *FEATURES, TARGET)
-
-
-def _csv_bytes(chunk: pd.DataFrame) -> memoryview:
-    table = pa.Table.from_pandas(chunk[[TIMESTAMP, *_VALUE_COLUMNS]], preserve_index=False)
+def _csv_bytes(chunk: pd.DataFrame, layout: ScadaLayout) -> memoryview:
+    columns = [TIMESTAMP, *layout.value_columns()]
+    table = pa.Table.from_pandas(chunk[columns], preserve_index=False)
     buffer = io.BytesIO()
     pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False))
     return buffer.getbuffer()
@@ -380,18 +386,15 @@ def _create_table(
     engine: sa.Engine, layout: ScadaLayout, *, replace: bool
 ) -> tuple[sa.Table, sa.Index]:
     number: type[sa.types.TypeEngine[Any]] = sa.REAL if layout.real_features else sa.Float
-    table = sa.Table(
-        layout.table,
-        sa.MetaData(),
+    columns: list[sa.Column[Any]] = [
         sa.Column(layout.timestamp_column, sa.DateTime(timezone=True), nullable=False),
         sa.Column(layout.asset_column, sa.String(32), nullable=False),
         *(sa.Column(layout.columns[name], number) for name in FEATURES),
-        sa.Column(
-            layout.target_column,
-            sa.Boolean() if layout.boolean_target else sa.SmallInteger(),
-            nullable=False,
-        ),
-    )
+    ]
+    if layout.target_column is not None:
+        label = sa.Boolean() if layout.boolean_target else sa.SmallInteger()
+        columns.append(sa.Column(layout.target_column, label, nullable=False))
+    table = sa.Table(layout.table, sa.MetaData(), *columns)
     if replace:
         table.drop(engine, checkfirst=True)
     table.create(engine)
@@ -403,6 +406,8 @@ def demo_org_config(
     org_id: str, scada_url: str, layout: ScadaLayout, *, window_days: int = 90
 ) -> dict[str, Any]:
     """A camelCase organization config for demo data in `layout`, as `parse_org_config` takes it."""
+    if layout.target_column is None:
+        raise ValueError(f"{layout.table} has no target column: see events.event_org_config")
     return {
         "name": f"{org_id} demo plant",
         "mlModelConfig": {
