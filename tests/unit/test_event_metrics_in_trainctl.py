@@ -79,6 +79,22 @@ def test_versions_show_caught_lead_time_and_false_alarms_within_100_columns(
     assert "lead h: median hours from the first alarm to the failure" in legend
 
 
+def test_on_80_columns_versions_and_history_keep_every_header_whole(
+    plant: tuple[Path, dict[str, Any], str],
+) -> None:
+    home, _, window_version = plant
+
+    for command in ("history", "versions"):
+        lines = on_terminal(home, command, ORG, columns=80)
+
+        shown = "\n".join(lines)
+        assert max(map(len, lines)) <= 80, shown
+        header = next(line for line in lines if line.lstrip().startswith("version"))
+        assert "…" not in header, shown
+    row = next(line for line in lines if short(window_version) in line)
+    assert row.split()[-3:] == ["11/12", "5.5", "0.042"], shown
+
+
 def test_piped_versions_carry_every_event_metric_in_full(
     plant: tuple[Path, dict[str, Any], str],
 ) -> None:

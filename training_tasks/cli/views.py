@@ -46,6 +46,8 @@ def print_result(result: dict[str, Any], out: Console | None = None) -> None:
     if result.get("modelPath"):
         fields.append(("model", result["modelPath"]))
     fields += [(k, number(metrics[k])) for k in keys if k in metrics]
+    if metrics.get("eventsTotal") is not None:
+        fields.append(("events", _event_line(metrics)))
     if result.get("error"):
         fields.append(("error", result["error"]))
     print_fields(out, fields, indent="  ")
@@ -218,7 +220,7 @@ def print_history(org_id: str, runs: Sequence[dict[str, Any]], out: Console | No
         out.print(f"{org_id} has no training run yet; start one with `trainctl train {org_id}`")
         return
     title = f"Training log of {org_id}, newest first (times in UTC)"
-    show_fitted(out, title, HISTORY_COLUMNS, runs, ("trigger", "accuracy", "took"))
+    show_fitted(out, title, HISTORY_COLUMNS, runs, ("trigger", "accuracy", "took", "rocAuc"))
     _notes(out, "Errors", [(r["version"], r.get("error")) for r in runs if r.get("error")])
     out.print(SHORT_IDS_NOTE, style="dim")
 
@@ -233,7 +235,8 @@ def print_versions(org_id: str, rows: Sequence[dict[str, Any]], out: Console | N
         out.print(f"{org_id} has no model version yet; train one with `trainctl train {org_id}`")
         return
     title = f"Model versions of {org_id}, newest first (* deployed)"
-    show_fitted(out, title, VERSION_COLUMNS, rows, ("sizeBytes", "accuracy"))
+    droppable = ("sizeBytes", "accuracy", "status", "precision", "rocAuc")  # "*" marks deployed
+    show_fitted(out, title, VERSION_COLUMNS, rows, droppable)
     notes = [(v["version"], "; ".join(v["validationFailures"])) for v in rows]
     _notes(out, "Why rejected", [(version, text) for version, text in notes if text])
     out.print(SHORT_IDS_NOTE, style="dim")
