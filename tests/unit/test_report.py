@@ -189,3 +189,26 @@ def test_a_version_validated_before_reports_still_gets_its_verdict(tmp_path: Pat
     assert "no curve data was recorded" in page
     with pytest.raises(build.ReportUnavailable, match="never validated"):
         build.rebuild_report(tmp_path / "missing")
+
+
+def test_a_report_shows_the_failures_caught_how_early_and_the_false_alarms(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / VERSION
+    folder.mkdir()
+    events = {
+        "eventRecall": 32 / 38,
+        "eventsCaught": 32,
+        "eventsTotal": 38,
+        "medianLeadTimeH": 12.7,
+        "falseAlarmsPerAssetDay": 0.063,
+        "falseAlarms": 19,
+        "assets": 20,
+        "assetDays": 300.0,
+    }
+    doc = {"organizationId": ORG_ID, "version": VERSION, "passed": True, "events": events}
+    (folder / "validation.json").write_text(json.dumps(doc))
+    page = build.rebuild_report(folder).read_text()
+    assert "32 of 38 holdout failures" in page
+    assert "19 false alarms over 20 assets x 15.0 days" in page
+    assert "12.7" in page

@@ -90,7 +90,27 @@ def _metrics(validation: Mapping[str, Any]) -> list[dict[str, Any]]:
         for name in RANKING
         if name in metrics
     ]
-    return rows
+    return rows + _event_rows(validation.get("events"))
+
+
+def _event_rows(events: Any) -> list[dict[str, Any]]:
+    """Events caught, median lead time and false alarms, with the counts behind them."""
+    if not isinstance(events, Mapping) or events.get("eventsTotal") is None:
+        return []
+    days = events.get("assetDays") or 0
+    per_asset = days / events["assets"] if events.get("assets") else 0
+    evidence = {
+        "eventRecall": f"{events.get('eventsCaught')} of {events['eventsTotal']} holdout failures",
+        "medianLeadTimeH": "hours from the first alarm to a caught failure",
+        "falseAlarmsPerAssetDay": (
+            f"{events.get('falseAlarms')} false alarms over {events.get('assets')} assets x "
+            f"{per_asset:.1f} days"
+        ),
+    }
+    return [
+        {"name": name, "value": events.get(name), "interval": "", "evidence": text}
+        for name, text in evidence.items()
+    ]
 
 
 def _interval(interval: Mapping[str, Any] | None) -> str:
