@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from training_tasks.demo.scada import ASSET, FEATURES, TIMESTAMP, ScadaLayout
+from training_tasks.demo.scada import ASSET, FEATURES, TIMESTAMP, ScadaLayout, base_org_config
 
 EVENTS_TABLE = "failure_events"
 EVENT_ASSET = "asset_id"
@@ -269,35 +269,14 @@ def event_org_config(
 ) -> dict[str, Any]:
     """A camelCase organization config for a drift fleet in `layout`, labelled by its failure
     events and trained on windows (`EVENT_MODEL`), as `parse_org_config` takes it."""
-    return {
-        "name": f"{org_id} demo plant",
-        "mlModelConfig": {
-            "featureColumns": list(WINDOWS["columns"]),
-            "validationSplit": 0.25,
-            "hyperparameters": {
-                "numLeaves": 31,
-                "learningRate": 0.05,
-                "numIterations": 100,
-                "objective": "binary",
-                "metric": "auc",
-            },
-            "dataWindowDays": window_days,
-            "windowEnd": "latestData",
-            **EVENT_MODEL,
-        },
-        "trainingSchedule": {"pattern": "0 2 * * 0", "timezone": "UTC", "enabled": False},
-        "scadaDbConfig": {"url": scada_url},
-        "schemaConfig": {
-            "table": layout.table,
-            "timestampColumn": layout.timestamp_column,
-            "assetColumn": layout.asset_column,
-            "columnMappings": dict(layout.columns),
-            "labels": {
-                "eventsTable": EVENTS_TABLE,
-                "assetColumn": EVENT_ASSET,
-                "timestampColumn": EVENT_TIME,
-                "horizonHours": LABEL_HORIZON_H,
-                "excludeAfterHours": 12,  # the repair and restart after a failure
-            },
-        },
+    config = base_org_config(org_id, scada_url, layout, window_days=window_days)
+    model = config["mlModelConfig"]
+    model.update(featureColumns=list(WINDOWS["columns"]), validationSplit=0.25, **EVENT_MODEL)
+    config["schemaConfig"]["labels"] = {
+        "eventsTable": EVENTS_TABLE,
+        "assetColumn": EVENT_ASSET,
+        "timestampColumn": EVENT_TIME,
+        "horizonHours": LABEL_HORIZON_H,
+        "excludeAfterHours": 12,  # the repair and restart after a failure
     }
+    return config

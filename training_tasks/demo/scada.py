@@ -408,11 +408,20 @@ def demo_org_config(
     """A camelCase organization config for demo data in `layout`, as `parse_org_config` takes it."""
     if layout.target_column is None:
         raise ValueError(f"{layout.table} has no target column: see events.event_org_config")
+    config = base_org_config(org_id, scada_url, layout, window_days=window_days)
+    config["mlModelConfig"].update(featureColumns=list(FEATURES), targetColumn=TARGET)
+    config["schemaConfig"]["columnMappings"][TARGET] = layout.target_column
+    return config
+
+
+def base_org_config(
+    org_id: str, scada_url: str, layout: ScadaLayout, *, window_days: int
+) -> dict[str, Any]:
+    """What every demo organization's config holds: the model defaults, an idle schedule, the
+    SCADA URL and `layout`'s table; the caller adds its features and target."""
     return {
         "name": f"{org_id} demo plant",
         "mlModelConfig": {
-            "featureColumns": list(FEATURES),
-            "targetColumn": TARGET,
             "validationSplit": 0.2,
             "hyperparameters": {
                 "numLeaves": 31,
@@ -431,7 +440,7 @@ def demo_org_config(
             "table": layout.table,
             "timestampColumn": layout.timestamp_column,
             "assetColumn": layout.asset_column,
-            "columnMappings": {**layout.columns, TARGET: layout.target_column},
+            "columnMappings": dict(layout.columns),
         },
     }
 
