@@ -2,23 +2,25 @@
 
 A worker that serves `training.requests` (the default, without -Q) also consumes the queue
 `org.<organizationId>` of every registered organization, and starts on a newly registered one
-within ORG_QUEUE_POLL_S seconds, without a restart. A worker started with `-Q org.acme-corp`
-serves only the queues it was given.
+within ORG_QUEUE_POLL_S seconds, without a restart; on Redis at once, when the ready list shows
+a message for a queue it does not follow yet (training_tasks/messaging/ready_queues.py). A worker
+started with `-Q org.acme-corp` serves only the queues it was given.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import bootsteps
 
-from training_tasks.protocol.ids import org_queue
+from training_tasks.protocol.ids import REQUESTS_QUEUE, org_queue
 from training_tasks.registry.orgs import list_org_ids
 from training_tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
-REQUESTS_QUEUE = "training.requests"
+EARLY_SYNC_MIN_INTERVAL_S = 1.0  # an unknown queue's messages ask for a sync at most this often
 
 
 class OrgQueueFollower(bootsteps.StartStopStep):
@@ -29,6 +31,7 @@ class OrgQueueFollower(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timer_entry: Any = None
+        self._early_sync_at = 0.0
 
     def start(self, consumer: Any) -> None:
         if REQUESTS_QUEUE not in consumer.app.amqp.queues.consume_from:
@@ -44,6 +47,7 @@ class OrgQueueFollower(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def _sync(self, consumer: Any) -> None:
+        self._listen_for_unknown_queues(consumer)
         try:
             org_ids = list_org_ids(get_runtime().engine)
         except Exception:  # the database may be briefly away; the next tick tries again
@@ -53,3 +57,15 @@ class OrgQueueFollower(bootsteps.StartStopStep):
             queue = org_queue(org_id)
             if not consumer.task_consumer.consuming_from(queue):
                 consumer.add_task_queue(queue)
+
+    def _listen_for_unknown_queues(self, consumer: Any) -> None:
+        """Ask the broker channel (a new one after each reconnect) to report unknown queues."""
+        channel = getattr(consumer.task_consumer, "channel", None)
+        if channel is not None and hasattr(channel, "on_unfollowed_org_queue"):
+            channel.on_unfollowed_org_queue = lambda queue: self._sync_soon(consumer)
+
+    def _sync_soon(self, consumer: Any) -> None:
+        now = time.monotonic()
+        if now - self._early_sync_at >= EARLY_SYNC_MIN_INTERVAL_S:
+            self._early_sync_at = now
+            consumer.timer.call_after(0, self._sync, (consumer,))

@@ -55,6 +55,11 @@ def check_run_id(run_id: object, field: str = "runId") -> str:
     return run_id
 
 
+ORG_QUEUE_PREFIX = "org."
+# Where submits and status requests go; a worker serving it follows every organization's queue.
+REQUESTS_QUEUE = "training.requests"
+
+
 def org_queue(org_id: str) -> str:
     """The Celery queue that carries one organization's pipeline: `org.<organizationId>`."""
-    return f"org.{check_org_id(org_id)}"
+    return ORG_QUEUE_PREFIX + check_org_id(org_id)
