@@ -22,6 +22,7 @@ BENCHMARKS = (
     "bench_report",
     "bench_ui",
     "bench_chain",
+    "bench_org_queues",
     "bench_hotswap",
     "bench_swap_load",
     "bench_beat",

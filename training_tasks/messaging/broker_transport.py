@@ -67,6 +67,7 @@ class Channel(redis.Channel):
         self._other_queues: list[str] = []
         self._grouped_poll = False
         self._next_sweep = 0.0
+        self._passed_over: set[str] = set()  # org queues with messages, not followed here yet
         # Called with a queue name when the ready list holds messages for an organization's
         # queue this channel does not follow yet (workers/org_queues.py sets it).
         self.on_unfollowed_org_queue: Callable[[str], None] | None = None
@@ -94,6 +95,10 @@ class Channel(redis.Channel):
         result = super().basic_consume(queue, *args, **kwargs)
         if ready_queues.is_org_queue(queue):
             self._org_queues.add(queue)
+            if queue in self._passed_over:  # its messages wait in the ready list: wake up
+                self._passed_over.discard(queue)
+                with self.conn_or_acquire() as client:
+                    client.lpush(ready_queues.DOORBELL_KEY, "1")
         return result
 
     def _update_queue_cycle(self) -> None:
@@ -170,6 +175,8 @@ class Channel(redis.Channel):
                     return True
                 # Not followed here yet (a new organization): the follower adds it shortly.
                 client.eval(*ready_queues.push_back_args(queue, bytes_to_str(item)))
+                if len(self._passed_over) < PUT_BACK_MAX * 50:
+                    self._passed_over.add(queue)
                 if self.on_unfollowed_org_queue is not None:
                     self.on_unfollowed_org_queue(queue)
         raise Empty()
