@@ -1,4 +1,5 @@
-"""Process-wide handles (settings, database engine, Redis client, model store, clock).
+"""Process-wide handles (settings, database engine, Redis client, model store and the object
+store behind it, clock).
 
 Built lazily on first use in each process and rebuilt after a fork, so a prefork worker child
 never shares a connection with its parent.
@@ -17,6 +18,7 @@ from sqlalchemy import Engine
 
 from training_tasks.config.settings import Settings
 from training_tasks.db.engine import make_engine, migrate
+from training_tasks.protocol.object_store import open_store
 from training_tasks.protocol.paths import ModelStore
 
 
@@ -46,7 +48,8 @@ def build_runtime(settings: Settings | None = None, *, migrate_schema: bool = Tr
     if migrate_schema:
         migrate(engine)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
-    return Runtime(settings, engine, client, ModelStore(settings.ml_base_path))
+    objects = open_store(settings.model_store_url)
+    return Runtime(settings, engine, client, ModelStore(settings.ml_base_path, objects))
 
 
 _runtime: Runtime | None = None

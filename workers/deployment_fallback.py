@@ -16,6 +16,7 @@ from typing import Any
 
 from training_tasks.errors import NotFoundError
 from training_tasks.protocol.hotswap import Deployment
+from training_tasks.protocol.object_store import open_store
 from training_tasks.protocol.paths import ModelStore
 from workers.model_cache import Fallback, LinkFallback, no_fallback
 
@@ -47,9 +48,12 @@ def registered_deployment(engine: Any, store: ModelStore, org_id: str) -> Deploy
 class DatabaseFallback:
     """The registry's deployment of an organization; the `current` link when the database fails."""
 
-    def __init__(self, database_url: str, ml_base_path: str | Path) -> None:
+    def __init__(
+        self, database_url: str, ml_base_path: str | Path, model_store_url: str | None = None
+    ) -> None:
         self._engine = _engine(database_url)
-        self._store = ModelStore(Path(ml_base_path))
+        # With an object store the deployment names its key, for a cache on another host.
+        self._store = ModelStore(Path(ml_base_path), open_store(model_store_url))
         self._link = LinkFallback(ml_base_path)
 
     def __call__(self, org_id: str) -> Deployment | None:
@@ -72,8 +76,13 @@ class DatabaseFallback:
 
 
 @contextlib.contextmanager
-def open_fallback(kind: str, database_url: str, ml_base_path: str | Path) -> Iterator[Fallback]:
-    """The fallback `trainctl serve --fallback KIND` uses, released at the end of the block."""
+def open_fallback(
+    kind: str, database_url: str, ml_base_path: str | Path, model_store_url: str | None = None
+) -> Iterator[Fallback]:
+    """The fallback `trainctl serve --fallback KIND` uses, released at the end of the block.
+
+    `model_store_url` is the checked MODEL_STORE_URL (s3://...) or None.
+    """
     if kind not in FALLBACK_KINDS:
         raise ValueError(f"fallback {kind!r} is not one of {', '.join(FALLBACK_KINDS)}")
     if kind == "none":
@@ -81,7 +90,7 @@ def open_fallback(kind: str, database_url: str, ml_base_path: str | Path) -> Ite
     elif kind == "disk":
         yield LinkFallback(ml_base_path)
     else:
-        database = DatabaseFallback(database_url, ml_base_path)
+        database = DatabaseFallback(database_url, ml_base_path, model_store_url)
         try:
             yield database
         finally:

@@ -51,6 +51,7 @@ import numpy as np
 
 from workers.model_cache import Fallback, ModelCache, ModelUnavailable
 from workers.model_cache.metrics import PredictionMetrics
+from workers.model_cache.remote import FROM_ENV, FromEnvironment
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -326,9 +327,15 @@ class PredictionService:
         port: int = 8080,
         replica_id: str | None = None,
         fallback: Fallback | None = None,
+        model_store_url: str | FromEnvironment | None = FROM_ENV,
     ) -> None:
         self.cache = ModelCache(
-            redis_url, ml_base_path, organizations, replica_id=replica_id, fallback=fallback
+            redis_url,
+            ml_base_path,
+            organizations,
+            replica_id=replica_id,
+            fallback=fallback,
+            model_store_url=model_store_url,
         )
         self.address = (host, port)
         self.server: PredictionServer | None = None
@@ -371,11 +378,14 @@ def serve(
     port: int = 8080,
     replica_id: str | None = None,
     fallback: Fallback | None = None,
+    model_store_url: str | FromEnvironment | None = FROM_ENV,
 ) -> None:
     """Run the service until SIGTERM or SIGINT.
 
     `fallback` finds an organization's deployment while Redis holds no announcement of it
     (default: the `models/<org>/current` link, see workers.model_cache.fallback).
+    `model_store_url` (default: MODEL_STORE_URL) is the object store deployed models are
+    fetched from into `ml_base_path` (see workers.model_cache.remote).
     """
     stop = threading.Event()
 
@@ -393,6 +403,7 @@ def serve(
         port=port,
         replica_id=replica_id,
         fallback=fallback,
+        model_store_url=model_store_url,
     )
     with service:
         log.info("serving %s on http://%s:%s", ", ".join(organizations), host, service.port)

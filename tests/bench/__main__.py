@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench_org_queues",
     "bench_hotswap",
     "bench_swap_load",
+    "bench_store_swap",
     "bench_beat",
     "bench_model_options",
     "bench_window_inference",

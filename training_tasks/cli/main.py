@@ -224,7 +224,9 @@ def serve(
         )
     settings = svc.rt.settings
     svc.close()
-    with open_fallback(fallback, settings.database_url, settings.ml_base_path) as lookup:
+    with open_fallback(
+        fallback, settings.database_url, settings.ml_base_path, settings.model_store_url
+    ) as lookup:
         run_service(
             settings.redis_url,
             settings.ml_base_path,
@@ -233,6 +235,7 @@ def serve(
             port=port,
             replica_id=replica_id,
             fallback=lookup,
+            model_store_url=settings.model_store_url,
         )
 
 

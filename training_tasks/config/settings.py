@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from training_tasks.config.sql_url import driver_name
 from training_tasks.errors import SettingsError
 from training_tasks.fields import shown
+from training_tasks.protocol.object_store import check_store_url
 from training_tasks.redaction import mask_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -64,6 +65,9 @@ class Settings:
     # DATABASE_URL was unset: the SQLite file under ML_BASE_PATH, which depends on the folder a
     # command runs in, so the CLI says which file it uses.
     database_is_default: bool = False
+    # MODEL_STORE_URL when it names an object store (s3://bucket/prefix); None: ML_BASE_PATH is
+    # the only copy of models and artifacts (see training_tasks.protocol.object_store).
+    model_store_url: str | None = None
 
     @property
     def models_path(self) -> Path:
@@ -114,6 +118,7 @@ class Settings:
             min_free_disk_mb=read_positive(env, "MIN_FREE_DISK_MB", 1024.0),
             master_keys=_master_keys(env),
             database_is_default=not env.get("DATABASE_URL"),
+            model_store_url=check_store_url(env.get("MODEL_STORE_URL"), base),
         )
 
 

@@ -3,7 +3,7 @@
 The holdout split stays in the version's data folder `data/<org>/<version>/` (it is small, and
 `validate_model` scores models on it); retention removes it with the version. A failed run keeps
 all its files for inspection until retention removes them. A request with `"keepScratch": true`
-keeps the training split too.
+keeps the training split too. With an object store its object is deleted there as well.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from training_tasks.pipeline.run_objects import drop_objects
 from training_tasks.registry.rows import RunRow
 from training_tasks.runtime import Runtime
 
@@ -28,6 +29,11 @@ def clean_after_success(rt: Runtime, run: RunRow) -> int:
     # Runs extracted before `data/` existed keep their data in the artifacts folder.
     folders = [rt.store.data_dir(org_id, version), rt.store.legacy_data_dir(org_id, version)]
     path = Path(stats["train_path"]).resolve()
+    if rt.store.objects is not None:
+        # The recorded path is the extracting host's; here the split has the same name.
+        local = rt.store.data_dir(org_id, version) / path.name
+        drop_objects(rt.store, org_id, [local])
+        path = local.resolve()
     if not any(folder.resolve() in path.parents for folder in folders):
         # Only ever delete inside the run's own data folder.
         log.warning(

@@ -2,6 +2,9 @@
 
 The extract and validate stages are imported inside their bodies: they load pyarrow, onnxruntime
 and LightGBM, and this module is imported wherever a run is sent (`trainctl`, the Python API).
+
+With an object store, each body fetches the inputs its stage needs into this host's folder and
+publishes the stage's outputs before the stage counts as done (see `run_objects`).
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training_tasks.config.org import OrgConfig
 from training_tasks.config.training import TrainingConfig, from_wire
 from training_tasks.errors import ConfigError
 from training_tasks.fields import iso
 from training_tasks.files import write_json_atomic
+from training_tasks.pipeline import run_objects
 from training_tasks.pipeline.disk import check_run_fits
 from training_tasks.pipeline.stage_runner import StageContext, StageOutcome
 from training_tasks.protocol.keyring import Keyring
@@ -27,7 +32,12 @@ from training_tasks.sandbox.runner import ResourceLimits
 from training_tasks.stages.deploy import deploy_version
 from training_tasks.stages.train import max_model_bytes, store_model, train
 
+if TYPE_CHECKING:
+    from training_tasks.stages.extract.result import ExtractResult
+
 log = logging.getLogger(__name__)
+# What validation writes into the version's artifacts folder, published with an object store.
+REPORT_FILES = ("validation.json", "report.html", "manifest.json")
 
 
 def _load(ctx: StageContext) -> tuple[OrgConfig, TrainingConfig, str, str]:
@@ -49,14 +59,17 @@ def extract_body(ctx: StageContext) -> StageOutcome:
 
     org, config, org_id, version = _load(ctx)
     check_run_fits(ctx.rt, config)
+    store = ctx.rt.store
     result = extract(
         org.resolve_scada_url(),
         org.schema_config,
         config,
-        ctx.rt.store.data_dir(org_id, version),
+        store.data_dir(org_id, version),
         progress=ctx.progress,
     )
-    return StageOutcome(updates={"data_stats": result.as_dict()})
+    published = run_objects.publish_folder(store, org_id, store.data_dir(org_id, version))
+    stats = result.as_dict()
+    return StageOutcome(updates={"data_stats": run_objects.with_objects(stats, published)})
 
 
 def train_body(ctx: StageContext) -> StageOutcome:
@@ -65,7 +78,9 @@ def train_body(ctx: StageContext) -> StageOutcome:
 
     org, config, org_id, version = _load(ctx)
     settings, store = ctx.rt.settings, ctx.rt.store
-    data = ExtractResult.from_dict(_data_stats(ctx))
+    data = _local_data(ctx, ExtractResult.from_dict(_data_stats(ctx)))
+    data_key = store.key_of(org_id, store.data_dir(org_id, version)) + "/"
+    run_objects.fetch_recorded(store, org_id, run_objects.recorded(ctx.run), _under(data_key))
     model_cfg = org.ml_model_config
     limits = _limits(model_cfg)
     timeout_s = min(
@@ -94,6 +109,10 @@ def train_body(ctx: StageContext) -> StageOutcome:
         seal=_sealer(keyring, org_id, version),
         where=f"training of organization {org_id} version {version} failed",
     )
+    published = {
+        **run_objects.publish_files(store, org_id, [model_path]),
+        **run_objects.publish_script_folder(store, org_id, version, keyring),
+    }
     versions.record_trained(
         ctx.rt.engine,
         version=version,
@@ -106,7 +125,10 @@ def train_body(ctx: StageContext) -> StageOutcome:
         now=ctx.rt.now(),
     )
     training = {"elapsedS": result.elapsed_s, "cpuS": result.cpu_s, "peakRssMb": result.peak_rss_mb}
-    return StageOutcome(updates={"metrics": {"script": result.metrics, "training": training}})
+    updates: dict[str, Any] = {"metrics": {"script": result.metrics, "training": training}}
+    if published:
+        updates["data_stats"] = run_objects.with_objects(_data_stats(ctx), published)
+    return StageOutcome(updates=updates)
 
 
 def validate_body(ctx: StageContext) -> StageOutcome:
@@ -120,14 +142,15 @@ def validate_body(ctx: StageContext) -> StageOutcome:
     org, config, org_id, version = _load(ctx)
     store, engine = ctx.rt.store, ctx.rt.engine
     record = versions.get_version(engine, version)
-    data = ExtractResult.from_dict(_data_stats(ctx))
+    data = _local_data(ctx, ExtractResult.from_dict(_data_stats(ctx)))
+    model_path = _fetch_inputs(ctx, record, data)
     native = store.artifacts(org_id, version) / "model.txt"
     # What the run recorded comes from the database, never from files in the script's folder.
     derived, thresholds = recorded_by_run(config, record["metrics"])
     report = validate(
         org_id=org_id,
         version=version,
-        model_path=Path(record["model_path"]),
+        model_path=model_path,
         holdout_path=Path(data.holdout_path),
         holdout_sha256=data.holdout_sha256,
         feature_columns=config.feature_columns,
@@ -135,7 +158,7 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         thresholds=org.thresholds,
         # Whatever the script left under the name; validation reads only a regular file.
         native_model_path=native if os.path.lexists(native) else None,
-        deployed_model_path=deployments.deployed_model_file(ctx.rt.engine, ctx.rt.store, org_id),
+        deployed_model_path=_deployed_model(ctx, org_id),
         script_metrics=record["metrics"],
         derived_features=derived,
         recorded_thresholds=thresholds,
@@ -147,6 +170,9 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         engine, version, report=doc, passed=report.passed, actor="validate", now=ctx.rt.now()
     )
     _write_manifest(ctx, record, doc)
+    reports = [store.artifacts(org_id, version) / name for name in REPORT_FILES]
+    reports = [path for path in reports if path.is_file()]
+    published = run_objects.publish_files(store, org_id, reports)
     metrics = {
         **(ctx.run["metrics"] or {}),
         **report.metrics,
@@ -161,7 +187,10 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         runs.set_metrics(engine, ctx.run["id"], metrics)
     report.raise_if_rejected()
     final: FinishedStatus | None = None if ctx.run["auto_deploy"] else "validated"
-    return StageOutcome(updates={"metrics": metrics}, final_status=final)
+    updates: dict[str, Any] = {"metrics": metrics}
+    if published:
+        updates["data_stats"] = run_objects.with_objects(_data_stats(ctx), published)
+    return StageOutcome(updates=updates, final_status=final)
 
 
 def deploy_body(ctx: StageContext) -> StageOutcome:
@@ -196,6 +225,66 @@ def deploy_body(ctx: StageContext) -> StageOutcome:
             f"; repaired: {', '.join(outcome.repaired)}" if outcome.repaired else "",
         )
     return StageOutcome(updates={"data_stats": stats}, final_status="succeeded")
+
+
+def _local_data(ctx: StageContext, data: ExtractResult) -> ExtractResult:
+    """The extracted files in this host's data folder (with a store, the run's recorded paths
+    are those of the host that extracted them; the files carry the same names here)."""
+    store = ctx.rt.store
+    if store.objects is None:
+        return data
+    folder = store.data_dir(ctx.run["organization_id"], ctx.run["version"])
+    events = data.events_path
+    return replace(
+        data,
+        train_path=folder / data.train_path.name,
+        holdout_path=folder / data.holdout_path.name,
+        events_path=None if events is None else folder / events.name,
+    )
+
+
+def _fetch_inputs(ctx: StageContext, record: VersionRow, data: ExtractResult) -> Path:
+    """Fetch what validation reads (the model, the holdout and events, the script's folder) into
+    this host's folder where missing; returns the model's path here."""
+    store, run = ctx.rt.store, ctx.run
+    org_id, version = run["organization_id"], run["version"]
+    if store.objects is None:
+        return Path(record["model_path"])
+    keyring = Keyring.parse(ctx.rt.settings.master_keys)
+    train_key = store.key_of(org_id, data.train_path)  # the training split is not needed
+    wanted = _under(
+        store.key_of(org_id, store.data_dir(org_id, version)) + "/",
+        store.key_of(org_id, store.artifacts(org_id, version)) + "/",
+    )
+    run_objects.fetch_recorded(
+        store, org_id, run_objects.recorded(run), lambda k: k != train_key and wanted(k), keyring
+    )
+    model_path = store.version_model(org_id, version)
+    if run_objects.fetch_model(store, org_id, model_path, record["sha256"]) is None:
+        raise ConfigError(
+            "modelPath",
+            f"the model of organization {org_id} version {version} is neither here nor in the "
+            "object store; train again",
+        )
+    return model_path
+
+
+def _deployed_model(ctx: StageContext, org_id: str) -> Path | None:
+    """The deployed model to compare with, fetched from the object store if it is not here."""
+    rt = ctx.rt
+    if rt.store.objects is None:
+        return deployments.deployed_model_file(rt.engine, rt.store, org_id)
+    current = orgs.get_org_row(rt.engine, org_id)["current_version"]
+    if not current:
+        return None
+    sha256 = versions.get_version(rt.engine, current)["sha256"]
+    return run_objects.fetch_model(
+        rt.store, org_id, rt.store.deployed_model(org_id, current), sha256
+    )
+
+
+def _under(*prefixes: str) -> Callable[[str], bool]:
+    return lambda key: key.startswith(prefixes)
 
 
 def _sealer(keyring: Keyring, org_id: str, version: str) -> Callable[[bytes], bytes] | None:

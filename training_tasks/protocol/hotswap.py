@@ -4,7 +4,12 @@
 (`deployed` or `rolled_back`) is published on `ml:models:<org>`. `sequence` grows by one on every
 deploy or rollback, so a reader ignores stale or repeated messages. A reader that finds no key
 falls back on the `models/<org>/current` link, and on `deployed_<version>/deployment.json` (the
-key's JSON, `DEPLOYMENT_FILE`) where deploy wrote one. This module imports neither Celery nor
+key's JSON, `DEPLOYMENT_FILE`) where deploy wrote one.
+
+With an object store (MODEL_STORE_URL=s3://...) the deployment also names `modelKey`, the
+deployed model's key relative to the store's root (`models/<org>/deployed_<version>/model.onnx`),
+so a prediction service on another host fetches it by key; `modelPath` stays, the deploying
+host's path. Without a store the field is left out, and readers accept messages either way. This module imports neither Celery nor
 SQLAlchemy: prediction services embed it through the model cache.
 """
 
@@ -59,9 +64,12 @@ class Deployment:
     sha256: str
     deployedAt: str
     sequence: int
+    modelKey: str | None = None  # the object key of the deployed model; None: no object store
 
     def to_json(self, event: str | None = None) -> str:
         doc: dict[str, Any] = asdict(self)
+        if doc["modelKey"] is None:
+            del doc["modelKey"]  # byte for byte what a deployment without a store always said
         if event is not None:
             if event not in EVENTS:
                 raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
@@ -83,7 +91,10 @@ def parse(data: str | bytes) -> tuple[str | None, Deployment]:
         raise ValueError(f"hot-swap message lacks {', '.join(missing)}")
     if not isinstance(doc["sequence"], int) or isinstance(doc["sequence"], bool):
         raise ValueError("hot-swap sequence must be an integer")
-    return event, Deployment(**{name: doc[name] for name in fields})
+    key = doc.get("modelKey")
+    if key is not None and not isinstance(key, str):
+        raise ValueError("hot-swap modelKey must be a string")
+    return event, Deployment(**{name: doc[name] for name in fields}, modelKey=key)
 
 
 def publish(redis: RedisLike, deployment: Deployment, event: str) -> bool:

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from training_tasks.errors import ConfigError
 from training_tasks.protocol.ids import check_org_id, check_version_id
+from training_tasks.protocol.keys import ORG_FOLDERS, check_key
 
-# The folders under ML_BASE_PATH that hold one subfolder per organization.
-ORG_FOLDERS = ("models", "artifacts", "data")
+if TYPE_CHECKING:
+    from training_tasks.protocol.object_store import ObjectStore
 
 
 @dataclass(frozen=True)
 class ModelStore:
     """Paths of models, artifacts and extracted data: `models/<org>/...`,
-    `artifacts/<org>/<version>/...` and `data/<org>/<version>/...`."""
+    `artifacts/<org>/<version>/...` and `data/<org>/<version>/...`.
+
+    `objects` is the object store that holds the same files under the same relative keys
+    (MODEL_STORE_URL set to s3://...); None when ML_BASE_PATH is the only copy.
+    """
 
     base: Path
+    objects: ObjectStore | None = field(default=None, compare=False, repr=False)
+
+    def key_of(self, org_id: str, path: Path) -> str:
+        """The object key of a path built here: its path under ML_BASE_PATH, with '/'."""
+        try:
+            relative = Path(path).relative_to(self.base)
+        except ValueError:
+            raise ConfigError(
+                "key", f"{path} is not under {self.base}; only files of the store have keys"
+            ) from None
+        return check_key(org_id, PurePosixPath(*relative.parts).as_posix())
+
+    def path_of(self, org_id: str, key: str) -> Path:
+        """The local path of an object key under ML_BASE_PATH (the key checked first)."""
+        return self.base.joinpath(*check_key(org_id, key).split("/"))
 
     def org_models(self, org_id: str) -> Path:
         return self.base / "models" / check_org_id(org_id)

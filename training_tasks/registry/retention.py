@@ -7,7 +7,8 @@ newest `keep` of them, their artifacts and data folders are removed too. Each re
 organization row's lock, marked `removed` (with `removed_at`) and audited in one transaction, and
 only then are its files deleted: a deploy or rollback that raced it either committed first (and
 the version is kept) or finds it removed and changes nothing. Files left behind by a crash after
-the commit are deleted by the next collection.
+the commit are deleted by the next collection. With an object store a removed version's objects
+are deleted there too, before the local files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from training_tasks.db.tables import model_versions, training_runs
-from training_tasks.errors import ConfigError, PermanentError
+from training_tasks.errors import ConfigError, PermanentError, TrainingServiceError
 from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import audit, orgs, versions
 from training_tasks.registry.rows import ACTIVE_STATUSES
@@ -152,8 +153,29 @@ def _mark(engine: Engine, removal: Removal, *, keep: int, now: datetime, actor: 
     return True
 
 
+def _delete_objects(store: ModelStore, removal: Removal) -> None:
+    """Delete the version's objects from the object store first: local leftovers of a crash
+    in between bring the next collection back to them."""
+    if store.objects is None:
+        return
+    org_id, version = removal.organization_id, removal.version
+    paths = version_files(store, org_id, version)
+    if removal.status == FAILED_RUN:
+        paths = (store.artifacts(org_id, version), store.data_dir(org_id, version))
+    try:
+        for path in paths:
+            store.objects.delete_prefix(org_id, store.key_of(org_id, path))
+    except TrainingServiceError as exc:
+        raise PermanentError(
+            f"could not delete the objects of organization {org_id} version {version} from "
+            f"{store.objects.where} ({exc}); the version is already marked removed. Run "
+            f"`trainctl gc {org_id}` again once the store answers"
+        ) from None
+
+
 def _delete(store: ModelStore, removal: Removal) -> None:
     org_id = removal.organization_id
+    _delete_objects(store, removal)
     for path in removal.paths:
         try:
             if path.is_symlink():

@@ -6,6 +6,10 @@ sequence read before any check, so two deploys or rollbacks at once have one win
 `current` symlink is pointed at what the database holds, under the organization row's lock; then
 the Redis key is set and the hot-swap message published (newer sequence only). The database is
 the truth: `reconcile` repairs the pointer and the Redis key from it after a crash between steps.
+With an object store (`store.objects`) the deployed copy is also put there (write-once) before the
+commit, the hot-swap message names its key (`modelKey`), and there is no `current` link: a host's
+ML_BASE_PATH is only its working folder. A version trained or deployed on another host is fetched
+from the store first, checked against the sha256 recorded at training.
 A rollback is the same deployment of an earlier version, announced as `rolled_back`.
 
 Deploying the version that is already deployed changes nothing: no sequence, audit row, key or
@@ -42,6 +46,7 @@ from training_tasks.protocol import hotswap
 from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import deployments, orgs, versions
 from training_tasks.registry.rows import DeploymentState, OrgRow, VersionRow
+from training_tasks.stages.deployed_objects import fetch_copy, model_key, publish_copy
 
 log = logging.getLogger(__name__)
 MAX_RECORD_BYTES = 64 * 1024  # deployment.json is a few hundred bytes
@@ -135,7 +140,12 @@ def _unchanged(
     org_id, version, sha256 = row["id"], record["version"], record["sha256"]
     repaired: list[str] = []
     copy = store.deployed_model(org_id, version)
-    if not (copy.is_file() and sha256_file(copy) == sha256):
+    if store.objects is not None:
+        key = store.key_of(org_id, copy)
+        if not store.objects.exists(org_id, key):
+            _write_deployed_copy(store, org_id, version, sha256)
+            repaired.append(f"wrote {store.objects.describe(key)}")
+    elif not (copy.is_file() and sha256_file(copy) == sha256):
         _write_deployed_copy(store, org_id, version, sha256)
         repaired.append(f"rewrote {copy}")
     moved = point_current(engine, store, org_id)
@@ -273,19 +283,27 @@ def _deploy_record(
         sha256=record["sha256"],
         deployedAt=iso(now),
         sequence=sequence,
+        modelKey=model_key(store, org_id, version),
     )
     _announce(redis, deployment, event)
     return deployment
 
 
 def _write_deployed_copy(store: ModelStore, org_id: str, version: str, sha256: str) -> Path:
+    """The deployed copy, written (and, with an object store, published) if it is not yet."""
     src = store.version_model(org_id, version)
     dst = store.deployed_model(org_id, version)
     if dst.exists() and sha256_file(dst) == sha256:
+        publish_copy(store, org_id, dst)
         return dst
+    if store.objects is not None:
+        if fetch_copy(store, org_id, dst, sha256):  # deployed before, perhaps on another host
+            return dst
+        fetch_copy(store, org_id, src, sha256)  # trained on another host
     if not src.is_file():
+        where = " here or in the object store" if store.objects is not None else ""
         raise DeployError(
-            f"model file {src} of organization {org_id} version {version} is missing; "
+            f"model file {src} of organization {org_id} version {version} is missing{where}; "
             "train the organization again"
         )
     if sha256_file(src) != sha256:
@@ -294,6 +312,7 @@ def _write_deployed_copy(store: ModelStore, org_id: str, version: str, sha256: s
             "sha256 recorded at training; it was changed on disk, train again"
         )
     atomic_copy(src, dst)
+    publish_copy(store, org_id, dst)
     return dst
 
 
@@ -302,7 +321,13 @@ def point_current(engine: Engine, store: ModelStore, org_id: str) -> str | None:
 
     Every deployer does this after its commit, and the lock keeps one from reading the database
     and then overwriting a newer deployer's link: the last to run sets what the database says.
+    With an object store there is no link: each host's folder is only a cache.
     """
+    if store.objects is not None:
+        # The database and the Redis key are the pointer; no host's link is. No store request
+        # here either: reconcile runs in a worker's main process, which must not make one before
+        # it forks its pool (see protocol.object_store).
+        return None
     with deployments.locked_deployment(engine, org_id) as locked:
         if locked is None:
             return None
@@ -348,6 +373,7 @@ def registered(
         sha256=record["sha256"],
         deployedAt=iso(deployed_at) if deployed_at else "",
         sequence=sequence,
+        modelKey=model_key(store, org_id, version),
     )
 
 

@@ -9,6 +9,10 @@ oldest bucket first: `cache.window_spec("acme-corp")` says the length, interval 
 While Redis holds no announcement of an organization it serves the deployment the
 `models/<org>/current` link names, verified like an announced one (see `fallback`).
 
+On a host that does not share the training service's folder, give it the object store
+(`model_store_url=`, default MODEL_STORE_URL): deployed models are fetched by their `modelKey`
+into `ml_base_path` and verified before they load (see `remote`, docs/object-storage.md).
+
 It imports neither Celery nor SQLAlchemy, LightGBM or pandas: only redis, onnxruntime, numpy,
 the standard library and `training_tasks.protocol`, `.errors` and `.files` (make lint checks it).
 """

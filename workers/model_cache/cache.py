@@ -15,6 +15,9 @@ An organization whose key is missing (Redis restarted empty, flushed, or new) is
 `fallback` finds, by default the `models/<org>/current` link (see `fallback`), checked like any
 announced model; the sequence rules decide as for announcements, so a published deployment with
 a newer sequence replaces it as soon as it is heard or re-read.
+
+With an object store (`model_store_url`, default MODEL_STORE_URL) a deployment's `modelKey` is
+fetched into `ml_base_path`, the cache's own folder, and verified before it loads (see `remote`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache.errors import ModelCacheError, ModelRejected
 from workers.model_cache.fallback import Fallback, LinkFallback
 from workers.model_cache.model import LoadedModel, check_org_id, load_model
+from workers.model_cache.remote import FROM_ENV, FromEnvironment, localize, store_for
 from workers.model_cache.slots import OrgStats, ServingSlots, SlotView
 
 log = logging.getLogger("workers.model_cache")
@@ -88,9 +92,11 @@ class ModelCache:
         intra_op_num_threads: int = 1,
         load_threads: int = 2,
         fallback: Fallback | None = None,
+        model_store_url: str | FromEnvironment | None = FROM_ENV,
     ) -> None:
         """`fallback` finds a deployment while Redis announces none (default: the `current` link;
-        `no_fallback` serves announcements only)."""
+        `no_fallback` serves announcements only). `model_store_url` (default: MODEL_STORE_URL)
+        names the object store deployed models are fetched from by key into `ml_base_path`."""
         orgs = list(dict.fromkeys(check_org_id(org) for org in organizations))
         if not orgs:
             raise ValueError("organizations is empty; give the organizations this cache serves")
@@ -98,6 +104,7 @@ class ModelCache:
             raise ValueError("resync_interval_s and confirm_ttl_s must be positive seconds")
         self._redis_where = _without_password(redis_url)
         self.ml_base_path = Path(ml_base_path).expanduser().resolve()
+        self._objects = store_for(model_store_url, self.ml_base_path)
         self.organizations = orgs
         self.host = socket.gethostname()
         self.replica_id = replica_id or f"{self.host}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -233,10 +240,11 @@ class ModelCache:
     # -- loading and confirmations -----------------------------------------------------------
 
     def _load(self, deployment: Deployment) -> LoadedModel:
+        local = localize(self._objects, self.ml_base_path, deployment)
         return load_model(
             self.ml_base_path,
             deployment.organizationId,
-            deployment,
+            local,
             intra_op_threads=self.intra_op_num_threads,
         )
 
