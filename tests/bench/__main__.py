@@ -29,6 +29,7 @@ BENCHMARKS = (
     "bench_beat",
     "bench_model_options",
     "bench_window_inference",
+    "bench_run_overhead",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

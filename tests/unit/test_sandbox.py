@@ -121,7 +121,11 @@ def test_the_environment_holds_no_database_redis_or_secret_variables(
 
 
 @pytest.mark.parametrize(
-    "name", ["DATABASE_URL", "ML_MASTER_KEYS", "SIGNING_KEY", "ACME_SCADA_URL", "PGPASSWORD"]
+    "name",
+    [
+        *("DATABASE_URL", "ML_MASTER_KEYS", "SIGNING_KEY", "ACME_SCADA_URL", "PGPASSWORD"),
+        *("BROKER_URL", "MODEL_STORE_URL", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL"),
+    ],
 )
 def test_passing_a_secret_on_purpose_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match=name):

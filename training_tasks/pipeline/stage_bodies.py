@@ -99,6 +99,7 @@ def train_body(ctx: StageContext) -> StageOutcome:
         limits=limits,
         progress=ctx.progress,
         cancel=ctx.cancel,
+        fork_server=settings.training_fork_server,
     )
     model_path = store.version_model(org_id, version)
     keyring = Keyring.parse(settings.master_keys)

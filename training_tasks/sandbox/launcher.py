@@ -1,10 +1,11 @@
-"""The launcher of a sandboxed program, and finding and killing the processes it leaves.
+"""The launcher of a sandboxed program: limits, isolation, then the program.
 
 Started as `python -I -S -c LAUNCH ROOT LIMITS MODE REPORT_FD PROGRAM [ARG...]` (see
 `sandbox.run_sandboxed`), `launch` is the launcher: with ROOT (the folder holding `training_tasks`)
-on sys.path it imports only the standard library and `mounts`. It applies the limits,
-isolates what the kernel lets it, starts the program and exits the way the program did.
-Isolation, where allowed:
+on sys.path it imports only the standard library, `mounts` and `processes`. It applies the limits,
+isolates what the kernel lets it, starts the program and exits the way the program did. A fork
+server's child (see `zygote`) takes the very same path through `run_launcher`, and only at the
+last step runs the script in-process instead of exec'ing it. Isolation, where allowed:
 
 - new PID, mount and (unless MODE is `network`) network namespaces, as root directly, otherwise
   inside a new user namespace that maps only the caller's own uid and gid;
@@ -32,11 +33,12 @@ import resource
 import select
 import signal
 import sys
-import time
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NamedTuple, NoReturn
 
 from training_tasks.sandbox import mounts
 from training_tasks.sandbox.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
+from training_tasks.sandbox.processes import kill_processes_below
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 22, 24
@@ -49,6 +51,16 @@ LAUNCH = (
     "from training_tasks.sandbox.launcher import launch; launch(sys.argv[2:])"
 )
 EXTRA_PIDS = 300  # pids below 300 are not reused after a wrap, so pid_max needs this headroom
+Start = Callable[[list[str]], NoReturn]
+
+
+class _Program(NamedTuple):
+    """What the launcher runs, and where it reports the isolation that took effect."""
+
+    argv: list[str]
+    network: bool
+    report_fd: int
+    start: Start
 
 
 def read_report(fd: int) -> frozenset[str] | None:
@@ -61,83 +73,26 @@ def read_report(fd: int) -> frozenset[str] | None:
     return frozenset(data.decode().split()) if data else None
 
 
-def processes_below(root: int, *, zombies: bool = False) -> list[int]:
-    """Descendants of `root`, parents first, from one scan of /proc; zombies only if asked."""
-    children: dict[int, list[int]] = {}
-    dead = set()
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                    fields = stat.read().rpartition(b")")[2].split()
-            except OSError:
-                continue  # it exited meanwhile
-            if fields[0] == b"Z":
-                dead.add(int(entry.name))
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            todo.append(child)
-            if zombies or child not in dead:
-                found.append(child)
-    return found
-
-
-def kill_processes_below(root: int, *, rounds: int = 100) -> None:
-    """SIGKILL every descendant of `root`, scanning again until none is left, zombies included.
-
-    A scan lists /proc first and reads each process after, so a child forked in between is
-    missed while its parent may already read as a zombie: only a scan that finds nothing at all
-    shows that nothing is left. Zombies go once their parent, or `root`, reaps them.
-    """
-    for _ in range(rounds):
-        if root == os.getpid():
-            _reap_zombies()
-        found = processes_below(root, zombies=True)
-        if not found:
-            return
-        family = {root, *found}
-        for pid in found:
-            _kill_if_child_of(pid, family)
-        time.sleep(0.005)
-
-
-def _reap_zombies() -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-
-
-def _kill_if_child_of(pid: int, parents: set[int]) -> None:
-    """SIGKILL `pid` through a pidfd, after checking that the pid was not reused meanwhile."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return  # gone already
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            parent = int(stat.read().rpartition(b")")[2].split()[1])
-        if parent in parents:
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # ----- The launcher: everything below runs in the sandboxed child, before the program. -----
 
 
 def launch(args: list[str]) -> NoReturn:
-    """Apply limits, isolate, run the program under a reaper, then exit the way it did."""
+    """The launcher's entry: `LIMITS MODE REPORT_FD PROGRAM [ARG...]`; ends by exec'ing PROGRAM."""
     limits, network, report_fd, argv = args[0], args[1] == "network", int(args[2]), args[3:]
+    run_launcher(limits, network, report_fd, argv, exec_program)
+
+
+def run_launcher(
+    limits: str, network: bool, report_fd: int, argv: list[str], start: Start
+) -> NoReturn:
+    """Apply limits, isolate, run the program under a reaper, then exit the way it did.
+
+    `start` becomes the program once it is isolated, limited and stripped of its privileges:
+    `exec_program` here, or (in a fork server's child) a function that runs a script in-process.
+    """
     os.set_inheritable(report_fd, False)  # the program never sees it
     libc = ctypes.CDLL(None, use_errno=True)
-    # Die with the worker process that started us, even if it is SIGKILLed.
+    # Die with the process that started us, even if it is SIGKILLed.
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     max_processes, tmp_bytes = _apply_limits(limits)
     done = _isolate(libc, network)
@@ -150,11 +105,12 @@ def launch(args: list[str]) -> NoReturn:
     if child == 0:
         os.close(life_w)
         os.close(status_r)
+        program = _Program(argv, network, report_fd, start)
         if "pid" in done:
-            _init(
-                libc, argv, network, report_fd, (life_r, status_w), (max_processes, tmp_bytes), done
-            )
-        _exec(libc, argv, network, report_fd)
+            _init(libc, program, (life_r, status_w), (max_processes, tmp_bytes), done)
+        os.close(life_r)
+        os.close(status_w)
+        _exec(libc, program)
     for fd in (report_fd, life_r, status_w):
         os.close(fd)
     status = _reap_until(child)
@@ -163,6 +119,15 @@ def launch(args: list[str]) -> NoReturn:
     else:
         kill_processes_below(os.getpid())
     _exit_like(status)
+
+
+def exec_program(argv: list[str]) -> NoReturn:
+    """Replace this process with `argv`; exit 127 saying why if it cannot be run."""
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        sys.stderr.write(f"sandbox: cannot run {argv[0]!r}: {exc}\n")
+    os._exit(127)
 
 
 def _apply_limits(arg: str) -> tuple[int | None, int]:
@@ -213,9 +178,7 @@ _NAMESPACES = ((CLONE_NEWPID, "pid"), (CLONE_NEWNS, "mount"), (CLONE_NEWNET, "ne
 
 def _init(
     libc: ctypes.CDLL,
-    argv: list[str],
-    network: bool,
-    report_fd: int,
+    program: _Program,
     pipes: tuple[int, int],
     sizes: tuple[int | None, int],
     done: list[str],
@@ -226,13 +189,16 @@ def _init(
     if select.select([life_r], [], [], 0)[0]:
         os._exit(1)  # the launcher died before we could tie our life to it
     made = _prepare_namespace(libc, done, *sizes)
-    _report(report_fd, made)
+    _report(program.report_fd, made)
     if "tmp" in made:
         mounts.point_temp_vars_at_private_tmp(os.environ)
     child = os.fork()
     if child == 0:
-        _exec(libc, argv, network, report_fd)
-    os.close(report_fd)
+        # Exec would close these (close-on-exec); a program run in-process must not hold them.
+        os.close(life_r)
+        os.close(status_w)
+        _exec(libc, program)
+    os.close(program.report_fd)
     os.write(status_w, b"%d" % _reap_until(child))
     os._exit(0)  # the kernel now kills whatever is left in the namespace
 
@@ -268,7 +234,7 @@ def _set_pid_max(value: int) -> bool:
     return True
 
 
-def _exec(libc: ctypes.CDLL, argv: list[str], network: bool, report_fd: int) -> NoReturn:
+def _exec(libc: ctypes.CDLL, program: _Program) -> NoReturn:
     """Become the program: default signals, no capabilities, no sockets unless allowed."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores some; exec would keep them ignored
@@ -279,14 +245,11 @@ def _exec(libc: ctypes.CDLL, argv: list[str], network: bool, report_fd: int) -> 
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     made = ["nocaps"] if _drop_capabilities(libc) else []
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    if not network and _deny_sockets(libc):
+    if not program.network and _deny_sockets(libc):
         made.append("seccomp")
-    _report(report_fd, made)
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        sys.stderr.write(f"sandbox: cannot run {argv[0]!r}: {exc}\n")
-    os._exit(127)
+    _report(program.report_fd, made)
+    os.close(program.report_fd)
+    program.start(program.argv)
 
 
 def _drop_capabilities(libc: ctypes.CDLL) -> bool:

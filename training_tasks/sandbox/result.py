@@ -61,7 +61,9 @@ class SandboxResult:
 
     `signal` is the signal that ended the program, None if it exited or if the sandbox stopped
     it for going over its process limit (`process_limit_hit`). `isolation` holds what the
-    launcher reported as in effect (`pid`, `net`, `proc`, `readonly`, `seccomp`, ...).
+    launcher reported as in effect (`pid`, `net`, `proc`, `readonly`, `seccomp`, ...); `forked`
+    says that a fork server started it (in-process, after the same launcher steps), and
+    `fork_server_lost` that the fork server died during the run, which killed it.
     """
 
     pid: int
@@ -77,12 +79,14 @@ class SandboxResult:
     limits: ResourceLimits
     process_limit_hit: bool = False
     isolation: frozenset[str] = frozenset()
+    forked: bool = False
+    fork_server_lost: bool = False
 
     @property
     def ok(self) -> bool:
         """True when the program exited with status 0 on its own."""
         return self.returncode == 0 and not (
-            self.timed_out or self.cancelled or self.process_limit_hit
+            self.timed_out or self.cancelled or self.process_limit_hit or self.fork_server_lost
         )
 
     def reason(self) -> str:
@@ -95,6 +99,11 @@ class SandboxResult:
             return (
                 f"was killed with all its processes for starting more than "
                 f"{self.limits.processes} at once (the process limit; a fork bomb?)"
+            )
+        if self.fork_server_lost:
+            return (
+                "was killed when the fork server it was started from died "
+                "(the next run starts a new one)"
             )
         if self.signal is not None:
             return self._signal_reason(self.signal)

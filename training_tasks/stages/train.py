@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from training_tasks.config.derived import compile_features
+from training_tasks.config.settings import BUNDLED_SCRIPT, read_fork_server
 from training_tasks.config.training import TrainingConfig
 from training_tasks.errors import Cancelled, TrainingError, TrainingKilled
 from training_tasks.files import (
@@ -111,8 +112,14 @@ def train(
     limits: ResourceLimits,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cancel: threading.Event | None = None,
+    fork_server: bool | None = None,
 ) -> TrainResult:
-    """Run `<python> <script> <config>` sandboxed; raise TrainingError unless it kept the contract."""
+    """Run `<python> <script> <config>` sandboxed; raise TrainingError unless it kept the contract.
+
+    The bundled script is forked from a fork server that imported its libraries (about 1 s less
+    per run) unless `fork_server` is False (None: TRAINING_FORK_SERVER, on by default). An
+    organization's own script always starts a fresh interpreter: its imports are its own.
+    """
     failure = _Failure(config.organization_id, version, output_dir / LOG_FILE)
     if not script.is_file():
         raise failure.no_script(script)
@@ -127,6 +134,7 @@ def train(
         on_line=lines,
         log_path=output_dir / LOG_FILE,
         cancel=cancel,
+        fork_server=_forks(script, fork_server),
     )
     if not result.ok:
         if result.cancelled:
@@ -148,6 +156,13 @@ def train(
         cpu_s=result.cpu_s,
         peak_rss_mb=result.peak_rss_mb,
     )
+
+
+def _forks(script: Path, fork_server: bool | None) -> bool:
+    """Whether this run may fork from a fork server: only the bundled script, if it is on."""
+    if fork_server is None:
+        fork_server = read_fork_server(os.environ)
+    return fork_server and script.resolve() == BUNDLED_SCRIPT.resolve()
 
 
 def max_model_bytes(limits: ResourceLimits) -> int:
