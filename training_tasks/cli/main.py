@@ -322,7 +322,8 @@ def validate(org_id: str, model_path: Path, as_json: bool) -> None:
 
     PATH must be inside the organization's folders under ML_BASE_PATH. The model is scored on the
     holdout of the organization's latest run that still has its extracted data; nothing is
-    recorded. Exits 1 when the model is rejected.
+    recorded. With MODEL_STORE_URL a version's model and holdout missing here are fetched from the
+    store first. Exits 1 when the model is rejected.
     """
     from training_tasks.cli.views import print_validation  # rich, the service: 0.5 s
 

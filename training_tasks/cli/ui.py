@@ -39,13 +39,15 @@ def ui_command(host: str, port: int, basic_auth: str | None) -> None:
     Organizations with their deployed version and health; per organization the runs (status,
     stage reached, duration, trigger, error), the versions with a trend chart of their
     validation metrics (the deployed one marked) and a link to each report, and the schedule
-    with its next runs. Read from DATABASE_URL and ML_BASE_PATH; it changes nothing. Stop it
+    with its next runs. Read from DATABASE_URL and ML_BASE_PATH (with MODEL_STORE_URL set, a
+    report not in ML_BASE_PATH is fetched there from the store); it changes no record. Stop it
     with Ctrl-C.
     """
     from training_tasks.cli.common import cli_settings
 
     # Tornado and SQLAlchemy: loaded for this command only, not for `trainctl --help`.
     from training_tasks.db.engine import make_engine
+    from training_tasks.protocol.object_store import open_store
     from training_tasks.protocol.paths import ModelStore
     from training_tasks.runtime import utc_now
     from training_tasks.ui.app import Dashboard, parse_basic_auth
@@ -59,7 +61,8 @@ def ui_command(host: str, port: int, basic_auth: str | None) -> None:
         raise click.BadParameter(str(exc), param_hint="--basic-auth / UI_BASIC_AUTH") from None
     settings = cli_settings()
     engine = make_engine(settings.database_url)
-    dash = Dashboard(engine, ModelStore(settings.ml_base_path), utc_now, credentials)
+    store = ModelStore(settings.ml_base_path, open_store(settings.model_store_url))
+    dash = Dashboard(engine, store, utc_now, credentials)
     try:
         server = DashboardServer(dash, host, port)
     except OSError as exc:

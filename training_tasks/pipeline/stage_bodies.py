@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # What validation writes into the version's artifacts folder, published with an object store.
-REPORT_FILES = ("validation.json", "report.html", "manifest.json")
+REPORT_FILES = ("validation.json", "report.html", "report_data.json", "manifest.json")
 
 
 def _load(ctx: StageContext) -> tuple[OrgConfig, TrainingConfig, str, str]:

@@ -8,7 +8,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +17,10 @@ import redis
 from training_tasks.config import org as org_config
 from training_tasks.config.training import from_wire
 from training_tasks.errors import NotFoundError, TrainingServiceError
+from training_tasks.pipeline import version_objects
 from training_tasks.pipeline.submit import submit_training
 from training_tasks.protocol.ids import VERSION_PATTERN, check_org_id, check_version_id
+from training_tasks.protocol.keyring import Keyring
 from training_tasks.protocol.replicas import read_replicas
 from training_tasks.registry import audit, deployments, orgs, retention, run_control, runs, versions
 from training_tasks.registry.rows import ACTIVE_STATUSES, RunRow
@@ -35,6 +37,7 @@ from training_tasks.stages.deploy import DeployOutcome, deploy_version, reconcil
 
 if TYPE_CHECKING:
     from training_tasks.db.engine import Engine
+    from training_tasks.protocol.paths import ModelStore
     from training_tasks.stages.extract.result import ExtractResult
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -238,6 +241,8 @@ class TrainingService(ScheduleApi):
         """Judge an ONNX file of the organization with the service's checks on its latest holdout.
 
         Nothing is recorded: the report is returned (camelCase, with `passed` and `failures`).
+        With an object store, a version's model file, native model and holdout missing here are
+        fetched into this host's folder first (verified against what the run recorded).
         """
         # onnxruntime, LightGBM and scikit-learn (about 2 s): only for a validation.
         from training_tasks.stages.validate.inputs import run_inputs
@@ -245,12 +250,14 @@ class TrainingService(ScheduleApi):
 
         org = orgs.get_org(self.rt.engine, check_org_id(org_id))
         path = self.rt.store.check_inside_org(org_id, Path(model_path))
+        keyring = Keyring.parse(self.rt.settings.master_keys)
+        version_objects.fetch_for_validation(self.rt.engine, self.rt.store, org_id, path, keyring)
         if not path.is_file():
             raise NotFoundError(
                 f"model file {model_path} of organization {org_id} does not exist; give the path "
                 f"of an ONNX file under {self.rt.store.org_models(org_id)}"
             )
-        run, holdout = latest_holdout(self.rt.engine, org_id)
+        run, holdout = latest_holdout(self.rt.engine, org_id, self.rt.store)
         config = from_wire(run["config"])
         version, native = self._model_identity(org_id, path)
         derived, thresholds = self._recorded(org_id, version)
@@ -265,12 +272,13 @@ class TrainingService(ScheduleApi):
             target_column=config.target_column,
             thresholds=org.thresholds,
             native_model_path=native,
-            deployed_model_path=deployments.deployed_model_file(
+            deployed_model_path=version_objects.fetch_deployed(
                 self.rt.engine, self.rt.store, org_id
-            ),
+            )
+            or deployments.deployed_model_file(self.rt.engine, self.rt.store, org_id),
             derived_features=derived,
             recorded_thresholds=thresholds,
-            **run_inputs(config, _extracted(run)),
+            **run_inputs(config, _extracted(run, holdout)),
         )
         return {
             **camel_keys(report.as_dict()),
@@ -365,9 +373,15 @@ def deployment_summary(outcome: DeployOutcome, event: str) -> dict[str, Any]:
     }
 
 
-def latest_holdout(engine: Engine, org_id: str) -> tuple[RunRow, Path]:
-    """The organization's newest run whose extracted holdout is still on disk, and that holdout."""
+def latest_holdout(
+    engine: Engine, org_id: str, store: ModelStore | None = None
+) -> tuple[RunRow, Path]:
+    """The organization's newest run whose extracted holdout is still on disk (or, with an
+    object store, in the store: fetched into this host's folder), and that holdout."""
     for run in runs.list_runs(engine, org_id, limit=HOLDOUT_SEARCH_RUNS):
+        fetched = None if store is None else version_objects.fetch_holdout(engine, store, run)
+        if fetched is not None:
+            return run, fetched
         holdout = (run["data_stats"] or {}).get("holdout_path")
         # A regular file itself, not a link: validation refuses anything else.
         if holdout and stat.S_ISREG(_lstat_mode(Path(holdout))):
@@ -379,14 +393,19 @@ def latest_holdout(engine: Engine, org_id: str) -> tuple[RunRow, Path]:
     )
 
 
-def _extracted(run: RunRow) -> ExtractResult | None:
-    """What the run's extract stage recorded, or None for a record without all of it."""
+def _extracted(run: RunRow, holdout: Path) -> ExtractResult | None:
+    """What the run's extract stage recorded, or None for a record without all of it; its
+    events file is the one beside the holdout used (fetched there with an object store)."""
     from training_tasks.stages.extract.result import ExtractResult  # pyarrow: only here
 
     try:
-        return ExtractResult.from_dict(run["data_stats"] or {})
+        data = ExtractResult.from_dict(run["data_stats"] or {})
     except (KeyError, TypeError, ValueError):
         return None
+    events = data.events_path
+    if events is None or holdout.parent == data.holdout_path.parent:
+        return data
+    return replace(data, events_path=holdout.parent / events.name)
 
 
 def _lstat_mode(path: Path) -> int:

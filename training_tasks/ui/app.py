@@ -23,11 +23,13 @@ from tornado.ioloop import IOLoop
 from training_tasks.db.errors import DatabaseError
 from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.files import UnsafeFile
+from training_tasks.pipeline.version_objects import fetch_artifacts
 from training_tasks.protocol.ids import check_org_id
+from training_tasks.protocol.object_store import ObjectCorrupt, ObjectMissing, StoreUnavailable
 from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import orgs, versions
 from training_tasks.ui.pages import org_page, overview_page
-from training_tasks.ui.reports import read_report
+from training_tasks.ui.reports import REPORT_NAME, read_report
 from training_tasks.ui.templates import loader
 from training_tasks.ui.views import TREND_METRICS, when
 
@@ -40,7 +42,11 @@ READ_THREADS = 4
 
 @dataclass
 class Dashboard:
-    """What the handlers read from: the service database, the model store and the clock."""
+    """What the handlers read from: the service database, the model store and the clock.
+
+    With an object store (`store.objects`) a report is fetched into `store.base` when it is not
+    there yet, so the dashboard runs on any host.
+    """
 
     engine: Any
     store: ModelStore
@@ -114,6 +120,10 @@ class BaseHandler(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(404, reason="Not Found", log_message=str(exc)) from None
         except ConfigError as exc:  # an id that cannot be one (bad characters, `..`)
             raise tornado.web.HTTPError(404, reason="Not Found", log_message=str(exc)) from None
+        except (ObjectMissing, ObjectCorrupt) as exc:  # a report the object store lost or changed
+            raise tornado.web.HTTPError(404, reason="Not Found", log_message=str(exc)) from None
+        except StoreUnavailable as exc:
+            raise tornado.web.HTTPError(503, reason="Unavailable", log_message=str(exc)) from None
         except DatabaseError as exc:
             message = (
                 f"the service database could not be read ({type(exc).__name__}); check "
@@ -180,6 +190,8 @@ class ReportHandler(BaseHandler):
         record = versions.get_version(self.dash.engine, version)
         if record["organization_id"] != check_org_id(org_id):
             raise NotFoundError(f"organization {org_id} has no version {version}")
+        # With an object store the report may have been written on another host: fetch it here.
+        fetch_artifacts(self.dash.engine, self.dash.store, org_id, version, (REPORT_NAME,))
         try:
             body = read_report(self.dash.store, org_id, version)
         except UnsafeFile as exc:

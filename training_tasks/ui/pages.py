@@ -1,7 +1,8 @@
 """The data of each dashboard page, read from the registry: one query per page section.
 
 Blocking calls (the database, a stat per version for its report): the web server runs them in
-its thread pool, never on its event loop.
+its thread pool, never on its event loop. With an object store a version whose report is not
+here is listed with one when its run published it; the report page fetches it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from training_tasks.pipeline.version_objects import stored_artifact
 from training_tasks.protocol.ids import check_org_id
 from training_tasks.protocol.paths import ModelStore
 from training_tasks.registry import orgs, runs, schedules, versions
 from training_tasks.registry.dashboard import org_overviews
+from training_tasks.registry.rows import RunRow, VersionRow
 from training_tasks.ui.chart import trend_svg
-from training_tasks.ui.reports import has_report
+from training_tasks.ui.reports import REPORT_NAME, has_report
 from training_tasks.ui.views import (
     age,
     health,
@@ -71,10 +74,21 @@ def org_page(engine: Engine, store: ModelStore, org_id: str, now: datetime) -> d
         "health": health(current, run_rows[0]["status"] if run_rows else None),
         "runs": [run_view(run, now) for run in run_rows],
         "versions": [
-            version_view(v, current, has_report(store, org_id, v["version"])) for v in version_rows
+            version_view(v, current, _has_report(engine, store, v, run_rows)) for v in version_rows
         ],
         "chart": chart,
         "schedule": schedule_view(schedule, slots, now),
         "generated_at": when(now),
         "runs_shown": RUNS_SHOWN,
     }
+
+
+def _has_report(engine: Engine, store: ModelStore, v: VersionRow, run_rows: list[RunRow]) -> bool:
+    """Whether the version has a report here, or (with an object store) one its run published."""
+    if has_report(store, v["organization_id"], v["version"]):
+        return True
+    if store.objects is None:
+        return False
+    shown = {run["id"]: run for run in run_rows}
+    run = shown.get(v["run_id"]) or runs.get_run(engine, v["run_id"])
+    return stored_artifact(run, store, REPORT_NAME)

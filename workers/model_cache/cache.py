@@ -17,7 +17,8 @@ announced model; the sequence rules decide as for announcements, so a published 
 a newer sequence replaces it as soon as it is heard or re-read.
 
 With an object store (`model_store_url`, default MODEL_STORE_URL) a deployment's `modelKey` is
-fetched into `ml_base_path`, the cache's own folder, and verified before it loads (see `remote`).
+fetched into `ml_base_path`, the cache's own folder, and verified before it loads (see `remote`);
+after each swap the downloaded models other than the served and the previous one are deleted.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ from training_tasks.protocol.hotswap import Deployment
 from workers.model_cache.errors import ModelCacheError, ModelRejected
 from workers.model_cache.fallback import Fallback, LinkFallback
 from workers.model_cache.model import LoadedModel, check_org_id, load_model
-from workers.model_cache.remote import FROM_ENV, FromEnvironment, localize, store_for
+from workers.model_cache.remote import (
+    FROM_ENV,
+    FromEnvironment,
+    Pruner,
+    in_use,
+    localize,
+    store_for,
+)
 from workers.model_cache.slots import OrgStats, ServingSlots, SlotView
 
 log = logging.getLogger("workers.model_cache")
@@ -113,8 +121,9 @@ class ModelCache:
         self.intra_op_num_threads = intra_op_num_threads
         self._fallback = fallback if fallback is not None else LinkFallback(self.ml_base_path)
         self._slots: ServingSlots[LoadedModel] = ServingSlots(
-            orgs, self._load, on_change=self._confirm_one, load_threads=load_threads
+            orgs, self._load, on_change=self._after_load, load_threads=load_threads
         )
+        self._pruner = None if self._objects is None else Pruner(self.ml_base_path, orgs)
         self._redis, self._sub_redis = _clients(redis_url, self.replica_id)
         self._confirm_lock = threading.Lock()
         self._stop = threading.Event()
@@ -240,13 +249,25 @@ class ModelCache:
     # -- loading and confirmations -----------------------------------------------------------
 
     def _load(self, deployment: Deployment) -> LoadedModel:
-        local = localize(self._objects, self.ml_base_path, deployment)
+        if self._objects is None:
+            return self._load_local(deployment)
+        # Held while fetching and reading, so no cache on this folder prunes the file meanwhile.
+        with in_use(self.ml_base_path, deployment.organizationId):
+            return self._load_local(localize(self._objects, self.ml_base_path, deployment))
+
+    def _load_local(self, deployment: Deployment) -> LoadedModel:
         return load_model(
             self.ml_base_path,
             deployment.organizationId,
-            local,
+            deployment,
             intra_op_threads=self.intra_op_num_threads,
         )
+
+    def _after_load(self, org_id: str) -> None:
+        """Confirm what the organization serves; after a swap, prune its downloaded models."""
+        self._confirm_one(org_id)
+        if self._pruner is not None:  # without a store the folder is the training service's
+            self._pruner.served(org_id, self._slots.view(org_id).version)
 
     def _offer(self, org_id: str, raw: bytes | str | None, *, announced: bool) -> None:
         if raw is None:
