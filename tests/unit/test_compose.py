@@ -36,6 +36,15 @@ SOURCE_DIRS = ("training_tasks", "workers", "beat_schedules")
 SERVICES = ("redis", "postgres", "migrate", "worker", "beat", "flower", "predict", "ui")
 # Read by the programs in the images themselves, not by the service.
 SET_BY_DOCKER = {"HOSTNAME"}
+# Read by the object-store client (obstore) from the environment, not by the service's source.
+READ_BY_STORE_CLIENT = {
+    "AWS_ENDPOINT_URL",
+    "AWS_ALLOW_HTTP",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+}
+SEVERAL_HOSTS = ("store", "store-bucket", "worker-a", "worker-b", "predict-remote")
 ENV_MAPPINGS = {"os.environ", "environ", "env"}
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
@@ -237,7 +246,10 @@ def long_options(args: list[str]) -> set[str]:
 
 def test_compose_defines_every_service_of_the_system() -> None:
     assert set(SERVICES) <= set(services()), sorted(set(SERVICES) - set(services()))
-    assert set(project_services()) == {"migrate", "worker", "beat", "flower", "predict", "ui"}
+    assert set(project_services()) == {
+        *("migrate", "worker", "beat", "flower", "predict", "ui"),
+        *("worker-a", "worker-b", "predict-remote"),  # profile several-hosts
+    }
 
 
 def test_redis_keeps_an_append_only_file_never_evicts_and_answers_ping() -> None:
@@ -311,7 +323,9 @@ def test_every_environment_variable_set_on_a_project_service_is_read_by_the_serv
         for service, svc in project_services().items()
         for name in environment(svc)
         # Flower reads its own FLOWER_* options from the environment.
-        if name not in reads and not (service == "flower" and name.startswith("FLOWER_"))
+        if name not in reads
+        and name not in READ_BY_STORE_CLIENT
+        and not (service == "flower" and name.startswith("FLOWER_"))
     }
     names = {name for svc in project_services().values() for name in environment(svc)}
     readers = {name: sorted(reads[name]) for name in sorted(names & set(reads))}
@@ -351,7 +365,16 @@ def test_the_service_database_is_the_postgres_service_through_psycopg() -> None:
 
 def test_every_long_running_project_service_has_a_healthcheck() -> None:
     long_running = set(project_services()) - one_shot_services()
-    assert long_running == {"worker", "beat", "flower", "predict", "ui"}
+    assert long_running == {
+        "worker",
+        "beat",
+        "flower",
+        "predict",
+        "ui",
+        "worker-a",
+        "worker-b",
+        "predict-remote",
+    }
     missing = {s for s in long_running if not services()[s].get("healthcheck", {}).get("test")}
     assert not missing, f"no health check: {sorted(missing)}"
 
@@ -417,6 +440,29 @@ def test_the_model_store_volume_is_mounted_at_ml_base_path_where_models_are_read
     assert len(sources) == 1, f"worker and predict mount different model stores: {sources}"
     worker_mounts = {t: ro for _, t, ro in volume_mounts(services()["worker"])}
     assert not worker_mounts[environment(services()["worker"])["ML_BASE_PATH"]], "worker needs rw"
+
+
+def test_the_several_hosts_profile_has_a_store_and_workers_that_share_no_volume() -> None:
+    profile = {n for n, svc in services().items() if "several-hosts" in (svc.get("profiles") or [])}
+    assert profile == set(SEVERAL_HOSTS)
+    hosts = ("worker-a", "worker-b", "predict-remote")
+    folders = {}
+    for name in hosts:
+        env = environment(services()[name])
+        assert env["MODEL_STORE_URL"].startswith("s3://"), name
+        assert env["AWS_ENDPOINT_URL"] == "http://store:9000", name
+        mounts = {target: (source, ro) for source, target, ro in volume_mounts(services()[name])}
+        _, read_only = mounts[env["ML_BASE_PATH"]]
+        assert not read_only, f"{name} writes its working folder (a cache of the store)"
+        folders[name] = {source for source, _, _ in volume_mounts(services()[name])}
+    assert not folders["worker-a"] & folders["worker-b"], "the two workers share a volume"
+    assert not folders["predict-remote"] & (folders["worker-a"] | folders["worker-b"])
+    bucket = environment(services()["worker-a"])["MODEL_STORE_URL"].split("/")[2]
+    assert f"store/{bucket}" in " ".join(argv(services()["store-bucket"]["command"]))
+    for name in hosts:
+        assert _depends_on(services()[name])["store-bucket"] == {
+            "condition": "service_completed_successfully"
+        }, name
 
 
 def test_ports_are_published_on_the_loopback_address_only() -> None:
