@@ -3,45 +3,47 @@
 Variables are read with the service's own checked readers (training_tasks.config.settings), so a
 bad value stops start-up with a SettingsError naming the variable, as the service's settings do.
 
-Training tasks run for minutes to hours, so: acknowledge late (a task lost with its worker is
-delivered again), prefetch one message at a time, and keep Redis's visibility timeout longer than
-the longest allowed training, or Redis would hand a still-running task to a second worker.
+The broker is REDIS_URL, or BROKER_URL when it is set: RabbitMQ (amqp://, amqps://) once a
+deployment outgrows Redis as its broker, or a Redis of its own. Results, the hot-swap channel,
+the beat lock and every other key stay in REDIS_URL either way.
+
+Training tasks run for minutes to hours, so on Redis: acknowledge late (a task lost with its
+worker is delivered again), prefetch one message at a time, and keep Redis's visibility timeout
+longer than the longest allowed training, or Redis would hand a still-running task to a second
+worker. On RabbitMQ a task is acknowledged as it starts instead (task_acks_late below; what to
+configure on RabbitMQ's side: docs/operations.md, "RabbitMQ as the broker").
 """
 
 import os
 
-from training_tasks.config.settings import DEFAULT_TRAINING_TIMEOUT_S, read_positive, read_redis_url
+from training_tasks.config.settings import (
+    DEFAULT_TRAINING_TIMEOUT_S,
+    is_amqp_url,
+    read_broker_url,
+    read_positive,
+    read_redis_url,
+)
+from training_tasks.messaging.broker_options import transport_for
 
-broker_url = read_redis_url(os.environ)
-# kombu's Redis transport, except that an item on a queue that is not a Celery message is
-# dropped with a log line instead of stopping the worker, and that the worker survives Redis
-# being restarted under it (training_tasks/messaging/broker_transport.py).
-broker_transport = "training_tasks.messaging.broker_transport:Transport"
-# Results go to the same Redis through Celery's Redis backend, with secrets masked out of what is
+broker_url = read_broker_url(os.environ)
+_on_rabbitmq = is_amqp_url(broker_url)
+# Results go to REDIS_URL through Celery's Redis backend, with secrets masked out of what is
 # stored (a refusal may echo a URL a client sent): training_tasks/messaging/result_masking.py.
-result_backend = f"training_tasks.messaging.result_masking:MaskingRedisBackend+{broker_url}"
+result_backend = (
+    f"training_tasks.messaging.result_masking:MaskingRedisBackend+{read_redis_url(os.environ)}"
+)
 
 # The longest a training subprocess may run (TRAINING_TIMEOUT_S), plus room for extract and
 # validate; a redelivered message is also harmless (the run's lease), but should be rare.
 _longest_training_s = read_positive(os.environ, "TRAINING_TIMEOUT_S", DEFAULT_TRAINING_TIMEOUT_S)
 _backstop_s = int(_longest_training_s + 3600)
-# BROKER_VISIBILITY_TIMEOUT_S overrides it (tests use a few seconds to provoke redelivery).
+# BROKER_VISIBILITY_TIMEOUT_S overrides it on Redis (tests use seconds to provoke redelivery).
 visibility_timeout_s = int(read_positive(os.environ, "BROKER_VISIBILITY_TIMEOUT_S", _backstop_s))
-broker_transport_options = {
-    "visibility_timeout": visibility_timeout_s,
-    # Each attempt to reach a Redis that is down or unreachable gives up after this, so the
-    # worker's reconnect loop keeps going (a host that drops packets would otherwise hold one
-    # attempt for the kernel's TCP timeout, minutes).
-    "socket_connect_timeout": 5,
-    # A command sent to a Redis that vanished without closing the connection (failover, a dead
-    # host) fails after this instead of waiting for ever. Kept well above BRPOP's own 1 s wait.
-    "socket_timeout": 15,
-    # The consumer's BRPOP and pub/sub connections are checked this often (kombu's default,
-    # written out): a half-open one is dropped and reconnected within about a minute.
-    "health_check_interval": 25,
-    # retry_on_timeout stays off: a timed-out publish retried by redis-py could be sent twice,
-    # and kombu only batches publishes when it is off.
-}
+# Redis: the service's Redis transport (it survives undecodable items and a Redis restart) with
+# bounded socket timeouts. RabbitMQ: publisher confirms. Why each option, in broker_options.py.
+_transport = transport_for(broker_url, visibility_timeout_s)
+broker_transport = _transport.transport
+broker_transport_options = _transport.options
 result_backend_transport_options = {"visibility_timeout": visibility_timeout_s}
 # The result backend's connection attempts are bounded the same way (Celery's default waits for
 # the kernel); its commands already time out after redis_socket_timeout (120 s by default).
@@ -58,7 +60,20 @@ result_accept_content = ["json"]
 result_extended = False
 result_expires = 24 * 3600
 
-task_acks_late = True
+# On Redis, a message is acknowledged when its task has ended, so one lost with its worker is
+# delivered again (after visibility_timeout). On RabbitMQ it is acknowledged as a pool child
+# starts the task: RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged
+# longer than its consumer_timeout (30 minutes by default; per queue only from RabbitMQ 3.12) and
+# delivers the message again, and a training may run for hours. A stage lost with its worker is
+# recovered by the run's lease instead: it stops being renewed and the reaper sends the stage
+# again; a message lost after it was acknowledged but before its stage claimed the run is sent
+# again once the run has waited RUN_STALL_S (training_tasks/pipeline/recovery.py). So no stage,
+# however long, holds a delivery past consumer_timeout, and RabbitMQ's default can stay.
+task_acks_late = not _on_rabbitmq
+# One message per free pool child. Quorum queues have no channel-wide (global) prefetch: on
+# RabbitMQ the limit holds for each queue a worker consumes, so a worker whose children are all
+# busy may still hold up to `concurrency` messages of each of its queues until a child frees, or
+# until consumer_timeout hands them to another worker (docs/operations.md).
 worker_prefetch_multiplier = 1
 # A worker child killed mid-task (the OOM killer, SIGKILL) acks its message: re-queueing it here
 # would loop a task that kills its worker. The run's lease stops being renewed instead, and the
@@ -78,7 +93,8 @@ worker_send_task_events = True
 # - running stages go on: their subprocesses need only the database and files, and cancelling
 #   them (Celery's planned default) would throw away hours of training for a Redis blip. Their
 #   messages stay in Redis's unacked set and are acknowledged once the connection is back; a
-#   copy delivered again meanwhile finds the run's lease taken and does nothing;
+#   copy delivered again meanwhile finds the run's lease taken and does nothing (on RabbitMQ
+#   their messages were acknowledged as they started);
 # - the broker transport keeps kombu's channel able to restore and acknowledge those messages
 #   after the connection dropped (without it the worker exits with "Unrecoverable error:
 #   AttributeError(... 'hostname')");
@@ -89,6 +105,12 @@ broker_connection_retry_on_startup = True
 broker_connection_retry = True
 broker_connection_max_retries = None
 worker_cancel_long_running_tasks_on_connection_loss = False
+# RabbitMQ closes a consumer's channel, not its connection, when a delivery stays unacknowledged
+# past consumer_timeout: a message a busy worker holds for a free pool child (quorum queues have
+# no channel-wide prefetch). Celery takes a channel error for an "Unrecoverable error" and the
+# worker exits; with this it reconnects as after a lost connection, and the held messages go
+# back to their queues. On Redis a channel error stays fatal, as before.
+broker_channel_error_retry = _on_rabbitmq
 result_backend_always_retry = True
 result_backend_max_retries = 10
 # How long a sender whose pooled connection is down keeps reconnecting before that attempt fails
@@ -108,6 +130,22 @@ task_publish_retry_policy = {
 
 task_default_queue = "training.requests"
 task_create_missing_queues = True
+# On RabbitMQ every task queue is a quorum queue (replicated, survives a node's loss): the
+# requests queue and each `org.<org>` queue, also one a worker follows at runtime
+# (training_tasks/messaging/queues.py). Every sender and consumer must declare a queue with the
+# same arguments, or RabbitMQ refuses the second (PRECONDITION_FAILED), so clients set the same
+# type (training_client.TrainingClient does). The type is set whatever the broker: the Redis
+# transport ignores it, and a process configured for Redis may send to RabbitMQ
+# (enqueue_chain with another broker URL). Quorum queues have no priorities (no
+# task_queue_max_priority here) and no global prefetch: Celery sees them
+# (worker_detect_quorum_queues, on RabbitMQ only) and sets the prefetch per consumer.
+task_default_queue_type = "quorum"
+task_create_missing_queue_type = "quorum"
+worker_detect_quorum_queues = True
+# Celery's native delayed delivery needs topic exchanges; these queues have direct ones, so a
+# retry's countdown (seconds, RETRY_BACKOFF_S) is held by the worker until it is due. Its helper
+# queues, declared anyway when quorum queues are in use, are made cheap classic ones.
+broker_native_delayed_delivery_queue_type = "classic"
 task_routes = {
     "training.submit": {"queue": "training.requests"},
     "training.status": {"queue": "training.requests"},

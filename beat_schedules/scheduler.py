@@ -52,7 +52,7 @@ class DatabaseScheduler(Scheduler):
         rt = self._runtime or build_runtime()
         self._runtime = rt
         settings = rt.settings
-        enqueue = functools.partial(enqueue_chain, broker_url=settings.redis_url)
+        enqueue = functools.partial(enqueue_chain, broker_url=settings.broker_url)
         policy = Policy(missed=settings.schedule_missed_slots, grace_s=settings.schedule_grace_s)
         self._dispatcher = Dispatcher(rt, enqueue, beat_id=self._identity, policy=policy)
         self._leader = LeaderLock(rt.redis, ttl_s=settings.beat_lock_ttl_s, identity=self._identity)

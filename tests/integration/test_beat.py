@@ -7,8 +7,6 @@ are recorded as skipped for that reason; the messages wait on the organization's
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from tests.support.beat_process import (
     step_through,
     wait_for_tick,
 )
-from tests.support.processes import service_env, wait_for
+from tests.support.processes import on_both_brokers, queued_tasks, service_env, wait_for
 from tests.support.registry_fixtures import ORG_DOC, migrated_engine
 from training_tasks.config.settings import Settings
 from training_tasks.db.tables import schedule_slots, training_runs
@@ -63,7 +61,7 @@ class Setup:
 
 
 @pytest.fixture
-def setup(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Setup]:
+def setup(postgres_url: str, redis_url: str, broker: str, tmp_path: Path) -> Iterator[Setup]:
     start = datetime(2027, 1, 1, tzinfo=UTC)
     clock = FileClock(tmp_path / "clock.json", start)
     engine = migrated_engine(postgres_url)
@@ -74,6 +72,7 @@ def setup(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[Setup]:
         redis_url=redis_url,
         database_url=postgres_url,
         ml_base_path=tmp_path / "ml",
+        broker_url=broker,
         extra={"BEAT_LOCK_TTL_S": "3"},
     )
     yield Setup(clock, TrainingService(rt), redis, engine, env, tmp_path)
@@ -168,6 +167,7 @@ def test_a_half_hourly_schedule_does_not_repeat_the_autumn_hour(setup: Setup) ->
     ]
 
 
+@on_both_brokers
 def test_a_due_slot_submits_the_run_to_the_organizations_queue(setup: Setup) -> None:
     org_id = setup.org("queued-acme", "0 2 * * 0", "America/New_York")
     with setup.beat() as beat:
@@ -175,10 +175,7 @@ def test_a_due_slot_submits_the_run_to_the_organizations_queue(setup: Setup) -> 
     (run,) = scheduled_runs(setup.engine, org_id)
     assert run["status"] == "queued" and run["schedule_slot"] == utc("2027-01-03T07:00Z")
     assert run["task_id"], "the run records the id of the chain it was sent as"
-    messages = [json.loads(m) for m in setup.redis.lrange(org_queue(org_id), 0, -1)]
-    assert [m["headers"]["task"] for m in messages] == ["training.extract"]
-    args, _kwargs, _embed = json.loads(base64.b64decode(messages[0]["body"]))
-    assert args == [run["id"]]
+    assert queued_tasks(setup.env, org_queue(org_id)) == [("training.extract", [run["id"]])]
 
 
 def test_edits_while_beat_runs_take_effect_without_a_restart(setup: Setup) -> None:

@@ -1,4 +1,5 @@
-"""The Python client follows a run through `training.status`, against a real worker and Redis.
+"""The Python client follows a run through `training.status`, against a real worker and Redis
+(and RabbitMQ as the broker, for the tests that send through it).
 
 What a service that embeds `TrainingClient` sees: it submits, reads the run's status document
 while it runs, waits until the run has finished (with a bound that names the run when it passes),
@@ -17,7 +18,13 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from tests.support.processes import Worker, celery_worker, service_env
+from tests.support.processes import (
+    Worker,
+    broker_url_of,
+    celery_worker,
+    on_both_brokers,
+    service_env,
+)
 from training_tasks.client import (
     InvalidRequestError,
     RunNotFoundError,
@@ -52,7 +59,7 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, redis_url: str, postgres_url: str) -> Iterator[Stack]:
+def stack(tmp_path: Path, redis_url: str, broker: str, postgres_url: str) -> Iterator[Stack]:
     base = tmp_path / "ml"
     scada_path = tmp_path / "scada.db"
     frame = scada.generate_sensor_frame(assets=6, days=DAYS, interval_min=10, seed=7, start=START)
@@ -61,7 +68,9 @@ def stack(tmp_path: Path, redis_url: str, postgres_url: str) -> Iterator[Stack]:
     (base / "scripts" / "slow_train.py").write_text(
         SLOW_SCRIPT.format(delay_s=3, bundled=str(BUNDLED_SCRIPT))
     )
-    env = service_env(redis_url=redis_url, database_url=postgres_url, ml_base_path=base)
+    env = service_env(
+        redis_url=redis_url, database_url=postgres_url, ml_base_path=base, broker_url=broker
+    )
     service = TrainingService(build_runtime(Settings.from_env(env)))
     config = scada.demo_org_config("acme-corp", f"sqlite:///{scada_path}", scada.ACME_LAYOUT)
     config["mlModelConfig"]["script"] = "slow_train.py"
@@ -78,10 +87,12 @@ def worker(stack: Stack, tmp_path: Path) -> Iterator[Worker]:
 
 @pytest.fixture
 def client(stack: Stack) -> Iterator[TrainingClient]:
-    with TrainingClient(stack.env["REDIS_URL"]) as training_client:
+    broker_url, results_url = broker_url_of(stack.env), stack.env["REDIS_URL"]
+    with TrainingClient(broker_url, result_url=results_url) as training_client:
         yield training_client
 
 
+@on_both_brokers
 def test_a_client_follows_a_run_until_it_has_finished(stack, worker, client) -> None:
     queued = client.submit({"organizationId": "acme-corp", "dataRange": RANGE}).get(timeout=60)
     run_id = queued["runId"]
@@ -116,6 +127,7 @@ def test_a_client_follows_a_run_until_it_has_finished(stack, worker, client) -> 
     assert final == client.status(run_id), "a finished run reads the same afterwards"
 
 
+@on_both_brokers
 def test_the_status_of_an_unknown_or_malformed_run_id_names_it(stack, worker, client) -> None:
     unknown = "f" * 32
     with pytest.raises(RunNotFoundError) as missing:

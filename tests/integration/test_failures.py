@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support.chaos import RANGE, RUN_TIMEOUT_S, Chaos
 from tests.support.local_servers import RedisServer, TcpProxy
-from tests.support.processes import Worker, celery_worker, wait_for, worker_pid
+from tests.support.processes import Worker, celery_worker, on_both_brokers, wait_for, worker_pid
 from training_tasks.config.settings import BUNDLED_SCRIPT, Settings
 from training_tasks.demo import scada
 from training_tasks.runtime import build_runtime
@@ -43,6 +43,7 @@ runpy.run_path({str(BUNDLED_SCRIPT)!r}, run_name="__main__")
 """
 
 
+@on_both_brokers  # on RabbitMQ the stage's message was acknowledged: the lease recovers it
 def test_a_worker_killed_mid_training_is_recovered_and_the_run_succeeds_once(chaos) -> None:
     chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
     chaos.delay(30)
@@ -65,6 +66,7 @@ def test_a_worker_killed_mid_training_is_recovered_and_the_run_succeeds_once(cha
     assert chaos.service.get_organization("acme-corp")["deploySequence"] == 1
 
 
+@on_both_brokers  # the retry is a countdown: on quorum queues the worker holds it until due
 def test_killing_only_the_training_process_retries_the_training(chaos) -> None:
     chaos.register("acme-corp", scada.ACME_LAYOUT, script="slow_train.py")
     chaos.delay(30)
@@ -321,6 +323,7 @@ def test_a_cancel_made_while_the_worker_is_down_holds_when_workers_come_back(cha
     assert chaos.versions("acme-corp") == []
 
 
+@on_both_brokers  # a worker started with a message waiting in an organization's queue
 def test_a_queued_run_is_cancelled_at_once_and_its_message_does_nothing(chaos) -> None:
     chaos.register("acme-corp", scada.ACME_LAYOUT)
     handle = chaos.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)

@@ -31,6 +31,7 @@ from tests.support.processes import (
     celery_worker,
     flower_process,
     free_port,
+    on_both_brokers,
     service_env,
     stop_group,
     wait_for,
@@ -87,12 +88,14 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, redis_url: str, postgres_factory: Any) -> Iterator[Stack]:
+def stack(tmp_path: Path, redis_url: str, broker: str, postgres_factory: Any) -> Iterator[Stack]:
     service_db, scada_db = postgres_factory(), postgres_factory()
     frames = scada.iter_sensor_frames(assets=6, days=45, interval_min=10, seed=7, start=START)
     scada.write_scada_postgres(scada_db, frames, scada.ACME_LAYOUT)
     base = tmp_path / "ml"
-    env = service_env(redis_url=redis_url, database_url=service_db, ml_base_path=base)
+    env = service_env(
+        redis_url=redis_url, database_url=service_db, ml_base_path=base, broker_url=broker
+    )
     service = TrainingService(build_runtime(Settings.from_env(env)))
     yield Stack(env, base, service, scada_db, tmp_path)
     service.close()
@@ -150,6 +153,7 @@ def samples(text: str, name: str) -> list[Any]:
     return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
 
 
+@on_both_brokers  # tasks, workers and metrics come from events; the broker tab is Redis only
 def test_training_submit_through_flowers_api_trains_and_flower_lists_the_chain(
     stack: Stack, worker: Worker, flower: Flower
 ) -> None:

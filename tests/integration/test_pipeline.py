@@ -1,4 +1,6 @@
-"""The whole pipeline on real Redis, real PostgreSQL and a real worker process.
+"""The whole pipeline on real Redis, real PostgreSQL and a real worker process; the tests about
+the broker (a submit through the Python client, a refusal, trainctl train --wait, the queues a
+worker follows, duplicates) also with RabbitMQ as the broker (BROKER_URL) and Redis for the rest.
 
 A SCADA table in PostgreSQL, an organization registered with the CLI, training requested by a
 Celery client that sends `training.submit` by name with camelCase JSON, and a worker started as
@@ -21,7 +23,16 @@ import onnxruntime as ort
 import pytest
 import redis as redis_lib
 
-from tests.support.processes import Worker, celery_worker, service_env, wait_for
+from tests.support.processes import (
+    Worker,
+    broker_url_of,
+    celery_worker,
+    messages_waiting,
+    on_both_brokers,
+    sender,
+    service_env,
+    wait_for,
+)
 from training_tasks.client import TrainingClient
 from training_tasks.config.settings import Settings
 from training_tasks.demo import scada
@@ -59,6 +70,10 @@ class Stack:
             )
         return result
 
+    def client(self) -> TrainingClient:
+        """The Python client of another service: the broker, and Redis for the results."""
+        return TrainingClient(broker_url_of(self.env), result_url=self.env["REDIS_URL"])
+
     def register(self, org_id: str, layout: scada.ScadaLayout, **model: object) -> None:
         doc = scada.demo_org_config(org_id, self.scada_url, layout)
         doc["mlModelConfig"].update(model)
@@ -81,14 +96,16 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, redis_url: str, postgres_factory) -> Iterator[Stack]:
+def stack(tmp_path: Path, redis_url: str, broker: str, postgres_factory) -> Iterator[Stack]:
     service_db, scada_db = postgres_factory(), postgres_factory()
     frames = scada.iter_sensor_frames(assets=6, days=DAYS, interval_min=10, seed=7, start=START)
     scada.write_scada_postgres(scada_db, frames, scada.ACME_LAYOUT)
     frames = scada.iter_sensor_frames(assets=6, days=DAYS, interval_min=10, seed=8, start=START)
     scada.write_scada_postgres(scada_db, frames, scada.GLOBEX_LAYOUT)
     base = tmp_path / "ml"
-    env = service_env(redis_url=redis_url, database_url=service_db, ml_base_path=base)
+    env = service_env(
+        redis_url=redis_url, database_url=service_db, ml_base_path=base, broker_url=broker
+    )
     rt = build_runtime(Settings.from_env(env))
     service = TrainingService(rt)
     yield Stack(env, base, service, scada_db, tmp_path)
@@ -101,11 +118,12 @@ def worker(stack: Stack) -> Iterator[Worker]:
         yield running
 
 
+@on_both_brokers
 def test_a_celery_client_trains_and_deploys_a_model_that_scores_unseen_rows(stack, worker) -> None:
     stack.register("acme-corp", scada.ACME_LAYOUT)
     subscriber = redis_lib.Redis.from_url(stack.env["REDIS_URL"]).pubsub()
     subscriber.subscribe(hotswap.channel("acme-corp"))
-    client = TrainingClient(stack.env["REDIS_URL"])
+    client = stack.client()
     queued = client.submit({"organizationId": "acme-corp", "dataRange": RANGE}).get(timeout=60)
     assert queued["queue"] == "org.acme-corp"
 
@@ -130,12 +148,14 @@ def test_a_celery_client_trains_and_deploys_a_model_that_scores_unseen_rows(stac
         org["deploySequence"],
         str(model_path),
     )
-    message = wait_for(
-        lambda: subscriber.get_message(ignore_subscribe_messages=True, timeout=0.2),
-        10,
-        "the hot-swap message",
-    )
-    event, announced = hotswap.parse(message["data"])
+
+    def own_message() -> tuple[str | None, hotswap.Deployment] | None:
+        # Channels are shared by every Redis database: another test session's acme-corp too.
+        message = subscriber.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        parsed = hotswap.parse(message["data"]) if message else None
+        return parsed if parsed and str(stack.base) in parsed[1].modelPath else None
+
+    event, announced = wait_for(own_message, 10, "the hot-swap message")
     assert event == "deployed" and announced == stored
     history = stack.trainctl("history", "acme-corp", "--json")
     [logged] = json.loads(history.stdout)
@@ -180,9 +200,10 @@ def test_a_bad_request_is_refused_naming_the_field_and_creates_no_run(stack, cha
     assert stack.service.get_training_history("acme-corp") == []
 
 
+@on_both_brokers
 def test_a_celery_client_gets_the_refusal_too(stack, worker) -> None:
     stack.register("acme-corp", scada.ACME_LAYOUT)
-    client = TrainingClient(stack.env["REDIS_URL"])
+    client = stack.client()
     result = client.submit({"organizationId": "acme-corp", "hyperparameters": {"learningRate": -1}})
     with pytest.raises(Exception, match=r"hyperparameters\.learningRate"):
         result.get(timeout=60)
@@ -196,6 +217,7 @@ def test_a_second_request_while_one_is_active_names_the_active_run(stack) -> Non
         stack.service.train_model("acme-corp", {"dataRange": RANGE}, wait=False)
 
 
+@on_both_brokers
 def test_a_worker_picks_up_an_organization_registered_after_it_started(stack, worker) -> None:
     stack.register("globex", scada.GLOBEX_LAYOUT)
     handle = stack.service.train_model("globex", {"dataRange": RANGE}, wait=False)
@@ -204,6 +226,7 @@ def test_a_worker_picks_up_an_organization_registered_after_it_started(stack, wo
     assert result["modelPath"]
 
 
+@on_both_brokers
 def test_a_worker_given_one_tenant_queue_serves_only_that_tenant(stack) -> None:
     stack.register("acme-corp", scada.ACME_LAYOUT)
     stack.register("globex", scada.GLOBEX_LAYOUT)
@@ -212,8 +235,7 @@ def test_a_worker_given_one_tenant_queue_serves_only_that_tenant(stack) -> None:
         globex = stack.service.train_model("globex", {"dataRange": RANGE}, wait=False)
         assert acme.wait(timeout_s=RUN_TIMEOUT_S)["status"] == "succeeded", worker.log_tail()
         assert globex.status()["status"] == "queued"
-        queued = redis_lib.Redis.from_url(stack.env["REDIS_URL"]).llen("org.globex")
-        assert queued == 1
+        assert messages_waiting(stack.env, "org.globex") == 1
 
 
 def test_without_auto_deploy_the_run_stops_validated_and_deploys_on_request(stack, worker) -> None:
@@ -225,6 +247,7 @@ def test_without_auto_deploy_the_run_stops_validated_and_deploys_on_request(stac
     assert stack.service.get_organization("acme-corp")["deployedVersion"] == result["version"]
 
 
+@on_both_brokers
 def test_a_rejected_model_leaves_the_deployed_one_serving(stack, worker) -> None:
     stack.register("acme-corp", scada.ACME_LAYOUT)
     good = stack.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
@@ -253,13 +276,12 @@ def test_a_stage_message_delivered_again_does_nothing(stack, worker) -> None:
     done = stack.service.train_model("acme-corp", {"dataRange": RANGE}, timeout_s=RUN_TIMEOUT_S)
     assert done["status"] == "succeeded", done["error"] or worker.log_tail()
     before = stack.run_row(done["runId"])
-    from celery import Celery
-
-    app = Celery(broker=stack.env["REDIS_URL"], backend=stack.env["REDIS_URL"])
+    app = sender(stack.env)
     for stage in ("training.extract", "training.train", "training.deploy"):
         app.send_task(stage, args=[done["runId"]], queue="org.acme-corp")
+    app.close()
     wait_for(
-        lambda: redis_lib.Redis.from_url(stack.env["REDIS_URL"]).llen("org.acme-corp") == 0,
+        lambda: messages_waiting(stack.env, "org.acme-corp") == 0,
         30,
         "the repeated messages to be consumed",
     )
@@ -297,6 +319,7 @@ runpy.run_path({bundled!r}, run_name="__main__")
 """
 
 
+@on_both_brokers
 def test_an_org_script_runs_and_a_duplicate_delivered_mid_run_does_nothing(stack, worker) -> None:
     from training_tasks.config.settings import BUNDLED_SCRIPT
 
@@ -312,10 +335,9 @@ def test_an_org_script_runs_and_a_duplicate_delivered_mid_run_does_nothing(stack
         60,
         "the run to reach the train stage",
     )
-    from celery import Celery
-
-    app = Celery(broker=stack.env["REDIS_URL"])
+    app = sender(stack.env)
     app.send_task("training.train", args=[handle.run_id], queue="org.acme-corp")
+    app.close()
     result = handle.wait(timeout_s=RUN_TIMEOUT_S)
     assert result["status"] == "succeeded", result["error"] or worker.log_tail()
     wait_for(

@@ -102,7 +102,7 @@ class Chaos:
 
 
 @pytest.fixture
-def chaos(tmp_path: Path, redis_url: str, postgres_factory: Any) -> Iterator[Chaos]:
+def chaos(tmp_path: Path, redis_url: str, broker: str, postgres_factory: Any) -> Iterator[Chaos]:
     service_db, scada_db = postgres_factory(), postgres_factory()
     for seed, layout in ((7, scada.ACME_LAYOUT), (8, scada.GLOBEX_LAYOUT)):
         frames = scada.iter_sensor_frames(
@@ -121,6 +121,7 @@ def chaos(tmp_path: Path, redis_url: str, postgres_factory: Any) -> Iterator[Cha
         redis_url=redis_url,
         database_url=service_db,
         ml_base_path=base,
+        broker_url=broker,  # Redis, unless the test runs on both brokers (on_both_brokers)
         extra={
             "RUN_LEASE_TTL_S": "3",
             "REAPER_INTERVAL_S": "1",

@@ -13,11 +13,17 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from training_tasks.demo.child_process import die_with_parent
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+# A test about the broker runs on both: `broker` (tests/conftest.py) is then its Redis, or a
+# RabbitMQ virtual host of its own; every other test's broker is its Redis.
+on_both_brokers = pytest.mark.parametrize("broker", ["redis", "rabbitmq"], indirect=True)
 
 
 @dataclass
@@ -34,10 +40,22 @@ class Worker:
 
 
 def service_env(
-    *, redis_url: str, database_url: str, ml_base_path: Path, extra: Mapping[str, str] | None = None
+    *,
+    redis_url: str,
+    database_url: str,
+    ml_base_path: Path,
+    broker_url: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of a service process pointed at this test's Redis, database and files."""
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    """The environment of a service process pointed at this test's Redis, database and files.
+
+    `broker_url` other than `redis_url` (a RabbitMQ virtual host) becomes BROKER_URL.
+    """
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "BROKER_URL")
+    }
+    if broker_url and broker_url != redis_url:
+        env["BROKER_URL"] = broker_url
     env.update(
         REDIS_URL=redis_url,
         DATABASE_URL=database_url,
@@ -63,6 +81,25 @@ def celery_worker(
     Tests leave out mingle and gossip to start faster; `as_deployed` keeps them, as `make worker`
     and compose run it (more broker connections and channels to lose and get back).
     """
+    worker = start_worker(
+        env, log_dir, queues=queues, concurrency=concurrency, as_deployed=as_deployed
+    )
+    try:
+        wait_ready(worker, broker_url_of(env))
+        yield worker
+    finally:
+        stop_group(worker.proc)
+
+
+def start_worker(
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    queues: str | None = None,
+    concurrency: int = 2,
+    as_deployed: bool = False,
+) -> Worker:
+    """Start a worker without waiting for it (its broker may not answer yet); stop it after."""
     name = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     log_path = log_dir / f"worker-{name.split('@')[0]}.log"
     argv = [
@@ -83,20 +120,21 @@ def celery_worker(
         argv += ["--without-mingle", "--without-gossip"]
     if queues:
         argv += ["--queues", queues]
-    proc = spawn_logged(argv, env, log_path)
-    worker = Worker(name, proc, log_path)
-    try:
-        _wait_ready(worker, env["REDIS_URL"])
-        yield worker
-    finally:
-        stop_group(proc)
+    return Worker(name, spawn_logged(argv, env, log_path), log_path)
 
 
-def _wait_ready(worker: Worker, redis_url: str) -> None:
+def broker_url_of(env: Mapping[str, str]) -> str:
+    """The broker a service with environment `env` uses: BROKER_URL, else REDIS_URL."""
+    return env.get("BROKER_URL") or env["REDIS_URL"]
+
+
+def wait_ready(worker: Worker, broker_url: str) -> None:
+    """Wait until `worker` answers a ping through `broker_url`; fail with its log (bounded)."""
     import redis
     from celery import Celery
+    from kombu.exceptions import OperationalError
 
-    probe = Celery(broker=redis_url)
+    probe = Celery(broker=broker_url)
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
         while time.monotonic() < deadline:
@@ -105,7 +143,7 @@ def _wait_ready(worker: Worker, redis_url: str) -> None:
             try:
                 if probe.control.ping(destination=[worker.name], timeout=0.5):
                     return
-            except (ConnectionError, OSError, redis.RedisError):
+            except (ConnectionError, OSError, redis.RedisError, OperationalError):
                 # A connection kept from before a Redis restart fails once; ask again.
                 time.sleep(0.2)
         raise RuntimeError(f"worker not ready in {READY_TIMEOUT_S} s:\n{worker.log_tail()}")
@@ -113,12 +151,12 @@ def _wait_ready(worker: Worker, redis_url: str) -> None:
         probe.close()
 
 
-def worker_pid(worker: Worker, redis_url: str, timeout_s: float = 30.0) -> int:
+def worker_pid(worker: Worker, broker_url: str, timeout_s: float = 30.0) -> int:
     """The PID the worker's main process reports through the broker (`inspect stats`), bounded."""
     import redis
     from celery import Celery
 
-    probe = Celery(broker=redis_url)
+    probe = Celery(broker=broker_url)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -132,6 +170,57 @@ def worker_pid(worker: Worker, redis_url: str, timeout_s: float = 30.0) -> int:
         raise RuntimeError(f"worker gave no stats in {timeout_s} s:\n{worker.log_tail()}")
     finally:
         probe.close()
+
+
+def sender(env: Mapping[str, str]) -> Any:
+    """A bare Celery app that sends to the service's broker as any client would; close it after.
+
+    Its queues are declared as the service declares them (quorum: RabbitMQ refuses a queue
+    declared with other arguments), and results are read from REDIS_URL.
+    """
+    from celery import Celery
+
+    app = Celery(broker=broker_url_of(env), backend=env["REDIS_URL"])
+    app.conf.task_create_missing_queue_type = "quorum"
+    return app
+
+
+def messages_waiting(env: Mapping[str, str], queue: str) -> int:
+    """How many messages wait in `queue` of the service's broker (none taken by a worker yet)."""
+    url = broker_url_of(env)
+    if not url.startswith(("amqp://", "amqps://")):
+        import redis
+
+        with redis.Redis.from_url(url) as client:
+            return int(client.llen(queue))
+    from kombu import Connection
+
+    with Connection(url) as connection:
+        declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        return int(declared.message_count)
+
+
+def queued_tasks(env: Mapping[str, str], queue: str) -> list[tuple[str, list[Any]]]:
+    """(task name, arguments) of each message waiting in `queue`, left where it is."""
+    import base64
+    import json
+
+    url = broker_url_of(env)
+    if not url.startswith(("amqp://", "amqps://")):
+        import redis
+
+        with redis.Redis.from_url(url) as client:  # the oldest message is at the list's end
+            raw = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]
+        return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[0]) for m in raw]
+    from kombu import Connection
+
+    found = []
+    with Connection(url) as connection:
+        channel = connection.channel()  # closed unacknowledged: the messages go back
+        while (message := channel.basic_get(queue, no_ack=False)) is not None:
+            found.append((message.headers["task"], json.loads(message.body)[0]))
+        channel.close()
+    return found
 
 
 def spawn_logged(

@@ -152,6 +152,11 @@ def unavailable(exc: BaseException) -> str | None:
         return _database_line(f"cannot be reached: {_first_line(exc.orig or exc)}")
     if is_migration_error(exc):  # Alembic: a schema this version does not know
         return _database_line(f"cannot be migrated: {_first_line(exc)}")
+    if isinstance(exc, BrokerUnavailable) and _broker_of_its_own():
+        return (
+            f"the broker at {_setting('broker_url')} did not answer: {_first_line(exc)}. Start "
+            "it or point BROKER_URL at it, then run the command again"
+        )
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | BrokerUnavailable):
         return (
             f"Redis at {_setting('redis_url')} did not answer: {_first_line(exc)}. Start Redis "
@@ -200,6 +205,13 @@ def _in_database(message: str) -> str:
     if " is not registered;" not in message:
         return message
     return message.replace(" is not registered;", where, 1)
+
+
+def _broker_of_its_own() -> bool:
+    """Whether BROKER_URL is set (the messages go elsewhere than REDIS_URL)."""
+    import os
+
+    return bool(os.environ.get("BROKER_URL"))
 
 
 def _setting(name: str) -> str:

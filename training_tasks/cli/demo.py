@@ -121,7 +121,7 @@ def run_demo(
             console.print(f"[red]{exc}[/]")
             return 1
         with _worker(settings, base / "demo" / "worker.log") as worker:
-            _wait_for_worker(worker, settings.redis_url)
+            _wait_for_worker(worker, settings.broker_url)
             return _train_all(svc, orgs, settings, keep_running)
 
 
@@ -375,9 +375,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def _wait_for_worker(proc: subprocess.Popen[bytes], redis_url: str) -> None:
+def _wait_for_worker(proc: subprocess.Popen[bytes], broker_url: str) -> None:
 
-    probe = WorkerProbe(redis_url)
+    probe = WorkerProbe(broker_url)
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     with console.status("starting a Celery worker"):
         try:

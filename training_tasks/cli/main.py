@@ -29,6 +29,7 @@ def cli(verbose: bool) -> None:
 
     Settings come from the environment: DATABASE_URL (SQLAlchemy URL; default SQLite under
     ML_BASE_PATH), REDIS_URL (broker and hot-swap channel; default redis://127.0.0.1:6379/0),
+    BROKER_URL (the broker instead, amqp:// for RabbitMQ; Redis keeps results and hot-swap),
     ML_BASE_PATH (models and artifacts; default ./ml), PYTHON_ENV (interpreter of training
     scripts), NODE_ENV=development (debug logging).
     """

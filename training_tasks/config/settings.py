@@ -19,6 +19,9 @@ from training_tasks.redaction import mask_url
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_TRAINING_TIMEOUT_S = 7200.0
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
+# BROKER_URL: RabbitMQ when a deployment outgrows Redis as its broker, or a Redis of its own.
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
+AMQP_SCHEMES = ("amqp", "amqps")
 # The service database's drivers this project installs (psycopg 3, the standard sqlite3 module).
 DATABASE_DRIVERS = ("postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite")
 NODE_ENVS = ("development", "production", "test")
@@ -71,6 +74,13 @@ class Settings:
     # MODEL_STORE_URL when it names an object store (s3://bucket/prefix); None: ML_BASE_PATH is
     # the only copy of models and artifacts (see training_tasks.protocol.object_store).
     model_store_url: str | None = None
+    # Where Celery's messages go: BROKER_URL (RabbitMQ, or a Redis of its own); REDIS_URL when it
+    # is unset. Results, the hot-swap channel and every key stay in REDIS_URL either way.
+    broker_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.broker_url:  # settings built without one: the messages go through REDIS_URL
+            object.__setattr__(self, "broker_url", self.redis_url)
 
     @property
     def models_path(self) -> Path:
@@ -106,6 +116,7 @@ class Settings:
             python_env=_python_env(env.get("PYTHON_ENV")),
             debug=node_env == "development",
             redis_url=read_redis_url(env),
+            broker_url=read_broker_url(env),
             database_url=_database_url(env.get("DATABASE_URL"), base),
             training_timeout_s=read_positive(env, "TRAINING_TIMEOUT_S", DEFAULT_TRAINING_TIMEOUT_S),
             lease_ttl_s=read_positive(env, "RUN_LEASE_TTL_S", 60.0),
@@ -142,7 +153,8 @@ def _python_env(value: str | None) -> str:
 
 
 def read_redis_url(env: Mapping[str, str]) -> str:
-    """REDIS_URL (broker, results and pub/sub), checked; the local default when it is unset."""
+    """REDIS_URL (results, pub/sub, keys; the broker unless BROKER_URL is set), checked; the local
+    default when it is unset."""
     value = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     parsed = urlparse(value)
     if parsed.scheme not in REDIS_SCHEMES:
@@ -151,22 +163,54 @@ def read_redis_url(env: Mapping[str, str]) -> str:
             f"scheme {parsed.scheme!r} is not supported; use one of {', '.join(REDIS_SCHEMES)} "
             "(for example redis://127.0.0.1:6379/0)",
         )
+    _check_port_and_database("REDIS_URL", value, "redis://127.0.0.1:6379/0")
+    return value
+
+
+def read_broker_url(env: Mapping[str, str]) -> str:
+    """BROKER_URL (where Celery's messages go), checked; REDIS_URL's value when it is unset."""
+    value = env.get("BROKER_URL")
+    if not value:
+        return read_redis_url(env)
+    scheme = urlparse(value).scheme
+    if scheme not in BROKER_SCHEMES:
+        # Only the scheme is echoed: a value without `://` would show its password unmasked.
+        raise SettingsError(
+            "BROKER_URL",
+            f"scheme {shown(scheme)} is not supported; use one of "
+            f"{', '.join(f'{s}://' for s in BROKER_SCHEMES)} (for example "
+            "amqp://user:password@rabbitmq:5672/training), or unset it to send messages "
+            "through REDIS_URL",
+        )
+    example = "amqp://user:password@rabbitmq:5672/training"
+    if scheme not in AMQP_SCHEMES:
+        example = "redis://127.0.0.1:6379/0"
+    _check_port_and_database("BROKER_URL", value, example)
+    return value
+
+
+def is_amqp_url(url: str) -> bool:
+    """Whether a broker URL names RabbitMQ (amqp:// or amqps://) rather than Redis."""
+    return urlparse(url).scheme in AMQP_SCHEMES
+
+
+def _check_port_and_database(name: str, value: str, example: str) -> None:
+    """Refuse a port that is not a number, and a Redis database that is not a whole number."""
+    parsed = urlparse(value)
     try:
         parsed.port  # noqa: B018 - urllib checks the port only when it is read
     except ValueError:
         raise SettingsError(
-            "REDIS_URL",
+            name,
             f"the port of {shown(mask_url(value))} is not a number from 0 to 65535 "
-            "(for example redis://127.0.0.1:6379/0)",
+            f"(for example {example})",
         ) from None
     database = parsed.path.strip("/")
     if parsed.scheme in ("redis", "rediss") and database and not database.isdigit():
         raise SettingsError(
-            "REDIS_URL",
-            f"the database number {shown(database)} is not a whole number "
-            "(for example redis://127.0.0.1:6379/0)",
+            name,
+            f"the database number {shown(database)} is not a whole number (for example {example})",
         )
-    return value
 
 
 def _database_url(value: str | None, base: Path) -> str:

@@ -33,6 +33,7 @@ from celery.signals import before_task_publish, task_failure, task_received
 from celery.utils.saferepr import saferepr
 
 from training_tasks.messaging.broker_transport import Connection
+from training_tasks.messaging.queues import TaskConsumer, TaskQueues
 from training_tasks.redaction import mask_text, masked
 
 # Celery's own limits for argsrepr/kwargsrepr (AMQP.argsrepr_maxsize, task_repr_maxlevels).
@@ -58,10 +59,14 @@ class MaskingAMQP(AMQP):
     Creating it (the app does on first use) also connects the two signal handlers below. Its
     broker connections name the service's transport `redis` (see broker_transport.Connection),
     and a message's sent event carries the task's display name (`shadow`) when it has one, as
-    the worker's events do, so Flower never shows one task under two names.
+    the worker's events do, so Flower never shows one task under two names. A queue added by
+    name at runtime is declared with the configured queue type, and consumed once the worker
+    can take its messages (queues.py).
     """
 
     Connection = Connection
+    Consumer = TaskConsumer
+    queues_cls = TaskQueues
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)

@@ -17,6 +17,7 @@ from training_tasks.db.errors import DatabaseError
 from training_tasks.errors import ConfigError, NotFoundError
 from training_tasks.messaging.app import app
 from training_tasks.messaging.broker import BrokerUnavailable
+from training_tasks.messaging.broker_options import transport_for
 from training_tasks.pipeline import stage_bodies
 from training_tasks.pipeline.alerts import alert_run_end
 from training_tasks.pipeline.run_status import read_run_status
@@ -205,8 +206,22 @@ _pools: dict[str, Any] = {}
 def _connection_pool(broker_url: str) -> Any:
     """A small pool of broker connections per URL, so enqueueing does not connect every time."""
     if broker_url not in _pools:
-        _pools[broker_url] = app.connection_for_write(broker_url).Pool(limit=4)
+        _pools[broker_url] = _connection(broker_url).Pool(limit=4)
     return _pools[broker_url]
+
+
+def _connection(broker_url: str | None) -> Any:
+    """A connection to `broker_url` (the app's broker if None) with the transport its kind needs.
+
+    The app's transport fits the broker of this process's environment; a caller may name the
+    other kind (Redis or RabbitMQ), whose transport and options come from broker_options.
+    """
+    if broker_url is None or broker_url == app.conf.broker_url:
+        return app.connection_for_write()
+    chosen = transport_for(broker_url)
+    return app.connection_for_write(
+        broker_url, transport=chosen.transport, transport_options=chosen.options
+    )
 
 
 def enqueue_chain(
@@ -240,7 +255,11 @@ def enqueue_chain(
         result = workflow.apply_async()
     else:
         with _connection_pool(broker_url).acquire(block=True, timeout=10) as connection:
-            result = workflow.apply_async(connection=connection)
+            # The task-sent event goes to that broker's event exchange, whose type depends on
+            # the broker (fanout on Redis, topic on RabbitMQ): the app's own dispatcher would
+            # declare it for the app's broker, and RabbitMQ would then refuse the workers'.
+            events = app.events.Dispatcher(connection, enabled=False)
+            result = workflow.apply_async(connection=connection, event_dispatcher=events)
     while result.parent is not None:
         result = result.parent
     return str(result.id)
@@ -253,7 +272,7 @@ def display_name(task_name: str, org_id: str) -> str:
 
 def queue_waiting(org_id: str, *, broker_url: str | None = None) -> bool:
     """Whether a message waits in the organization's queue (not counting ones a worker took)."""
-    with app.connection_for_read(broker_url) as connection:
+    with _connection(broker_url) as connection:
         try:
             declared = connection.default_channel.queue_declare(
                 queue=org_queue(org_id), passive=True

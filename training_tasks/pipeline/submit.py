@@ -95,6 +95,7 @@ def send_run(
     try:
         task_id = enqueue(run_id, org_id, auto_deploy)
     except Exception as exc:
+        broker = "BROKER_URL" if rt.settings.broker_url != rt.settings.redis_url else "REDIS_URL"
         runs.finish_failed(
             rt.engine,
             run_id,
@@ -103,11 +104,11 @@ def send_run(
             actor=actor,
             now=rt.now(),
             trace=None,
-            error=f"could not send the run to the broker ({exc}); check REDIS_URL and try again",
+            error=f"could not send the run to the broker ({exc}); check {broker} and try again",
         )
         raise TransientError(
             f"organization {org_id}: the broker did not take run {run_id} ({exc}); "
-            "check that Redis answers at REDIS_URL and submit again"
+            f"check that the broker answers at {broker} and submit again"
         ) from exc
     runs.set_task_id(rt.engine, run_id, task_id)
     return task_id

@@ -134,7 +134,7 @@ class TrainingService(ScheduleApi):
         """Start training; with `wait` return the result, else a handle that can wait for it."""
         from training_tasks.messaging.tasks import enqueue_chain  # Celery: only to send a run
 
-        enqueue = functools.partial(enqueue_chain, broker_url=self.rt.settings.redis_url)
+        enqueue = functools.partial(enqueue_chain, broker_url=self.rt.settings.broker_url)
         queued = submit_training(
             self.rt, config, org_id=org_id, trigger=trigger, actor=actor, enqueue=enqueue
         )

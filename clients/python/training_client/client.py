@@ -2,6 +2,9 @@
 
 from training_client import TrainingClient
 client = TrainingClient("redis://127.0.0.1:6379/0")
+# with RabbitMQ as the service's broker: its BROKER_URL, and its REDIS_URL for the results
+# client = TrainingClient("amqp://user:password@rabbitmq:5672/training",
+#                         result_url="redis://redis:6379/0")
 queued = client.submit({"organizationId": "acme-corp", "dataRange": {...}}).get(timeout=30)
 # {"runId": ..., "version": ..., "queue": "org.acme-corp"}
 final = client.wait(queued["runId"], timeout_s=3600)
@@ -37,12 +40,27 @@ ProgressCallback = Callable[[StatusDocument], None]
 class TrainingClient:
     """Submits training requests and follows runs through the broker, as any Celery client can."""
 
-    def __init__(self, broker_url: str, *, app: Celery | None = None) -> None:
-        # The service stores task results in the same Redis that carries its messages.
+    def __init__(
+        self, broker_url: str, *, result_url: str | None = None, app: Celery | None = None
+    ) -> None:
+        """Talk to the service through `broker_url` (its BROKER_URL, or its REDIS_URL when the
+        service has no BROKER_URL); `result_url` is its REDIS_URL, where results are, needed
+        when the broker is RabbitMQ (amqp://, amqps://)."""
+        if result_url is None and broker_url.split("://", 1)[0] in ("amqp", "amqps"):
+            raise ValueError(
+                "TrainingClient: with a RabbitMQ broker, give result_url=, the Redis the "
+                "training service keeps its results in (its REDIS_URL)"
+            )
         self._owns_app = app is None
-        self.app = app or Celery("training-client", broker=broker_url, backend=broker_url)
+        backend = result_url or broker_url
+        self.app = app or Celery("training-client", broker=broker_url, backend=backend)
         self.app.conf.update(
-            task_serializer="json", result_serializer="json", accept_content=["json"]
+            task_serializer="json",
+            result_serializer="json",
+            accept_content=["json"],
+            # The service's queues are quorum queues on RabbitMQ, and RabbitMQ refuses a
+            # declaration with other arguments; Redis ignores the type.
+            task_create_missing_queue_type="quorum",
         )
 
     def submit(self, config: Mapping[str, Any]) -> AsyncResult:
