@@ -11,7 +11,7 @@ help:
 	@echo "make run      - install into .venv and run the whole job on the embedded default"
 	@echo "               (KEEP_RUNNING=1: then keep the worker and serve the dashboard until Ctrl-C)"
 	@echo "make test     - install and run the whole test suite"
-	@echo "make worker   - a Celery worker for REDIS_URL / DATABASE_URL (all organizations)"
+	@echo "make worker   - a Celery worker for REDIS_URL (or BROKER_URL) / DATABASE_URL (all organizations)"
 	@echo "make beat     - Celery Beat firing organizations' schedules from DATABASE_URL"
 	@echo "make flower   - the Flower dashboard on 127.0.0.1:5555"
 	@echo "make migrate  - apply database migrations to DATABASE_URL"
