@@ -203,3 +203,19 @@ def test_a_new_organization_is_served_before_the_worker_polls_the_registry_again
         result = handle.wait(timeout_s=RUN_TIMEOUT_S)
 
     assert result["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("item", [b"not json", b"{}", b"x" * 100_000])
+def test_an_item_on_an_organization_queue_that_is_not_a_message_is_dropped_and_the_next_is_served(
+    connection: Connection, redis_url: str, item: bytes
+) -> None:
+    _send(connection, "org.acme", "warm-up")  # declares the queue and its binding
+    assert _drain(connection, ["training.requests", "org.acme"], 1) == [("org.acme", "warm-up")]
+    client = redis_lib.Redis.from_url(redis_url)
+    client.eval(*ready_queues.push_args("org.acme", item))  # pushed through the ready list
+    _send(connection, "org.acme", "after-the-junk")
+
+    got = _drain(connection, ["training.requests", "org.acme"], 1)
+
+    assert got == [("org.acme", "after-the-junk")]
+    assert client.llen("org.acme") == 0

@@ -1,11 +1,18 @@
 """Pruning a prediction service's folder of downloaded models: only `deployed_<version>/model.onnx`
-files of versions not kept, and nothing while a load holds the organization's folder."""
+files of versions not kept, and nothing while a load holds the organization's folder; and the
+keys a hot-swap message may make it download."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from workers.model_cache.remote import Pruner, in_use, prune
+import pytest
+from obstore.store import MemoryStore
+
+from training_tasks.protocol.hotswap import Deployment
+from training_tasks.protocol.object_store import ObjectStore
+from workers.model_cache.errors import ModelRejected
+from workers.model_cache.remote import Pruner, in_use, localize, prune
 
 ORG = "acme-corp"
 V1, V2, V3 = (f"v2026-06-01T12-00-0{n}-000Z_0000000{n}" for n in (1, 2, 3))
@@ -50,3 +57,26 @@ def test_the_pruner_keeps_the_served_and_previous_model_and_prunes_only_after_a_
     assert pruner.served(ORG, V3) == [paths[0]]
     assert pruner.served(ORG, V3) == []  # the same model again
     assert [path.is_file() for path in paths] == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "models/globex/deployed_{v}/model.onnx",  # another organization's model
+        "models/acme-corp/../globex/deployed_{v}/model.onnx",
+        "data/acme-corp/{v}/holdout.parquet",  # not a model
+        "/models/acme-corp/deployed_{v}/model.onnx",
+    ],
+)
+def test_a_hot_swap_message_naming_a_key_outside_the_organizations_models_is_refused_unfetched(
+    tmp_path: Path, key: str
+) -> None:
+    backend = MemoryStore()
+    objects = ObjectStore(backend, "memory://test")
+    key = key.format(v=V1)
+    deployment = Deployment(ORG, V1, "/elsewhere/model.onnx", "0" * 64, "2026-06-01", 1, key)
+
+    with pytest.raises(ModelRejected):
+        localize(objects, tmp_path, deployment)
+
+    assert not any(tmp_path.rglob("*"))  # nothing written into the cache's folder

@@ -95,7 +95,7 @@ def is_org_queue(queue: str) -> bool:
     return queue.startswith(ORG_QUEUE_PREFIX)
 
 
-def push_args(queue: str, message: str) -> tuple[Any, ...]:
+def push_args(queue: str, message: str | bytes) -> tuple[Any, ...]:
     """`EVAL PUSH` arguments sending `message` to `queue` (also for a pipeline or a batch)."""
     return (PUSH, 4, queue, READY_KEY, MEMBERS_KEY, DOORBELL_KEY, message, DOORBELL_MAX - 1)
 
