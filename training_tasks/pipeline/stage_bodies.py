@@ -22,11 +22,11 @@ from training_tasks.config.training import TrainingConfig, from_wire
 from training_tasks.errors import ConfigError
 from training_tasks.fields import iso
 from training_tasks.files import write_json_atomic
-from training_tasks.pipeline import run_objects
+from training_tasks.pipeline import run_objects, version_objects
 from training_tasks.pipeline.disk import check_run_fits
 from training_tasks.pipeline.stage_runner import StageContext, StageOutcome
 from training_tasks.protocol.keyring import Keyring
-from training_tasks.registry import deployments, orgs, runs, versions
+from training_tasks.registry import orgs, runs, versions
 from training_tasks.registry.rows import FinishedStatus, VersionRow
 from training_tasks.sandbox.runner import ResourceLimits
 from training_tasks.stages.deploy import deploy_version
@@ -159,7 +159,7 @@ def validate_body(ctx: StageContext) -> StageOutcome:
         thresholds=org.thresholds,
         # Whatever the script left under the name; validation reads only a regular file.
         native_model_path=native if os.path.lexists(native) else None,
-        deployed_model_path=_deployed_model(ctx, org_id),
+        deployed_model_path=version_objects.fetch_deployed(ctx.rt.engine, ctx.rt.store, org_id),
         script_metrics=record["metrics"],
         derived_features=derived,
         recorded_thresholds=thresholds,
@@ -268,20 +268,6 @@ def _fetch_inputs(ctx: StageContext, record: VersionRow, data: ExtractResult) ->
             "object store; train again",
         )
     return model_path
-
-
-def _deployed_model(ctx: StageContext, org_id: str) -> Path | None:
-    """The deployed model to compare with, fetched from the object store if it is not here."""
-    rt = ctx.rt
-    if rt.store.objects is None:
-        return deployments.deployed_model_file(rt.engine, rt.store, org_id)
-    current = orgs.get_org_row(rt.engine, org_id)["current_version"]
-    if not current:
-        return None
-    sha256 = versions.get_version(rt.engine, current)["sha256"]
-    return run_objects.fetch_model(
-        rt.store, org_id, rt.store.deployed_model(org_id, current), sha256
-    )
 
 
 def _under(*prefixes: str) -> Callable[[str], bool]:

@@ -19,7 +19,7 @@ from training_tasks.protocol.ids import check_org_id, check_version_id
 from training_tasks.protocol.keyring import Keyring
 from training_tasks.protocol.object_store import ObjectMissing
 from training_tasks.protocol.paths import ModelStore
-from training_tasks.registry import orgs, runs, versions
+from training_tasks.registry import deployments, orgs, runs, versions
 from training_tasks.registry.rows import RunRow
 
 if TYPE_CHECKING:
@@ -116,9 +116,12 @@ def fetch_holdout(engine: Engine, store: ModelStore, run: RunRow) -> Path | None
 
 
 def fetch_deployed(engine: Engine, store: ModelStore, org_id: str) -> Path | None:
-    """The organization's deployed model, fetched into this host's folder where missing."""
+    """The organization's deployed model here (fetched into this host's folder where missing,
+    with an object store), or None when nothing is deployed or its file is gone."""
+    if store.objects is None:
+        return deployments.deployed_model_file(engine, store, org_id)
     current = orgs.get_org_row(engine, org_id)["current_version"]
-    if store.objects is None or not current:
+    if not current:
         return None
     sha256 = versions.get_version(engine, current)["sha256"]
     return run_objects.fetch_model(store, org_id, store.deployed_model(org_id, current), sha256)
