@@ -51,7 +51,7 @@ from training_tasks.protocol.ids import REQUESTS_QUEUE
 log = logging.getLogger(__name__)
 
 
-SWEEP_INTERVAL_S = 30.0  # how often a worker looks for messages that skipped the ready list
+SWEEP_INTERVAL_S = 5.0  # how often a worker looks for messages that skipped the ready list
 PUT_BACK_MAX = 20  # queues not followed here (yet) passed over in one wake-up
 
 
